@@ -1,0 +1,74 @@
+//! Axum extractors for authenticated HTTP callers.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use tidings_shared::auth::Claims;
+use tidings_shared::{AuthReason, ErrorCode};
+
+use crate::AppState;
+use crate::error::Error;
+
+/// The verified claims of the `Authorization: Bearer <JWT>` header.
+pub struct Caller(pub Claims);
+
+/// A caller with `role: "service"`.
+pub struct Service(pub Claims);
+
+/// The token of a request: `Authorization: Bearer …`, else `?token=` (for browsers' EventSource
+/// and WebSocket, which cannot set headers).
+pub fn bearer_token(parts: &Parts) -> Option<String> {
+    let header = parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_owned());
+    header.or_else(|| {
+        parts.uri.query().and_then(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .find(|(k, _)| *k == "token")
+                .map(|(_, v)| v.to_owned())
+        })
+    })
+}
+
+impl AppState {
+    /// Verifies a token, counting failures by reason.
+    pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthReason> {
+        let result = match token {
+            None => Err(AuthReason::Missing),
+            Some(t) => self.verifier.verify(t),
+        };
+        if let Err(reason) = result {
+            self.metrics.auth_failures.with_label_values(&[reason.as_str()]).inc();
+        }
+        result
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer_token(parts);
+        state
+            .verify(token.as_deref())
+            .map(Caller)
+            .map_err(|reason| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {reason}")))
+    }
+}
+
+impl FromRequestParts<AppState> for Service {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let Caller(claims) = Caller::from_request_parts(parts, state).await?;
+        if claims.is_service() {
+            Ok(Service(claims))
+        } else {
+            Err(Error::api(ErrorCode::Forbidden, "this route is for service tokens"))
+        }
+    }
+}

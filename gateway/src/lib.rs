@@ -1,0 +1,104 @@
+//! `tidings-gateway`: the stateless edge of Tidings.
+//!
+//! It terminates client connections, verifies their tokens and fans NATS messages out to
+//! them. It holds no state that matters: any gateway can serve any client, and a client that
+//! reconnects elsewhere recovers what it missed from JetStream.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use tidings_shared::auth::Verifier;
+use tidings_shared::config::GatewayConfig;
+use tidings_shared::nats::{self, Ownership, Provisioner};
+use tidings_shared::ops::Health;
+use tokio::sync::Notify;
+
+pub use error::{Error, Result};
+pub use metrics::Metrics;
+
+/// What every handler shares; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// The configuration the process started with.
+    pub config: Arc<GatewayConfig>,
+    /// This node's id.
+    pub node_id: Arc<str>,
+    /// Token verifier.
+    pub verifier: Arc<Verifier>,
+    /// The NATS connection (one per process, multiplexing every subscription).
+    pub nats: async_nats::Client,
+    /// JetStream on that connection.
+    pub js: async_nats::jetstream::Context,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Readiness and drain state.
+    pub health: Health,
+}
+
+/// The streams a gateway keeps in place: it owns `TIDINGS_EVENTS` (its retention settings are
+/// the gateway's) and creates `TIDINGS_NOTIFY` if no worker did yet.
+pub fn streams(config: &GatewayConfig) -> Vec<(async_nats::jetstream::stream::Config, Ownership)> {
+    let replicas = usize::from(config.common.stream_replicas);
+    vec![
+        (
+            nats::events_stream_config(config.events_max_age, config.events_max_per_channel, replicas),
+            Ownership::Owner,
+        ),
+        (nats::notify_stream_config(replicas), Ownership::User),
+    ]
+}
+
+/// Builds the whole HTTP router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(api::router())
+        .with_state(state.clone())
+        .merge(state.health.router())
+}
+
+/// Runs a gateway until `shutdown` resolves, then drains and returns.
+pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    let node_id: Arc<str> = config.node_id().into();
+    let verifier = Arc::new(config.verifier()?);
+    let metrics = Metrics::new()?;
+    let on_connect = Arc::new(Notify::new());
+    let client = nats::connect(
+        &config.common.nats_url,
+        &format!("tidings-gateway/{node_id}"),
+        on_connect.clone(),
+    )
+    .await?;
+    let provisioner = Provisioner::spawn(client.clone(), on_connect, streams(&config));
+    let health = Health::new(client.clone(), provisioner, metrics.registry.clone());
+    let state = AppState {
+        config: Arc::new(config),
+        node_id: node_id.clone(),
+        verifier,
+        js: async_nats::jetstream::new(client.clone()),
+        nats: client.clone(),
+        metrics,
+        health: health.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
+    tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            health.start_draining();
+            tracing::info!("draining: /readyz now answers 503");
+        })
+        .await?;
+    if let Err(e) = client.flush().await {
+        tracing::debug!(error = %e, "final NATS flush failed");
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}

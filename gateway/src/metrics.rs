@@ -1,0 +1,123 @@
+//! The gateway's Prometheus metrics (contract §8), all registered at startup so that every
+//! series exists (at zero) before the first event.
+
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use tidings_shared::AuthReason;
+use tidings_shared::telemetry::register;
+
+use crate::error::Result;
+
+/// Every gateway metric, cheap to clone (each field is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// Open client connections (WebSocket and SSE).
+    pub connections: IntGauge,
+    /// Client subscriptions (one per connection and channel).
+    pub subscriptions: IntGauge,
+    /// Frames written to clients carrying a channel message.
+    pub messages_delivered: IntCounter,
+    /// Connections closed with 4009 because their outbound queue was full.
+    pub slow_consumer_disconnects: IntCounter,
+    /// Refused tokens, by reason.
+    pub auth_failures: IntCounterVec,
+    /// Missed durable messages sent to clients on `subscribe` with `since` (and gap repair).
+    pub recovered_messages: IntCounter,
+    /// Publisher bodies dropped as unparseable or too large, by reason.
+    pub rejected_messages: IntCounterVec,
+    /// Stored in NATS → frame written to the socket.
+    pub delivery_latency: Histogram,
+}
+
+const AUTH_REASONS: [AuthReason; 11] = [
+    AuthReason::Missing,
+    AuthReason::Malformed,
+    AuthReason::AlgNone,
+    AuthReason::AlgorithmNotAllowed,
+    AuthReason::BadSignature,
+    AuthReason::Expired,
+    AuthReason::NotYetValid,
+    AuthReason::MissingExp,
+    AuthReason::MissingSub,
+    AuthReason::BadSub,
+    AuthReason::NoKeyConfigured,
+];
+
+/// Labels of `tidings_gateway_rejected_messages_total{reason}`.
+pub const REJECT_REASONS: [&str; 3] = ["invalid", "too_large", "bad_subject"];
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections: register(
+                &registry,
+                IntGauge::new("tidings_gateway_connections", "Open client connections")?,
+            )?,
+            subscriptions: register(
+                &registry,
+                IntGauge::new("tidings_gateway_subscriptions", "Client channel subscriptions")?,
+            )?,
+            messages_delivered: register(
+                &registry,
+                IntCounter::new(
+                    "tidings_gateway_messages_delivered_total",
+                    "Channel messages written to clients",
+                )?,
+            )?,
+            slow_consumer_disconnects: register(
+                &registry,
+                IntCounter::new(
+                    "tidings_gateway_slow_consumer_disconnects_total",
+                    "Connections closed (4009) because their outbound queue was full",
+                )?,
+            )?,
+            auth_failures: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new("tidings_gateway_auth_failures_total", "Refused tokens"),
+                    &["reason"],
+                )?,
+            )?,
+            recovered_messages: register(
+                &registry,
+                IntCounter::new(
+                    "tidings_gateway_recovered_messages_total",
+                    "Missed durable messages replayed to clients",
+                )?,
+            )?,
+            rejected_messages: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tidings_gateway_rejected_messages_total",
+                        "Publisher messages dropped, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            delivery_latency: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tidings_gateway_delivery_latency_seconds",
+                        "Time from a message being stored in NATS to its frame being written",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                )?,
+            )?,
+            registry,
+        };
+        for r in AUTH_REASONS {
+            m.auth_failures.with_label_values(&[r.as_str()]);
+        }
+        for r in REJECT_REASONS {
+            m.rejected_messages.with_label_values(&[r]);
+        }
+        Ok(m)
+    }
+}

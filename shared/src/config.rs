@@ -1,0 +1,361 @@
+//! Configuration of both services (contract §1): every setting is a `--kebab-case` flag and
+//! a `TIDINGS_*` environment variable, with the contract's defaults.
+//!
+//! Parsing happens once at startup; a value that cannot be used stops the process with a
+//! message naming the variable, rather than failing later under load.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+
+use crate::error::{Error, Result};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured when on a terminal.
+    Pretty,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Settings every Tidings process shares.
+#[derive(Debug, Clone, Args)]
+pub struct CommonConfig {
+    /// NATS server URL(s); a comma-separated list lets the client fail over between nodes.
+    #[arg(long, env = "TIDINGS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// Log line format.
+    #[arg(long, env = "TIDINGS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+
+    /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); unset = no trace export.
+    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Replicas of the streams and KV buckets this process creates (3 on a NATS cluster).
+    #[arg(long, env = "TIDINGS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub stream_replicas: u8,
+
+    /// Allow http:// and private, loopback or link-local addresses for webhook and push URLs
+    /// (local use and tests only: otherwise this opens SSRF into the cluster).
+    #[arg(long, env = "TIDINGS_WEBHOOK_ALLOW_PRIVATE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub webhook_allow_private: bool,
+
+    /// PEM file (PKCS#8 or SEC1) with the VAPID P-256 private key for Web Push.
+    #[arg(long, env = "TIDINGS_VAPID_PRIVATE_KEY_FILE")]
+    pub vapid_private_key_file: Option<PathBuf>,
+}
+
+/// `tidings-gateway`: the stateless WebSocket/SSE/HTTP edge.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tidings-gateway",
+    version,
+    about = "Tidings gateway: WebSocket, SSE and HTTP edge fanning NATS messages out to clients"
+)]
+pub struct GatewayConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonConfig,
+
+    /// Address to listen on for WebSocket, SSE, HTTP API, health and metrics.
+    #[arg(long, env = "TIDINGS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// This node's id, shown to clients and in metrics [default: the host name].
+    #[arg(long, env = "TIDINGS_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// HS256 secret for client tokens.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key for RS256 (RSA) or ES256 (P-256) client tokens.
+    #[arg(long, env = "TIDINGS_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Interval of WebSocket pings; a peer silent for two intervals is closed.
+    #[arg(long, env = "TIDINGS_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub heartbeat_ms: u64,
+
+    /// Largest client frame accepted (larger: close 1009).
+    #[arg(long, env = "TIDINGS_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    pub max_frame_bytes: usize,
+
+    /// Largest publisher body delivered (larger: dropped and counted).
+    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    pub max_payload_bytes: usize,
+
+    /// How long a SIGTERM drain spreads the connection closes over, in milliseconds.
+    #[arg(long, env = "TIDINGS_DRAIN_MS", default_value_t = 10_000)]
+    pub drain_ms: u64,
+
+    /// How long durable events are kept (e.g. 24h, 7d, 90m).
+    #[arg(long, env = "TIDINGS_EVENTS_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+
+    /// How many durable events are kept per channel.
+    #[arg(long, env = "TIDINGS_EVENTS_MAX_PER_CHANNEL", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    pub events_max_per_channel: i64,
+
+    /// HMAC secret of GitHub webhooks; unset = the GitHub route is off.
+    #[arg(long, env = "TIDINGS_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
+    pub github_webhook_secret: Option<String>,
+}
+
+/// `tidings-worker`: the notification pipeline.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tidings-worker",
+    version,
+    about = "Tidings worker: preferences, quiet hours, templates, batching and delivery of notifications"
+)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub common: CommonConfig,
+
+    /// Address of the worker's /metrics, /healthz and /readyz.
+    #[arg(long, env = "TIDINGS_METRICS_LISTEN", default_value = "127.0.0.1:9091")]
+    pub metrics_listen: SocketAddr,
+
+    /// SMTP relay(s), tried in order: smtp://host:port, smtp+starttls://user:pass@host:587,
+    /// smtps://..., or file:///dir (one .eml per email).
+    #[arg(
+        long,
+        env = "TIDINGS_SMTP_URL",
+        default_value = "file:///tmp/tidings-mail",
+        hide_env_values = true
+    )]
+    pub smtp_url: String,
+
+    /// From address of emails.
+    #[arg(long, env = "TIDINGS_EMAIL_FROM", default_value = "Tidings <tidings@localhost>")]
+    pub email_from: String,
+
+    /// Base URL of a Twilio-compatible SMS API.
+    #[arg(long, env = "TIDINGS_SMS_API_URL")]
+    pub sms_api_url: Option<String>,
+
+    /// SMS account SID (basic-auth user).
+    #[arg(long, env = "TIDINGS_SMS_ACCOUNT_SID")]
+    pub sms_account_sid: Option<String>,
+
+    /// SMS auth token (basic-auth password).
+    #[arg(long, env = "TIDINGS_SMS_AUTH_TOKEN", hide_env_values = true)]
+    pub sms_auth_token: Option<String>,
+
+    /// Sender number of SMS.
+    #[arg(long, env = "TIDINGS_SMS_FROM")]
+    pub sms_from: Option<String>,
+
+    /// VAPID subject (mailto: or https: URL) sent to push services.
+    #[arg(long, env = "TIDINGS_VAPID_SUBJECT", default_value = "mailto:admin@localhost")]
+    pub vapid_subject: String,
+
+    /// Secret of the `Tidings-Signature` HMAC on webhook deliveries.
+    #[arg(long, env = "TIDINGS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// First retry delay; later ones double, with full jitter.
+    #[arg(long, env = "TIDINGS_RETRY_BASE_MS", default_value_t = 1_000)]
+    pub retry_base_ms: u64,
+
+    /// Attempts per channel before a delivery is dead-lettered.
+    #[arg(long, env = "TIDINGS_RETRY_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub retry_max_attempts: u32,
+
+    /// Window in which low/normal notifications with one batch_key become one digest.
+    #[arg(long, env = "TIDINGS_BATCH_WINDOW_MS", default_value_t = 60_000)]
+    pub batch_window_ms: u64,
+}
+
+impl GatewayConfig {
+    /// The node id: the configured one, else the host name, made safe for NATS subjects.
+    pub fn node_id(&self) -> String {
+        let raw = self.node_id.clone().unwrap_or_else(hostname);
+        sanitize_node_id(&raw)
+    }
+
+    /// Reads the configured JWT keys into a verifier.
+    pub fn verifier(&self) -> Result<crate::auth::Verifier> {
+        let pem = match &self.jwt_public_key_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("TIDINGS_JWT_PUBLIC_KEY_FILE {}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        crate::auth::Verifier::new(self.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())
+    }
+}
+
+/// The machine's host name (Kubernetes sets it to the pod name).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tidings".to_owned())
+}
+
+/// Keeps `[A-Za-z0-9_-]`, replacing anything else by `-`, so a node id can be a NATS token.
+pub fn sanitize_node_id(raw: &str) -> String {
+    let s: String = raw
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if s.is_empty() { "tidings".to_owned() } else { s }
+}
+
+/// Parses `500ms`, `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 90s, 30m, 24h or 7d"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("{s:?} is too long"))
+    };
+    match unit.trim() {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86_400),
+        other => Err(format!("unknown unit {other:?} in {s:?}: use ms, s, m, h or d")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let g = GatewayConfig::try_parse_from(["tidings-gateway"]).unwrap();
+        assert_eq!(g.common.nats_url, "nats://127.0.0.1:4222");
+        assert_eq!(g.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(g.heartbeat_ms, 25_000);
+        assert_eq!(g.max_frame_bytes, 65_536);
+        assert_eq!(g.max_payload_bytes, 65_536);
+        assert_eq!(g.common.stream_replicas, 1);
+        assert_eq!(g.drain_ms, 10_000);
+        assert_eq!(g.events_max_age, Duration::from_secs(86_400));
+        assert_eq!(g.events_max_per_channel, 10_000);
+        assert!(g.common.otlp_endpoint.is_none());
+        assert!(!g.common.webhook_allow_private);
+
+        let w = WorkerConfig::try_parse_from(["tidings-worker"]).unwrap();
+        assert_eq!(w.metrics_listen.to_string(), "127.0.0.1:9091");
+        assert_eq!(w.retry_base_ms, 1_000);
+        assert_eq!(w.retry_max_attempts, 8);
+        assert_eq!(w.batch_window_ms, 60_000);
+        assert!(w.smtp_url.starts_with("file://"));
+    }
+
+    #[test]
+    fn flags_are_kebab_case_and_every_contract_variable_is_wired() {
+        let help = GatewayConfig::command().render_long_help().to_string();
+        for env in [
+            "TIDINGS_NATS_URL",
+            "TIDINGS_LOG_FORMAT",
+            "TIDINGS_OTLP_ENDPOINT",
+            "TIDINGS_LISTEN",
+            "TIDINGS_NODE_ID",
+            "TIDINGS_JWT_SECRET",
+            "TIDINGS_JWT_PUBLIC_KEY_FILE",
+            "TIDINGS_HEARTBEAT_MS",
+            "TIDINGS_MAX_FRAME_BYTES",
+            "TIDINGS_MAX_PAYLOAD_BYTES",
+            "TIDINGS_STREAM_REPLICAS",
+            "TIDINGS_DRAIN_MS",
+            "TIDINGS_EVENTS_MAX_AGE",
+            "TIDINGS_EVENTS_MAX_PER_CHANNEL",
+            "TIDINGS_GITHUB_WEBHOOK_SECRET",
+            "TIDINGS_VAPID_PRIVATE_KEY_FILE",
+            "TIDINGS_WEBHOOK_ALLOW_PRIVATE",
+        ] {
+            assert!(help.contains(env), "gateway --help lacks {env}");
+        }
+        let help = WorkerConfig::command().render_long_help().to_string();
+        for env in [
+            "TIDINGS_NATS_URL",
+            "TIDINGS_LOG_FORMAT",
+            "TIDINGS_OTLP_ENDPOINT",
+            "TIDINGS_METRICS_LISTEN",
+            "TIDINGS_SMTP_URL",
+            "TIDINGS_EMAIL_FROM",
+            "TIDINGS_SMS_API_URL",
+            "TIDINGS_SMS_ACCOUNT_SID",
+            "TIDINGS_SMS_AUTH_TOKEN",
+            "TIDINGS_SMS_FROM",
+            "TIDINGS_VAPID_PRIVATE_KEY_FILE",
+            "TIDINGS_VAPID_SUBJECT",
+            "TIDINGS_WEBHOOK_SECRET",
+            "TIDINGS_RETRY_BASE_MS",
+            "TIDINGS_RETRY_MAX_ATTEMPTS",
+            "TIDINGS_BATCH_WINDOW_MS",
+            "TIDINGS_STREAM_REPLICAS",
+            "TIDINGS_WEBHOOK_ALLOW_PRIVATE",
+        ] {
+            assert!(help.contains(env), "worker --help lacks {env}");
+        }
+        let g = GatewayConfig::try_parse_from([
+            "tidings-gateway",
+            "--nats-url",
+            "nats://a:1,nats://b:2",
+            "--events-max-age",
+            "7d",
+            "--events-max-per-channel",
+            "5",
+            "--stream-replicas",
+            "3",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(g.events_max_age, Duration::from_secs(7 * 86_400));
+        assert_eq!(g.common.stream_replicas, 3);
+        assert_eq!(g.common.log_format, LogFormat::Json);
+        assert!(GatewayConfig::try_parse_from(["tidings-gateway", "--events-max-age", "soon"]).is_err());
+        assert!(GatewayConfig::try_parse_from(["tidings-gateway", "--stream-replicas", "0"]).is_err());
+        GatewayConfig::command().debug_assert();
+        WorkerConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn node_ids_are_subject_safe() {
+        assert_eq!(sanitize_node_id("gw.pod-1 x*"), "gw-pod-1-x-");
+        assert_eq!(sanitize_node_id(""), "tidings");
+    }
+}

@@ -1,0 +1,27 @@
+//! The Tidings protocol crate: the one place the wire contract (`CONTRACT.md`) lives.
+//!
+//! - [`channel`] / [`subject`]: channel names and the NATS subjects they map to;
+//! - [`frame`] / [`codec`]: WebSocket frames and their JSON / MessagePack encodings;
+//! - [`body`]: what other services publish on NATS;
+//! - [`auth`]: JWT verification and the access rule;
+//! - [`config`]: every `TIDINGS_*` setting;
+//! - [`nats`]: connecting and provisioning JetStream;
+//! - [`notify`]: notification channel and status names;
+//! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod body;
+pub mod channel;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod frame;
+pub mod nats;
+pub mod notify;
+pub mod ops;
+pub mod subject;
+pub mod telemetry;
+
+pub use channel::Channel;
+pub use error::{AuthReason, Error, ErrorCode, Result};

@@ -1,0 +1,289 @@
+//! Connecting to NATS and creating the JetStream streams Tidings needs.
+//!
+//! Both services start whether or not NATS is up: the client reconnects forever with a
+//! capped, jittered backoff and logs every state change, and the [`Provisioner`] (re)creates
+//! the streams each time the connection comes (back) up, so a NATS node restarted with an
+//! empty store is repaired without restarting Tidings.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::jetstream::{self, stream};
+use async_nats::{Client, ConnectOptions, Event, ServerAddr};
+use tokio::sync::Notify;
+
+use crate::error::{Error, Result};
+use crate::subject::{EVENTS_PREFIX, EVENTS_STREAM, NOTIFY_STREAM, NOTIFY_SUBJECT, STORED_PREFIX};
+
+/// Longest pause between two reconnect attempts. Short, so that `/readyz` turns green within
+/// a few seconds of NATS coming back.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// Duplicate window of `TIDINGS_EVENTS`: a `Nats-Msg-Id` seen within it is stored once.
+pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Parses `TIDINGS_NATS_URL` (comma-separated list allowed).
+pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>> {
+    let addrs: Vec<ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| {
+            u.parse::<ServerAddr>()
+                .map_err(|e| Error::Config(format!("TIDINGS_NATS_URL entry {u:?}: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    if addrs.is_empty() {
+        return Err(Error::Config("TIDINGS_NATS_URL is empty".into()));
+    }
+    Ok(addrs)
+}
+
+/// Delay before reconnect attempt `attempt`: exponential from 50 ms, capped, full jitter.
+pub fn reconnect_delay(attempt: usize) -> Duration {
+    let exp = 50u64.saturating_mul(1u64 << attempt.min(16) as u32);
+    let cap = exp.min(MAX_RECONNECT_DELAY.as_millis() as u64);
+    Duration::from_millis(cap / 2 + fastrand::u64(0..=cap / 2))
+}
+
+/// Connects to NATS. Returns at once even when NATS is down (the client keeps retrying in the
+/// background); `on_connect` is notified on every (re)connect.
+pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<Client> {
+    let addrs = server_addrs(urls)?;
+    let shown = urls.to_owned();
+    let options = ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(3))
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let on_connect = on_connect.clone();
+            let urls = shown.clone();
+            async move {
+                match event {
+                    Event::Connected => {
+                        tracing::info!(nats = %urls, "NATS connected");
+                        on_connect.notify_one();
+                    }
+                    Event::Disconnected => tracing::warn!(nats = %urls, "NATS disconnected; reconnecting"),
+                    Event::LameDuckMode => tracing::warn!("NATS server entered lame duck mode"),
+                    Event::Draining => tracing::info!("NATS connection draining"),
+                    Event::Closed => tracing::warn!("NATS connection closed"),
+                    Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer: messages dropped"),
+                    Event::ServerError(e) => tracing::warn!(error = %e, "NATS server error"),
+                    Event::ClientError(e) => tracing::warn!(error = %e, "NATS client error"),
+                }
+            }
+        });
+    async_nats::connect_with_options(addrs, options)
+        .await
+        .map_err(Error::nats)
+}
+
+/// Whether the client is connected right now.
+pub fn is_connected(client: &Client) -> bool {
+    client.connection_state() == State::Connected
+}
+
+/// Configuration of `TIDINGS_EVENTS`: every durable channel message, replayable until
+/// `max_age` or `max_per_channel` drops it, re-published with its sequence headers on
+/// `tidings.stored.>` for the gateways' fan-out.
+pub fn events_stream_config(max_age: Duration, max_per_channel: i64, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        description: Some("Tidings durable channel events (replay and recovery)".to_owned()),
+        subjects: vec![format!("{EVENTS_PREFIX}.>")],
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        max_age,
+        max_messages_per_subject: max_per_channel,
+        num_replicas: replicas,
+        duplicate_window: EVENTS_DUPLICATE_WINDOW,
+        allow_direct: true,
+        republish: Some(stream::Republish {
+            source: format!("{EVENTS_PREFIX}.>"),
+            destination: format!("{STORED_PREFIX}.>"),
+            headers_only: false,
+        }),
+        ..Default::default()
+    }
+}
+
+/// Configuration of `TIDINGS_NOTIFY`: the work queue of notification requests; each request
+/// is removed once a worker acknowledges it.
+pub fn notify_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: NOTIFY_STREAM.to_owned(),
+        description: Some("Tidings notification requests (work queue)".to_owned()),
+        subjects: vec![NOTIFY_SUBJECT.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::Old,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 86_400),
+        num_replicas: replicas,
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    }
+}
+
+/// What a process does with a stream that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// This process's settings define the stream: update it when they differ.
+    Owner,
+    /// Another process defines it: create it with defaults if absent, never overwrite.
+    User,
+}
+
+/// The settings Tidings controls; anything else the server fills in is left alone.
+fn differs(have: &stream::Config, want: &stream::Config) -> bool {
+    have.subjects != want.subjects
+        || have.max_age != want.max_age
+        || have.max_messages_per_subject != want.max_messages_per_subject
+        || have.num_replicas != want.num_replicas
+        || have.duplicate_window != want.duplicate_window
+        || have.allow_direct != want.allow_direct
+        || have.republish != want.republish
+        || have.description != want.description
+}
+
+/// Creates the stream, or updates it if this process owns it and its settings differ.
+/// Safe when many replicas run it at once: a lost creation race is retried as an update.
+#[tracing::instrument(skip_all, fields(stream = %want.name, ?ownership))]
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    want: &stream::Config,
+    ownership: Ownership,
+) -> Result<stream::Info> {
+    let mut last_err = None;
+    for attempt in 0..6u32 {
+        if attempt > 0 {
+            tokio::time::sleep(reconnect_delay(attempt as usize)).await;
+        }
+        let mut s = match js.get_or_create_stream(want.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(stream = %want.name, error = %e, attempt, "creating stream failed; retrying");
+                last_err = Some(e.to_string());
+                continue;
+            }
+        };
+        let info = match s.info().await {
+            Ok(i) => i.clone(),
+            Err(e) => {
+                last_err = Some(e.to_string());
+                continue;
+            }
+        };
+        if ownership == Ownership::User || !differs(&info.config, want) {
+            return Ok(info);
+        }
+        match js.update_stream(want.clone()).await {
+            Ok(info) => {
+                tracing::info!(stream = %want.name, "stream settings updated");
+                return Ok(info);
+            }
+            Err(e) => {
+                tracing::debug!(stream = %want.name, error = %e, attempt, "updating stream failed; retrying");
+                last_err = Some(e.to_string());
+            }
+        }
+    }
+    Err(Error::Nats(format!(
+        "could not create or update stream {}: {}",
+        want.name,
+        last_err.unwrap_or_default()
+    )))
+}
+
+/// The stream's identity for clients' `epoch`: its creation time in nanoseconds, which
+/// changes whenever the stream is deleted and recreated.
+pub fn epoch_of(info: &stream::Info) -> String {
+    info.created.unix_timestamp_nanos().to_string()
+}
+
+/// Keeps the streams in place for as long as the process runs, and says whether they are.
+#[derive(Clone)]
+pub struct Provisioner {
+    ready: Arc<AtomicBool>,
+}
+
+impl Provisioner {
+    /// Starts provisioning `streams` now and after every reconnect.
+    pub fn spawn(client: Client, on_connect: Arc<Notify>, streams: Vec<(stream::Config, Ownership)>) -> Self {
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        tokio::spawn(async move {
+            let js = jetstream::new(client.clone());
+            loop {
+                // Wait for a connection first, so the first attempt does not burn its retries.
+                if !is_connected(&client) {
+                    on_connect.notified().await;
+                }
+                let mut ok = true;
+                for (cfg, ownership) in &streams {
+                    match ensure_stream(&js, cfg, *ownership).await {
+                        Ok(info) => {
+                            tracing::info!(stream = %cfg.name, epoch = %epoch_of(&info), messages = info.state.messages, "stream ready")
+                        }
+                        Err(e) => {
+                            tracing::warn!(stream = %cfg.name, error = %e, "stream not ready");
+                            ok = false;
+                        }
+                    }
+                }
+                flag.store(ok, Ordering::Release);
+                if ok {
+                    // Again after the next reconnect (the server may have lost its store).
+                    on_connect.notified().await;
+                } else {
+                    tokio::time::sleep(MAX_RECONNECT_DELAY).await;
+                }
+            }
+        });
+        Provisioner { ready }
+    }
+
+    /// Whether every stream was last seen in place.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addrs() {
+        assert_eq!(server_addrs("nats://a:1, nats://b:2").unwrap().len(), 2);
+        assert!(server_addrs("").is_err());
+        assert!(server_addrs("http://[::1").is_err());
+    }
+
+    #[test]
+    fn delays_are_capped_and_jittered() {
+        for attempt in 0..100 {
+            let d = reconnect_delay(attempt);
+            assert!(d <= MAX_RECONNECT_DELAY, "{d:?}");
+        }
+        assert!(reconnect_delay(0) <= Duration::from_millis(50));
+    }
+
+    #[test]
+    fn events_stream_republishes_to_the_stored_prefix() {
+        let c = events_stream_config(Duration::from_secs(60), 10, 3);
+        assert_eq!(c.subjects, vec!["tidings.events.>".to_string()]);
+        let rp = c.republish.unwrap();
+        assert_eq!(
+            (rp.source.as_str(), rp.destination.as_str()),
+            ("tidings.events.>", "tidings.stored.>")
+        );
+        assert_eq!(c.num_replicas, 3);
+        assert_eq!(notify_stream_config(1).retention, stream::RetentionPolicy::WorkQueue);
+    }
+}

@@ -1,0 +1,33 @@
+//! Test support for Tidings' integration tests: real `nats-server` processes (single node
+//! and three-node cluster), the project's own binaries as child processes, and waiting on
+//! conditions with a deadline instead of fixed sleeps.
+
+pub mod nats;
+pub mod process;
+
+use std::time::{Duration, Instant};
+
+pub use nats::{NatsCluster, NatsServer, free_port, nats_server_binary, workspace_root};
+pub use process::{Process, http_get};
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`. For conditions with no
+/// event to wait on (an HTTP status, a metric): waits on the condition, never a fixed time.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
