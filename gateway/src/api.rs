@@ -1,16 +1,25 @@
 //! The HTTP API of contract §6 (JSON in, JSON out, errors as `{"error":{code,message}}`).
 
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use tidings_shared::{Channel, ErrorCode};
 
 use crate::AppState;
-use crate::extract::Service;
+use crate::error::{Error, Result};
+use crate::extract::{Caller, Service};
+use crate::presence::Presence;
+use crate::publish;
 
 /// Routes under `/api/v1`.
 pub fn router() -> Router<AppState> {
-    Router::new().route("/api/v1/stats", get(stats))
+    Router::new()
+        .route("/api/v1/stats", get(stats))
+        .route("/api/v1/publish", post(publish))
+        .route("/api/v1/channels/{channel}/presence", get(presence))
 }
 
 /// `GET /api/v1/stats`.
@@ -22,6 +31,8 @@ pub struct Stats {
     pub connections: i64,
     /// Client subscriptions.
     pub subscriptions: i64,
+    /// Channels with local subscribers (each one NATS subscription pair).
+    pub channels: usize,
     /// Whether this node is connected to NATS.
     pub nats_connected: bool,
     /// Whether this node is draining.
@@ -35,8 +46,74 @@ async fn stats(State(state): State<AppState>, _caller: Service) -> Json<Stats> {
         node: state.node_id.to_string(),
         connections: state.metrics.connections.get(),
         subscriptions: state.metrics.subscriptions.get(),
+        channels: state.hub.channel_count(),
         nats_connected: tidings_shared::nats::is_connected(&state.nats),
         draining: state.health.is_draining(),
         pid: std::process::id(),
     })
+}
+
+/// Body of `POST /api/v1/publish`.
+#[derive(Debug, Deserialize)]
+pub struct PublishRequest {
+    /// Channel name.
+    pub channel: String,
+    /// Event name.
+    pub event: String,
+    /// Payload.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// Idempotency key and message id.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Answer of `POST /api/v1/publish`.
+#[derive(Debug, Serialize)]
+pub struct Published {
+    /// The stored sequence.
+    pub seq: u64,
+}
+
+/// Maps axum's JSON rejections to the contract's error body (413 for an oversized body).
+fn json_error(e: JsonRejection) -> Error {
+    let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ErrorCode::TooLarge
+    } else {
+        ErrorCode::BadRequest
+    };
+    Error::api(code, e.body_text())
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    body: std::result::Result<Json<PublishRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Published>)> {
+    let Json(req) = body.map_err(json_error)?;
+    let channel = Channel::parse(&req.channel)?;
+    if !claims.can_publish(&channel) {
+        return Err(Error::api(
+            ErrorCode::Forbidden,
+            format!("this token may not publish to {channel}"),
+        ));
+    }
+    let prepared = publish::prepare(&state, &channel, req.event, req.data, req.id, true)?;
+    let seq = prepared.send_durable(&state).await?;
+    Ok((StatusCode::ACCEPTED, Json(Published { seq })))
+}
+
+async fn presence(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    Path(channel): Path<String>,
+) -> Result<Json<Presence>> {
+    let channel = Channel::parse(&channel)?;
+    if !claims.can_read(&channel) {
+        return Err(Error::api(
+            ErrorCode::Forbidden,
+            format!("this token may not read {channel}"),
+        ));
+    }
+    Ok(Json(state.presence.get(&channel).await?))
 }

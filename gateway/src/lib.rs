@@ -8,12 +8,22 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod hub;
+pub mod limit;
+pub mod message;
 pub mod metrics;
+pub mod presence;
+pub mod publish;
+pub mod sse;
+pub mod ws;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
 use tidings_shared::auth::Verifier;
 use tidings_shared::config::GatewayConfig;
 use tidings_shared::nats::{self, Ownership, Provisioner};
@@ -40,6 +50,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Readiness and drain state.
     pub health: Health,
+    /// Local connections and channel subscriptions.
+    pub hub: Arc<hub::Hub>,
+    /// Cluster-wide presence.
+    pub presence: presence::PresenceBoard,
 }
 
 /// The streams a gateway keeps in place: it owns `TIDINGS_EVENTS` (its retention settings are
@@ -57,8 +71,13 @@ pub fn streams(config: &GatewayConfig) -> Vec<(async_nats::jetstream::stream::Co
 
 /// Builds the whole HTTP router.
 pub fn router(state: AppState) -> Router {
+    // JSON bodies may carry a payload of the configured size plus the envelope.
+    let body_limit = state.config.max_payload_bytes + 4096;
     Router::new()
+        .route("/ws", get(ws::handler))
+        .route("/sse", get(sse::handler))
         .merge(api::router())
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state.clone())
         .merge(state.health.router())
 }
@@ -77,23 +96,41 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     .await?;
     let provisioner = Provisioner::spawn(client.clone(), on_connect, streams(&config));
     let health = Health::new(client.clone(), provisioner, metrics.registry.clone());
+    let js = async_nats::jetstream::new(client.clone());
+    let hub = hub::Hub::new(client.clone(), metrics.clone(), config.max_payload_bytes);
+    let presence = presence::PresenceBoard::new(
+        js.clone(),
+        node_id.clone(),
+        hub.clone(),
+        usize::from(config.common.stream_replicas),
+    );
+    tokio::spawn(presence.clone().publish_loop());
     let state = AppState {
         config: Arc::new(config),
         node_id: node_id.clone(),
         verifier,
-        js: async_nats::jetstream::new(client.clone()),
+        js,
         nats: client.clone(),
         metrics,
         health: health.clone(),
+        hub: hub.clone(),
+        presence,
     };
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
+    let drain = Duration::from_millis(state.config.drain_ms);
     let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;
             health.start_draining();
             tracing::info!("draining: /readyz now answers 503");
+            hub.drain(hub::CLOSE_DRAINING, drain).await;
+            // Give the last connections time to send their close frames.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         })
         .await?;
     if let Err(e) = client.flush().await {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::channel::{Channel, is_valid_id};
 use crate::error::{AuthReason, Error, Result};
 
-/// Clock leeway on `exp` and `nbf`, in seconds (the contract allows no more than 30).
+/// Default clock leeway on `exp` and `nbf`, in seconds (the contract allows no more than 30).
 pub const LEEWAY_SECS: u64 = 30;
 
 /// The `role` value of back-end callers.
@@ -79,6 +79,7 @@ impl Claims {
 pub struct Verifier {
     hmac: Option<DecodingKey>,
     public: Option<(Algorithm, DecodingKey)>,
+    leeway: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -137,7 +138,22 @@ impl Verifier {
                 "no JWT key: set TIDINGS_JWT_SECRET and/or TIDINGS_JWT_PUBLIC_KEY_FILE".into(),
             ));
         }
-        Ok(Verifier { hmac, public })
+        Ok(Verifier {
+            hmac,
+            public,
+            leeway: LEEWAY_SECS,
+        })
+    }
+
+    /// Sets the clock leeway on `exp` and `nbf` (capped at the contract's 30 s).
+    pub fn with_leeway(mut self, secs: u64) -> Self {
+        self.leeway = secs.min(LEEWAY_SECS);
+        self
+    }
+
+    /// The clock leeway in seconds.
+    pub fn leeway(&self) -> u64 {
+        self.leeway
     }
 
     /// Algorithms this verifier accepts.
@@ -171,7 +187,7 @@ impl Verifier {
         };
         let (alg, key) = key.ok_or(AuthReason::AlgorithmNotAllowed)?;
         let mut validation = Validation::new(alg);
-        validation.leeway = LEEWAY_SECS;
+        validation.leeway = self.leeway;
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.validate_aud = false;

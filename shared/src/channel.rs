@@ -77,8 +77,9 @@ impl Channel {
         }
     }
 
-    /// The subject tail shared by every prefix: `project.<id>`, `user.<id>`, `broadcast`.
-    fn tail(&self) -> String {
+    /// The subject tail shared by every prefix: `project.<id>`, `user.<id>`, `broadcast`
+    /// (also usable as a KV key part).
+    pub fn tail(&self) -> String {
         match self {
             Channel::Project(id) => format!("project.{id}"),
             Channel::User(id) => format!("user.{id}"),

@@ -102,6 +102,31 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_EVENTS_MAX_PER_CHANNEL", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub events_max_per_channel: i64,
 
+    /// Largest number of client connections this node accepts (more: 503 at upgrade).
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 200_000)]
+    pub max_connections: usize,
+
+    /// Largest number of channels one connection may subscribe to.
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 512)]
+    pub max_subscriptions: usize,
+
+    /// Frames queued for one client before it is a slow consumer (closed with 4009).
+    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub outbound_queue: u32,
+
+    /// Sustained client commands per second per connection (beyond: `rate_limited`).
+    #[arg(long, env = "TIDINGS_COMMAND_RATE", default_value_t = 50)]
+    pub command_rate: u32,
+
+    /// Commands a connection may send in a burst above the rate; this many refused commands in
+    /// a row close the connection with 4008.
+    #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub command_burst: u32,
+
+    /// Clock leeway on token `exp`/`nbf`, seconds (the contract allows at most 30).
+    #[arg(long, env = "TIDINGS_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
+    pub jwt_leeway_secs: u64,
+
     /// HMAC secret of GitHub webhooks; unset = the GitHub route is off.
     #[arg(long, env = "TIDINGS_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
     pub github_webhook_secret: Option<String>,
@@ -190,7 +215,10 @@ impl GatewayConfig {
             ),
             None => None,
         };
-        crate::auth::Verifier::new(self.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())
+        Ok(
+            crate::auth::Verifier::new(self.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())?
+                .with_leeway(self.jwt_leeway_secs),
+        )
     }
 }
 

@@ -210,6 +210,7 @@ pub fn epoch_of(info: &stream::Info) -> String {
 #[derive(Clone)]
 pub struct Provisioner {
     ready: Arc<AtomicBool>,
+    epochs: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
 }
 
 impl Provisioner {
@@ -217,6 +218,8 @@ impl Provisioner {
     pub fn spawn(client: Client, on_connect: Arc<Notify>, streams: Vec<(stream::Config, Ownership)>) -> Self {
         let ready = Arc::new(AtomicBool::new(false));
         let flag = ready.clone();
+        let epochs: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>> = Arc::default();
+        let seen = epochs.clone();
         tokio::spawn(async move {
             let js = jetstream::new(client.clone());
             loop {
@@ -228,7 +231,11 @@ impl Provisioner {
                 for (cfg, ownership) in &streams {
                     match ensure_stream(&js, cfg, *ownership).await {
                         Ok(info) => {
-                            tracing::info!(stream = %cfg.name, epoch = %epoch_of(&info), messages = info.state.messages, "stream ready")
+                            let epoch = epoch_of(&info);
+                            tracing::info!(stream = %cfg.name, %epoch, messages = info.state.messages, "stream ready");
+                            if let Ok(mut e) = seen.write() {
+                                e.insert(cfg.name.clone(), epoch);
+                            }
                         }
                         Err(e) => {
                             tracing::warn!(stream = %cfg.name, error = %e, "stream not ready");
@@ -245,7 +252,12 @@ impl Provisioner {
                 }
             }
         });
-        Provisioner { ready }
+        Provisioner { ready, epochs }
+    }
+
+    /// The epoch (see [`epoch_of`]) of `stream` when it was last provisioned.
+    pub fn epoch(&self, stream: &str) -> Option<String> {
+        self.epochs.read().ok()?.get(stream).cloned()
     }
 
     /// Whether every stream was last seen in place.

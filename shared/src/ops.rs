@@ -60,6 +60,11 @@ impl Health {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The current epoch of `TIDINGS_EVENTS` (changes when the stream is recreated).
+    pub fn epoch(&self) -> Option<String> {
+        self.provisioner.epoch(crate::subject::EVENTS_STREAM)
+    }
+
     /// The metrics registry served at `/metrics`.
     pub fn registry(&self) -> &prometheus::Registry {
         &self.registry

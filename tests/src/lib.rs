@@ -4,11 +4,13 @@
 
 pub mod nats;
 pub mod process;
+pub mod ws;
 
 use std::time::{Duration, Instant};
 
 pub use nats::{NatsCluster, NatsServer, free_port, nats_server_binary, workspace_root};
 pub use process::{Process, http_get};
+pub use ws::{Incoming, TokenIn, WsClient};
 
 /// Polls `check` until it returns `Some`, or fails after `timeout`. For conditions with no
 /// event to wait on (an HTTP status, a metric): waits on the condition, never a fixed time.

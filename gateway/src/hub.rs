@@ -1,0 +1,383 @@
+//! Which local connections listen to which channel, and the NATS subscriptions behind them.
+//!
+//! A channel with local subscribers has exactly one pair of core NATS subscriptions on this
+//! node (durable re-publish `tidings.stored.<…>` and ephemeral `tidings.live.<…>`), opened by
+//! the first local subscriber and closed when the last one leaves. Each NATS message is
+//! parsed and encoded once ([`crate::message`]) and offered to every subscriber's bounded
+//! queue with `try_send`: the fan-out never waits for a socket, and a full queue closes that
+//! one connection with 4009 (slow consumer) without touching anyone else.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures::StreamExt as _;
+use tidings_shared::Channel;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::AbortHandle;
+use tracing::Instrument as _;
+
+use crate::message::{self, Encoded};
+use crate::metrics::Metrics;
+
+/// Close code for a connection whose outbound queue overflowed.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4009;
+/// Close code for a token that is missing, invalid or expired.
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+/// Close code for sustained rate-limit abuse.
+pub const CLOSE_RATE_LIMITED: u16 = 4008;
+/// Close code of a draining node.
+pub const CLOSE_DRAINING: u16 = 1012;
+/// Close code for a frame over the size limit.
+pub const CLOSE_TOO_LARGE: u16 = 1009;
+
+/// Id of a local connection, unique for the process's lifetime.
+pub type ConnId = u64;
+
+/// What a connection's writer sends.
+pub enum Outbound {
+    /// A channel message, shared by every recipient.
+    Message(Arc<Encoded>),
+    /// A frame encoded for this connection only (e.g. a reply produced by another task).
+    Frame(Message),
+}
+
+/// State a connection shares with the fan-out: how to tell it to go away.
+#[derive(Default)]
+pub struct ConnSignal {
+    notify: Notify,
+    code: AtomicU16,
+}
+
+impl ConnSignal {
+    /// Asks the connection to close with `code`. Returns true for the first request only, so
+    /// a slow consumer is counted once however many messages it misses.
+    pub fn close(&self, code: u16) -> bool {
+        let first = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if first {
+            self.notify.notify_one();
+        }
+        first
+    }
+
+    /// The requested close code, 0 if none.
+    pub fn code(&self) -> u16 {
+        self.code.load(Ordering::Acquire)
+    }
+
+    /// Resolves once a close was requested.
+    pub async fn closed(&self) -> u16 {
+        loop {
+            let code = self.code();
+            if code != 0 {
+                return code;
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// The fan-out's handle on one connection.
+#[derive(Clone)]
+pub struct ConnHandle {
+    /// Bounded outbound queue, drained by the connection's writer.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Close requests.
+    pub signal: Arc<ConnSignal>,
+    /// The connection's user (for presence).
+    pub user: Arc<str>,
+}
+
+type Subscribers = Arc<RwLock<HashMap<ConnId, ConnHandle>>>;
+
+struct ChannelEntry {
+    subscribers: Subscribers,
+    /// Users of local subscribers, with how many of their connections (for presence).
+    users: HashMap<Arc<str>, u32>,
+    ready: watch::Receiver<bool>,
+    task: AbortHandle,
+}
+
+impl Drop for ChannelEntry {
+    fn drop(&mut self) {
+        // Dropping the task drops its NATS subscribers, which unsubscribes them.
+        self.task.abort();
+    }
+}
+
+/// Why a subscription could not be made.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SubscribeError {
+    /// NATS did not confirm the subscription in time.
+    Unavailable,
+}
+
+/// A channel's local users, for presence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalPresence {
+    /// Distinct users subscribed on this node.
+    pub users: Vec<String>,
+    /// Connections subscribed on this node.
+    pub connections: u64,
+}
+
+/// The registry of local connections and channel subscriptions.
+pub struct Hub {
+    channels: Mutex<HashMap<Channel, ChannelEntry>>,
+    connections: Mutex<HashMap<ConnId, ConnHandle>>,
+    next_id: AtomicU64,
+    nats: async_nats::Client,
+    metrics: Metrics,
+    max_payload: usize,
+    presence_dirty: Mutex<Vec<Channel>>,
+    presence_changed: Notify,
+}
+
+impl Hub {
+    /// An empty hub fanning out from `nats`.
+    pub fn new(nats: async_nats::Client, metrics: Metrics, max_payload: usize) -> Arc<Self> {
+        Arc::new(Hub {
+            channels: Mutex::default(),
+            connections: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            nats,
+            metrics,
+            max_payload,
+            presence_dirty: Mutex::default(),
+            presence_changed: Notify::new(),
+        })
+    }
+
+    /// Registers a connection; it then counts in the gauge and is reached by [`Hub::drain`].
+    pub fn register(&self, handle: ConnHandle) -> ConnId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.connections).insert(id, handle);
+        self.metrics.connections.inc();
+        id
+    }
+
+    /// Removes a connection and every subscription it still had.
+    pub fn unregister(&self, id: ConnId, channels: impl IntoIterator<Item = Channel>) {
+        for c in channels {
+            self.unsubscribe(id, &c);
+        }
+        if lock(&self.connections).remove(&id).is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    /// Number of registered connections.
+    pub fn connection_count(&self) -> usize {
+        lock(&self.connections).len()
+    }
+
+    /// Whether this node holds a NATS subscription for `channel` (tests and stats).
+    pub fn has_channel(&self, channel: &Channel) -> bool {
+        lock(&self.channels).contains_key(channel)
+    }
+
+    /// Number of channels with local subscribers.
+    pub fn channel_count(&self) -> usize {
+        lock(&self.channels).len()
+    }
+
+    /// Adds `id` to `channel`'s subscribers, opening the NATS subscriptions if it is the first,
+    /// and waits until NATS has them (so no message published after the reply is missed).
+    pub async fn subscribe(
+        self: &Arc<Self>,
+        id: ConnId,
+        channel: &Channel,
+        handle: ConnHandle,
+    ) -> Result<(), SubscribeError> {
+        let mut ready = {
+            let mut channels = lock(&self.channels);
+            let entry = channels
+                .entry(channel.clone())
+                .or_insert_with(|| self.open_channel(channel));
+            let user = handle.user.clone();
+            if write(&entry.subscribers).insert(id, handle).is_none() {
+                *entry.users.entry(user).or_insert(0) += 1;
+                self.metrics.subscriptions.inc();
+            }
+            entry.ready.clone()
+        };
+        self.mark_presence(channel);
+        let confirmed = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
+        if matches!(confirmed, Ok(Ok(_))) {
+            Ok(())
+        } else {
+            self.unsubscribe(id, channel);
+            Err(SubscribeError::Unavailable)
+        }
+    }
+
+    /// Removes `id` from `channel`; the last local subscriber leaving closes the NATS
+    /// subscriptions. Returns whether it was subscribed.
+    pub fn unsubscribe(&self, id: ConnId, channel: &Channel) -> bool {
+        let mut channels = lock(&self.channels);
+        let Some(entry) = channels.get_mut(channel) else {
+            return false;
+        };
+        let (removed, now_empty) = {
+            let mut subs = write(&entry.subscribers);
+            let removed = subs.remove(&id);
+            (removed, subs.is_empty())
+        };
+        let Some(handle) = removed else {
+            return false;
+        };
+        self.metrics.subscriptions.dec();
+        if let Some(n) = entry.users.get_mut(&handle.user) {
+            *n -= 1;
+            if *n == 0 {
+                entry.users.remove(&handle.user);
+            }
+        }
+        if now_empty {
+            channels.remove(channel);
+            tracing::debug!(%channel, "last local subscriber left: NATS subscriptions closed");
+        }
+        drop(channels);
+        self.mark_presence(channel);
+        true
+    }
+
+    /// This node's subscribers of `channel`.
+    pub fn local_presence(&self, channel: &Channel) -> LocalPresence {
+        let channels = lock(&self.channels);
+        let Some(entry) = channels.get(channel) else {
+            return LocalPresence::default();
+        };
+        let mut users: Vec<String> = entry.users.keys().map(|u| u.to_string()).collect();
+        users.sort();
+        LocalPresence {
+            users,
+            connections: entry.users.values().map(|n| u64::from(*n)).sum(),
+        }
+    }
+
+    /// Channels whose local presence changed since the last call.
+    pub fn take_presence_changes(&self) -> Vec<Channel> {
+        std::mem::take(&mut *lock(&self.presence_dirty))
+    }
+
+    /// Resolves when presence changed.
+    pub async fn presence_changed(&self) {
+        self.presence_changed.notified().await;
+    }
+
+    /// Every channel with local subscribers.
+    pub fn channels(&self) -> Vec<Channel> {
+        lock(&self.channels).keys().cloned().collect()
+    }
+
+    fn mark_presence(&self, channel: &Channel) {
+        lock(&self.presence_dirty).push(channel.clone());
+        self.presence_changed.notify_one();
+    }
+
+    /// Closes every connection with `code`, spread evenly over `over` so that clients do not
+    /// all reconnect to the other nodes at the same instant.
+    pub async fn drain(&self, code: u16, over: Duration) {
+        let conns: Vec<ConnHandle> = lock(&self.connections).values().cloned().collect();
+        let n = conns.len().max(1) as u32;
+        let step = over / n;
+        tracing::info!(
+            connections = conns.len(),
+            over_ms = over.as_millis() as u64,
+            "draining connections"
+        );
+        let start = tokio::time::Instant::now();
+        for (i, c) in conns.iter().enumerate() {
+            tokio::time::sleep_until(start + step * i as u32).await;
+            c.signal.close(code);
+        }
+    }
+
+    fn open_channel(self: &Arc<Self>, channel: &Channel) -> ChannelEntry {
+        let subscribers: Subscribers = Arc::default();
+        let (ready_tx, ready) = watch::channel(false);
+        let span = tracing::info_span!("channel", %channel);
+        let task =
+            tokio::spawn(channel_task(self.clone(), channel.clone(), subscribers.clone(), ready_tx).instrument(span))
+                .abort_handle();
+        ChannelEntry {
+            subscribers,
+            users: HashMap::new(),
+            ready,
+            task,
+        }
+    }
+
+    /// Offers one encoded message to every subscriber of a channel, never waiting.
+    fn fan_out(&self, subscribers: &Subscribers, encoded: &Arc<Encoded>) {
+        let subs = read(subscribers);
+        for handle in subs.values() {
+            match handle.tx.try_send(Outbound::Message(encoded.clone())) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if handle.signal.close(CLOSE_SLOW_CONSUMER) {
+                        self.metrics.slow_consumer_disconnects.inc();
+                        tracing::info!(user = %handle.user, "slow consumer: outbound queue full, closing with 4009");
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+}
+
+/// Owns a channel's NATS subscriptions; aborted (unsubscribing) when the last local
+/// subscriber leaves.
+async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers, ready: watch::Sender<bool>) {
+    let (stored, live) = match (
+        hub.nats.subscribe(channel.stored_subject()).await,
+        hub.nats.subscribe(channel.live_subject()).await,
+    ) {
+        (Ok(s), Ok(l)) => (s, l),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "NATS subscribe failed");
+            return;
+        }
+    };
+    if let Err(e) = hub.nats.flush().await {
+        tracing::warn!(error = %e, "NATS flush after subscribe failed");
+        return;
+    }
+    let _ = ready.send(true);
+    let mut merged = futures::stream::select(stored.map(|m| (true, m)), live.map(|m| (false, m)));
+    // Log a bad publisher once per subject (durable, live), not once per message.
+    let mut logged = [false; 2];
+    while let Some((durable, msg)) = merged.next().await {
+        match message::from_nats(&msg, &channel, durable, hub.max_payload) {
+            Ok(encoded) => hub.fan_out(&subscribers, &encoded),
+            Err(rejected) => {
+                hub.metrics
+                    .rejected_messages
+                    .with_label_values(&[rejected.reason])
+                    .inc();
+                if !std::mem::replace(&mut logged[usize::from(durable)], true) {
+                    tracing::warn!(subject = %msg.subject, reason = rejected.reason, detail = %rejected.detail,
+                        "dropping publisher message (logged once per subject)");
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

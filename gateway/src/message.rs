@@ -1,0 +1,143 @@
+//! Turning one NATS message into one channel message, parsed once and encoded once per wire
+//! format, whatever the number of recipients.
+//!
+//! Durable messages arrive as `TIDINGS_EVENTS` re-publishes them (`tidings.stored.*`), with
+//! the stream sequence in `Nats-Sequence`, the channel's previous sequence in
+//! `Nats-Last-Sequence` and the storage time in `Nats-Time-Stamp`; ephemeral ones arrive as
+//! published on `tidings.live.*`.
+
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use async_nats::HeaderMap;
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
+use tidings_shared::body::PublishBody;
+use tidings_shared::codec::WireFormat;
+use tidings_shared::frame::{MessageFrame, ServerFrame};
+use tidings_shared::subject::CONTENT_TYPE_HEADER;
+use tidings_shared::{Channel, Error as SharedError};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// A channel message ready to be written to any number of clients.
+pub struct Encoded {
+    /// The decoded message (kept for lazy MessagePack encoding and for SSE cursors).
+    pub frame: MessageFrame,
+    json: Utf8Bytes,
+    msgpack: OnceLock<Bytes>,
+    /// When NATS stored the message (durable) or the gateway received it (live).
+    pub stored_at: SystemTime,
+}
+
+impl Encoded {
+    /// Encodes `frame` as JSON now; MessagePack is encoded on first use, once.
+    pub fn new(frame: MessageFrame, stored_at: SystemTime) -> Result<Arc<Self>, SharedError> {
+        let json = WireFormat::Json.encode(&ServerFrame::Message(frame.clone()))?;
+        let json = Utf8Bytes::try_from(json).map_err(|e| SharedError::Encode(e.to_string()))?;
+        Ok(Arc::new(Encoded {
+            frame,
+            json,
+            msgpack: OnceLock::new(),
+            stored_at,
+        }))
+    }
+
+    /// The WebSocket message for a client speaking `format`: the same shared bytes for all.
+    pub fn ws_message(&self, format: WireFormat) -> Message {
+        match format {
+            WireFormat::Json => Message::Text(self.json.clone()),
+            WireFormat::Msgpack => Message::Binary(
+                self.msgpack
+                    .get_or_init(|| {
+                        WireFormat::Msgpack
+                            .encode(&ServerFrame::Message(self.frame.clone()))
+                            .unwrap_or_else(|e| {
+                                tracing::error!(error = %e, "MessagePack encoding failed");
+                                Bytes::new()
+                            })
+                    })
+                    .clone(),
+            ),
+        }
+    }
+
+    /// The JSON `message` frame, as SSE `data:` carries it.
+    pub fn json(&self) -> &str {
+        self.json.as_str()
+    }
+}
+
+/// Why a publisher's message was not delivered (the label of
+/// `tidings_gateway_rejected_messages_total`).
+#[derive(Debug)]
+pub struct Rejected {
+    /// `invalid` or `too_large`.
+    pub reason: &'static str,
+    /// Details for the log line.
+    pub detail: String,
+}
+
+fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+fn header_u64(headers: Option<&HeaderMap>, name: &str) -> Option<u64> {
+    header(headers, name).and_then(|v| v.trim().parse().ok())
+}
+
+/// RFC 3339 UTC with milliseconds, as in `"2026-11-22T01:00:00.123Z"`.
+pub fn format_ts(t: SystemTime) -> String {
+    let dt = OffsetDateTime::from(t);
+    let dt = dt
+        .replace_nanosecond(dt.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(dt);
+    dt.format(&Rfc3339).unwrap_or_default()
+}
+
+/// Parses and encodes a NATS message for `channel`. `durable` says whether it came from the
+/// stream's re-publish (and so carries sequence headers).
+pub fn from_nats(
+    msg: &async_nats::Message,
+    channel: &Channel,
+    durable: bool,
+    max_payload: usize,
+) -> Result<Arc<Encoded>, Rejected> {
+    let headers = msg.headers.as_ref();
+    let body =
+        PublishBody::decode(&msg.payload, header(headers, CONTENT_TYPE_HEADER), max_payload).map_err(|e| Rejected {
+            reason: if matches!(e, SharedError::TooLarge { .. }) {
+                "too_large"
+            } else {
+                "invalid"
+            },
+            detail: e.to_string(),
+        })?;
+    let (seq, prev, stored_at) = if durable {
+        let seq = header_u64(headers, "Nats-Sequence").ok_or_else(|| Rejected {
+            reason: "invalid",
+            detail: "re-published message without Nats-Sequence".into(),
+        })?;
+        let prev = header_u64(headers, "Nats-Last-Sequence").unwrap_or(0);
+        let stored_at = header(headers, "Nats-Time-Stamp")
+            .and_then(|t| OffsetDateTime::parse(t.trim(), &Rfc3339).ok())
+            .map(SystemTime::from)
+            .unwrap_or_else(SystemTime::now);
+        (Some(seq), Some(prev), stored_at)
+    } else {
+        (None, None, SystemTime::now())
+    };
+    let frame = MessageFrame {
+        channel: channel.clone(),
+        event: body.event,
+        data: body.data,
+        id: body.id.unwrap_or_else(|| nuid::next().to_string()),
+        ts: format_ts(stored_at),
+        seq,
+        prev,
+    };
+    Encoded::new(frame, stored_at).map_err(|e| Rejected {
+        reason: "invalid",
+        detail: e.to_string(),
+    })
+}

@@ -1,0 +1,93 @@
+//! Publishing from the edge (client `publish` frames and `POST /api/v1/publish`): the same
+//! validation and the same subjects as any other publisher (contract §3).
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use tidings_shared::body::{PublishBody, validate_event, validate_message_id};
+use tidings_shared::{Channel, Error as SharedError};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+
+/// Internal subject on which gateways forward client `ack` frames (consumed by workers to
+/// mark in-app notifications delivered).
+pub const ACK_SUBJECT: &str = "tidings.internal.acks";
+
+/// A validated message, encoded once, ready to publish.
+pub struct Prepared {
+    channel: Channel,
+    payload: Bytes,
+    msg_id: Option<String>,
+}
+
+/// Validates the event name, the id and the size, and encodes the publisher body.
+pub fn prepare(
+    state: &AppState,
+    channel: &Channel,
+    event: String,
+    data: serde_json::Value,
+    msg_id: Option<String>,
+    durable: bool,
+) -> Result<Prepared> {
+    validate_event(&event)?;
+    if let Some(id) = &msg_id {
+        validate_message_id(id)?;
+    }
+    let body = PublishBody {
+        event,
+        data,
+        id: Some(msg_id.clone().unwrap_or_else(|| nuid::next().to_string())),
+    };
+    let payload = body.to_json()?;
+    let limit = state.config.max_payload_bytes;
+    if payload.len() > limit {
+        return Err(SharedError::TooLarge {
+            size: payload.len(),
+            limit,
+        }
+        .into());
+    }
+    Ok(Prepared {
+        channel: channel.clone(),
+        payload: payload.into(),
+        msg_id: msg_id.filter(|_| durable),
+    })
+}
+
+impl Prepared {
+    /// Stores the message in `TIDINGS_EVENTS`; returns its sequence (the original one for a
+    /// repeated `msg_id` within the duplicate window).
+    pub async fn send_durable(self, state: &AppState) -> Result<u64> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = &self.msg_id {
+            headers.insert("Nats-Msg-Id", id.as_str());
+        }
+        let ack = state
+            .js
+            .publish_with_headers(self.channel.durable_subject(), headers, self.payload)
+            .await
+            .map_err(SharedError::nats)?
+            .await
+            .map_err(SharedError::nats)?;
+        Ok(ack.sequence)
+    }
+
+    /// Publishes on the ephemeral subject (no history, no sequence).
+    pub async fn send_live(self, state: &AppState) -> Result<()> {
+        state
+            .nats
+            .publish(self.channel.live_subject(), self.payload)
+            .await
+            .map_err(|e| Error::from(SharedError::nats(e)))
+    }
+}
+
+/// Forwards a client's delivery confirmation.
+pub async fn forward_ack(state: &AppState, user: &str, channel: &Channel, seq: u64) -> Result<()> {
+    let body = serde_json::json!({ "user": user, "channel": channel, "seq": seq });
+    state
+        .nats
+        .publish(ACK_SUBJECT, body.to_string().into())
+        .await
+        .map_err(|e| Error::from(SharedError::nats(e)))
+}

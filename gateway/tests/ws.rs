@@ -1,0 +1,605 @@
+//! The WebSocket edge against a real NATS: authentication, access, bad input, fan-out across
+//! two gateways, backpressure, limits, heartbeats, drain and both wire formats.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Gateway, claims, service_token, sign, user_token};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tidings_tests::{Incoming, NatsServer, TokenIn, WsClient, eventually, http_get};
+
+async fn connect(gw: &Gateway, token: &str) -> WsClient {
+    let mut c = WsClient::connect(&gw.base, TokenIn::Query(token.to_owned()), None)
+        .await
+        .unwrap();
+    let welcome = c.frame().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    c
+}
+
+async fn publish_durable(nats: &async_nats::Client, subject: &str, body: Value) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    js.publish(subject.to_owned(), body.to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence
+}
+
+async fn expect_message(c: &mut WsClient, channel: &str) -> Value {
+    let m = c.frame_of("message").await;
+    assert_eq!(m["channel"], channel, "{m}");
+    m
+}
+
+/// Nothing arrives within `d` (used after a message that must arrive has been seen elsewhere).
+async fn expect_silence(c: &mut WsClient, d: Duration) {
+    if let Some(Incoming::Frame(f)) = c.recv_timeout(d).await {
+        panic!("unexpected frame {f}");
+    }
+}
+
+#[tokio::test]
+async fn every_kind_of_bad_token_is_closed_with_4001_and_counted() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let expired = sign(&claims("u1", &[], &[], -120));
+    let mut future = claims("u1", &[], &[], 600);
+    future.nbf = Some(tidings_shared::auth::now_unix() + 600);
+    let not_yet = sign(&future);
+    let forged = tidings_shared::auth::sign_hs256(&claims("u1", &[], &[], 600), b"someone-else").unwrap();
+    let rsa_key = EncodingKey::from_rsa_pem(include_bytes!("../../shared/tests/fixtures/rsa-private.pem")).unwrap();
+    let wrong_key =
+        jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims("u1", &[], &[], 600), &rsa_key).unwrap();
+    let b64 = |s: &str| base64_url(s.as_bytes());
+    let alg_none = format!(
+        "{}.{}.",
+        b64(r#"{"alg":"none"}"#),
+        b64(&serde_json::to_string(&claims("u1", &[], &[], 600)).unwrap())
+    );
+
+    for (token, reason) in [
+        (expired, "expired"),
+        (not_yet, "not_yet_valid"),
+        (forged, "bad_signature"),
+        (wrong_key, "algorithm_not_allowed"),
+        (alg_none, "alg_none"),
+        ("garbage".to_owned(), "malformed"),
+    ] {
+        let before = gw
+            .metric(&format!("tidings_gateway_auth_failures_total{{reason=\"{reason}\"}}"))
+            .await;
+        let mut c = WsClient::connect(&gw.base, TokenIn::Query(token), None).await.unwrap();
+        assert_eq!(c.close_code().await, 4001, "{reason}");
+        let after = gw
+            .metric(&format!("tidings_gateway_auth_failures_total{{reason=\"{reason}\"}}"))
+            .await;
+        assert_eq!(after, before + 1.0, "{reason}");
+    }
+
+    // No token at all and a first frame that is not auth.
+    let mut c = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
+    c.send(json!({"type":"ping","id":1})).await.unwrap();
+    assert_eq!(c.close_code().await, 4001);
+}
+
+fn base64_url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+#[tokio::test]
+async fn every_way_of_passing_a_token_works_and_refresh_extends_the_session() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[("TIDINGS_JWT_LEEWAY_SECS", "0".into())]).await;
+    let token = user_token("u1", &["p1"], &[]);
+
+    let mut by_query = connect(&gw, &token).await;
+    assert_eq!(by_query.request(json!({"type":"ping"}), 1).await["type"], "pong");
+
+    let mut by_header = WsClient::connect(&gw.base, TokenIn::Header(token.clone()), None)
+        .await
+        .unwrap();
+    let w = by_header.frame().await;
+    assert_eq!((w["type"].as_str(), w["user"].as_str()), (Some("welcome"), Some("u1")));
+    assert_eq!(w["heartbeat_ms"], 25000);
+
+    let mut by_frame = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
+    by_frame
+        .send(json!({"type":"auth","id":7,"token":token}))
+        .await
+        .unwrap();
+    let reply = by_frame.frame().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["id"].as_u64(), reply["ok"].as_bool()),
+        (Some("reply"), Some(7), Some(true))
+    );
+    assert_eq!(by_frame.frame().await["type"], "welcome");
+
+    // A token that expires in 2 s, refreshed before: the session outlives the first token.
+    let short = sign(&claims("u1", &["p1"], &[], 2));
+    let mut refreshed = connect(&gw, &short).await;
+    let longer = claims("u1", &["p1"], &[], 600);
+    let reply = refreshed.request(json!({"type":"auth","token":sign(&longer)}), 2).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(reply["exp"], longer.exp);
+    // A bad refresh is refused and the session stays.
+    let reply = refreshed.request(json!({"type":"auth","token":"nope"}), 3).await;
+    assert_eq!(reply["error"]["code"], "unauthorized");
+    // Another user's token is no refresh.
+    let reply = refreshed
+        .request(json!({"type":"auth","token":user_token("u2", &[], &[])}), 4)
+        .await;
+    assert_eq!(reply["error"]["code"], "forbidden");
+
+    // Not refreshed: closed with 4001 when it expires.
+    let mut unrefreshed = connect(&gw, &short).await;
+    let code = tokio::time::timeout(Duration::from_secs(6), unrefreshed.close_code())
+        .await
+        .expect("closed at expiry");
+    assert_eq!(code, 4001);
+    // The refreshed one is still up.
+    assert_eq!(refreshed.request(json!({"type":"ping"}), 5).await["type"], "pong");
+}
+
+#[tokio::test]
+async fn access_rules_and_bad_input_get_the_contract_answers_and_the_connection_stays() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[("TIDINGS_MAX_FRAME_BYTES", "4096".into())]).await;
+    let mut c = connect(&gw, &user_token("u1", &["p1"], &[])).await;
+    let client = nats.client().await.unwrap();
+
+    for (i, channel) in ["user:u2", "project:p2"].into_iter().enumerate() {
+        let r = c
+            .request(json!({"type":"subscribe","channel":channel}), 10 + i as u64)
+            .await;
+        assert_eq!(r["error"]["code"], "forbidden", "{channel}: {r}");
+    }
+    let long = format!("project:{}", "a".repeat(200));
+    for (i, channel) in [
+        "project:a.b",
+        "project:*",
+        "project:>",
+        "user: x",
+        long.as_str(),
+        "",
+        "team:x",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = c
+            .request(json!({"type":"subscribe","channel":channel}), 20 + i as u64)
+            .await;
+        assert_eq!(
+            (r["ok"].as_bool(), r["error"]["code"].as_str()),
+            (Some(false), Some("bad_channel")),
+            "{channel}: {r}"
+        );
+    }
+    let r = c
+        .request(
+            json!({"type":"publish","channel":"project:p1","event":"x","data":1}),
+            30,
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden", "no publish claim: {r}");
+
+    c.send_text("{not json").await.unwrap();
+    let e = c.frame().await;
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["code"].as_str()),
+        (Some("error"), Some("bad_request")),
+        "{e}"
+    );
+    c.send_text(r#"{"type":"launch","id":31}"#).await.unwrap();
+    let e = c.frame().await;
+    assert_eq!(
+        (e["type"].as_str(), e["id"].as_u64(), e["error"]["code"].as_str()),
+        (Some("reply"), Some(31), Some("bad_request"))
+    );
+    c.send_text(r#"{"type":"subscribe","id":32}"#).await.unwrap();
+    assert_eq!(c.frame().await["error"]["code"], "bad_request");
+
+    // Still delivering after all that.
+    c.subscribe("project:p1").await;
+    let seq = publish_durable(
+        &client,
+        "tidings.events.project.p1",
+        json!({"event":"after_bad_input","data":{"ok":true}}),
+    )
+    .await;
+    let m = expect_message(&mut c, "project:p1").await;
+    assert_eq!(
+        (m["event"].as_str(), m["seq"].as_u64()),
+        (Some("after_bad_input"), Some(seq))
+    );
+
+    // An oversized frame closes with 1009.
+    c.send_text(&format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(8000)))
+        .await
+        .unwrap();
+    assert_eq!(c.close_code().await, 1009);
+}
+
+#[tokio::test]
+async fn fan_out_reaches_every_subscriber_on_two_gateways_and_no_one_else() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw1 = Gateway::start(&nats.url(), &[]).await;
+    let gw2 = Gateway::start(&nats.url(), &[]).await;
+    let client = nats.client().await.unwrap();
+    let token = user_token("u1", &["p1", "p2"], &[]);
+    let mut a = connect(&gw1, &token).await;
+    let mut b = connect(&gw1, &token).await;
+    let mut c = connect(&gw2, &token).await;
+    let mut other = connect(&gw2, &token).await;
+    for x in [&mut a, &mut b, &mut c] {
+        x.subscribe("project:p1").await;
+    }
+    other.subscribe("project:p2").await;
+
+    let s1 = publish_durable(
+        &client,
+        "tidings.events.project.p1",
+        json!({"event":"run_progress","data":{"pct":10},"id":"m1"}),
+    )
+    .await;
+    let s2 = publish_durable(
+        &client,
+        "tidings.events.project.p1",
+        json!({"event":"run_progress","data":{"pct":20}}),
+    )
+    .await;
+    for x in [&mut a, &mut b, &mut c] {
+        let m1 = expect_message(x, "project:p1").await;
+        assert_eq!(
+            (m1["id"].as_str(), m1["seq"].as_u64(), m1["prev"].as_u64()),
+            (Some("m1"), Some(s1), Some(0))
+        );
+        assert_eq!(m1["data"]["pct"], 10);
+        assert!(m1["ts"].as_str().is_some_and(|t| t.ends_with('Z')), "{m1}");
+        let m2 = expect_message(x, "project:p1").await;
+        assert_eq!((m2["seq"].as_u64(), m2["prev"].as_u64()), (Some(s2), Some(s1)));
+        assert!(m2["id"].as_str().is_some_and(|id| !id.is_empty()));
+    }
+    // Ephemeral messages: no seq, no prev.
+    client
+        .publish(
+            "tidings.live.project.p1",
+            json!({"event":"typing","data":"u9"}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    for x in [&mut a, &mut b, &mut c] {
+        let m = expect_message(x, "project:p1").await;
+        assert_eq!(m["event"], "typing");
+        assert!(m.get("seq").is_none() && m.get("prev").is_none(), "{m}");
+    }
+    expect_silence(&mut other, Duration::from_millis(300)).await;
+
+    // Unsubscribing the last local subscriber drops gw2's NATS subscription; gw1 keeps its own.
+    let r = c
+        .request(json!({"type":"unsubscribe","channel":"project:p1"}), 40)
+        .await;
+    assert_eq!(r["ok"], true);
+    let monitor = format!("{}/subsz?subs=1", nats.monitor_url());
+    let count = |text: &str| text.matches("tidings.stored.project.p1").count();
+    eventually(Duration::from_secs(5), "one stored subscription left (gw1)", || async {
+        let (_, body) = http_get(&monitor, None).await?;
+        (count(&body) == 1).then_some(())
+    })
+    .await;
+    publish_durable(&client, "tidings.events.project.p1", json!({"event":"after_unsub"})).await;
+    assert_eq!(expect_message(&mut a, "project:p1").await["event"], "after_unsub");
+    expect_silence(&mut c, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_with_4009_while_100_others_get_everything() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[("TIDINGS_OUTBOUND_QUEUE", "32".into())]).await;
+    let client = nats.client().await.unwrap();
+    let token = user_token("u1", &["p1"], &[]);
+    let mut fast = Vec::new();
+    for _ in 0..100 {
+        let mut c = connect(&gw, &token).await;
+        c.subscribe("project:p1").await;
+        fast.push(c);
+    }
+    // The slow client never reads; a tiny receive buffer makes that visible quickly.
+    let mut slow = WsClient::connect_with(&gw.base, TokenIn::Query(token.clone()), None, Some(4096))
+        .await
+        .unwrap();
+    assert_eq!(slow.frame().await["type"], "welcome");
+    slow.subscribe("project:p1").await;
+
+    // The publisher goes in batches of 16 and waits for the 100 readers to take each one, so
+    // that they stay within their queue of 32 however slowly this test process schedules
+    // them; the slow client falls further behind with every batch.
+    const N: usize = 480;
+    const BATCH: usize = 16;
+    let pad = "x".repeat(16 * 1024);
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers: Vec<_> = fast
+        .into_iter()
+        .map(|mut c| {
+            let received = received.clone();
+            tokio::spawn(async move {
+                for i in 0..N {
+                    let m = c.frame_of("message").await;
+                    assert_eq!(m["data"]["i"], i, "gap or reorder");
+                    received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let js = async_nats::jetstream::new(client.clone());
+    for batch in 0..N / BATCH {
+        for i in batch * BATCH..(batch + 1) * BATCH {
+            let body = json!({"event":"bulk","data":{"i":i,"pad":pad}}).to_string();
+            js.publish("tidings.events.project.p1", body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let want = 100 * (batch + 1) * BATCH;
+        eventually(Duration::from_secs(20), "readers caught up", || async {
+            (received.load(std::sync::atomic::Ordering::Relaxed) >= want).then_some(())
+        })
+        .await;
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    gw.wait_metric(
+        "tidings_gateway_slow_consumer_disconnects_total",
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(slow.close_code().await, 4009);
+}
+
+#[tokio::test]
+async fn limits_rate_subscriptions_connections_and_heartbeat() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(
+        &nats.url(),
+        &[
+            ("TIDINGS_COMMAND_RATE", "1".into()),
+            ("TIDINGS_COMMAND_BURST", "5".into()),
+            ("TIDINGS_MAX_SUBSCRIPTIONS", "2".into()),
+            ("TIDINGS_MAX_CONNECTIONS", "3".into()),
+            ("TIDINGS_HEARTBEAT_MS", "300".into()),
+        ],
+    )
+    .await;
+    let token = user_token("u1", &["*"], &[]);
+
+    let mut subs = connect(&gw, &token).await;
+    subs.subscribe("project:a").await;
+    subs.subscribe("project:b").await;
+    let r = subs.request(json!({"type":"subscribe","channel":"project:c"}), 1).await;
+    assert_eq!(r["error"]["code"], "bad_request", "{r}");
+
+    let mut spammer = connect(&gw, &token).await;
+    let mut codes = Vec::new();
+    for i in 0..6 {
+        let r = spammer.request(json!({"type":"ping"}), 100 + i).await;
+        codes.push(
+            r["error"]["code"]
+                .as_str()
+                .unwrap_or(r["type"].as_str().unwrap_or_default())
+                .to_owned(),
+        );
+    }
+    assert_eq!(codes[..5], ["pong"; 5]);
+    assert_eq!(codes[5], "rate_limited");
+    for i in 0..10 {
+        if spammer.send(json!({"type":"ping","id":200 + i})).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(spammer.close_code().await, 4008);
+
+    // Connection limit: 3 per node (subs + two more), then 503 at upgrade.
+    let _c2 = connect(&gw, &token).await;
+    let _c3 = connect(&gw, &token).await;
+    eventually(Duration::from_secs(5), "connection refused at the limit", || async {
+        WsClient::connect(&gw.base, TokenIn::Query(token.clone()), None)
+            .await
+            .err()
+    })
+    .await;
+
+    // A peer that never answers pings (never reads) is closed after two intervals.
+    gw.wait_metric("tidings_gateway_connections", 3.0, Duration::from_secs(5))
+        .await;
+    eventually(Duration::from_secs(5), "silent peers closed", || async {
+        (gw.metric("tidings_gateway_connections").await == 0.0).then_some(())
+    })
+    .await;
+    drop(subs);
+}
+
+#[tokio::test]
+async fn sigterm_drains_with_reconnect_frames_and_1012() {
+    let nats = NatsServer::start().await.unwrap();
+    let mut gw = Gateway::start(&nats.url(), &[("TIDINGS_DRAIN_MS", "500".into())]).await;
+    let token = user_token("u1", &["p1"], &[]);
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        let mut c = connect(&gw, &token).await;
+        c.subscribe("project:p1").await;
+        clients.push(c);
+    }
+    gw.process.signal("TERM").unwrap();
+    gw.wait_status("/readyz", 503, Duration::from_secs(2)).await;
+    for c in &mut clients {
+        let f = c.frame_of("reconnect").await;
+        assert_eq!(f["reason"], "shutdown");
+        assert!(f["retry_ms"].as_u64().is_some());
+        assert_eq!(c.close_code().await, 1012);
+    }
+    let exit = gw
+        .process
+        .wait_exit(Duration::from_secs(15))
+        .await
+        .expect("exit after drain");
+    assert!(exit.success(), "{}", gw.process.log());
+}
+
+#[tokio::test]
+async fn msgpack_clients_receive_the_same_content_as_json_clients() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let token = user_token("u1", &["p1"], &["project:p1"]);
+    let mut json_client = WsClient::connect(&gw.base, TokenIn::Query(token.clone()), Some("tidings.v1.json"))
+        .await
+        .unwrap();
+    let mut mp_client = WsClient::connect(&gw.base, TokenIn::Query(token.clone()), Some("tidings.v1.msgpack"))
+        .await
+        .unwrap();
+    assert_eq!(json_client.frame().await["type"], "welcome");
+    assert_eq!(mp_client.frame().await["type"], "welcome");
+    json_client.subscribe("project:p1").await;
+    mp_client.subscribe("project:p1").await;
+
+    // A MessagePack publisher body, and a client publish (durable, idempotent).
+    let body =
+        rmp_serde::to_vec_named(&json!({"event":"pr_merged","data":{"pr":42,"title":"<b>x</b>"},"id":"mp-1"})).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/msgpack");
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    js.publish_with_headers("tidings.events.project.p1", headers, body.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let a = json_client.frame_of("message").await;
+    let b = mp_client.frame_of("message").await;
+    assert_eq!(a, b);
+    assert_eq!(a["data"]["title"], "<b>x</b>");
+
+    let r1 = mp_client.request(json!({"type":"publish","channel":"project:p1","event":"chat","data":{"t":"hi"},"durable":true,"msg_id":"c-1"}), 5).await;
+    assert_eq!(r1["ok"], true, "{r1}");
+    let r2 = mp_client.request(json!({"type":"publish","channel":"project:p1","event":"chat","data":{"t":"hi"},"durable":true,"msg_id":"c-1"}), 6).await;
+    assert_eq!(r1["seq"], r2["seq"], "a repeated msg_id is stored once");
+    let a = json_client.frame_of("message").await;
+    assert_eq!(
+        (a["event"].as_str(), a["id"].as_str(), a["seq"].clone()),
+        (Some("chat"), Some("c-1"), r1["seq"].clone())
+    );
+    expect_silence(&mut json_client, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn http_publish_presence_across_gateways_and_sse() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw1 = Gateway::start(&nats.url(), &[]).await;
+    let gw2 = Gateway::start(&nats.url(), &[]).await;
+    let mut alice = connect(&gw1, &user_token("alice", &["p1"], &[])).await;
+    let mut bob = connect(&gw2, &user_token("bob", &["p1"], &[])).await;
+    alice.subscribe("project:p1").await;
+    bob.subscribe("project:p1").await;
+
+    let http = reqwest::Client::new();
+    let svc = service_token();
+    // SSE client on gw2.
+    let mut sse = http
+        .get(format!("{}/sse?channels=project:p1", gw2.base))
+        .bearer_auth(user_token("carol", &["p1"], &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let forbidden = http
+        .get(format!("{}/sse?channels=project:p9", gw2.base))
+        .bearer_auth(user_token("carol", &["p1"], &[]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403);
+
+    let publish = |id: &str| {
+        http.post(format!("{}/api/v1/publish", gw1.base))
+            .bearer_auth(&svc)
+            .json(&json!({"channel":"project:p1","event":"validation_update","data":{"ok":true},"id":id}))
+            .send()
+    };
+    let r = publish("h-1").await.unwrap();
+    assert_eq!(r.status(), 202);
+    let seq = r.json::<Value>().await.unwrap()["seq"].as_u64().unwrap();
+    let again = publish("h-1").await.unwrap().json::<Value>().await.unwrap();
+    assert_eq!(again["seq"], seq, "same id, same seq");
+    assert_eq!(expect_message(&mut alice, "project:p1").await["seq"], seq);
+    assert_eq!(expect_message(&mut bob, "project:p1").await["seq"], seq);
+
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: message"), "{text}");
+    assert!(text.contains(&format!("id: project:p1={seq}")), "{text}");
+    let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+    let frame: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(
+        (frame["type"].as_str(), frame["seq"].as_u64()),
+        (Some("message"), Some(seq))
+    );
+
+    // Errors as JSON.
+    let bad = http
+        .post(format!("{}/api/v1/publish", gw1.base))
+        .bearer_auth(&svc)
+        .json(&json!({"channel":"project:a.b","event":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_channel");
+    let denied = http
+        .post(format!("{}/api/v1/publish", gw1.base))
+        .bearer_auth(user_token("alice", &["p1"], &[]))
+        .json(&json!({"channel":"project:p1","event":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let big = http
+        .post(format!("{}/api/v1/publish", gw1.base))
+        .bearer_auth(&svc)
+        .json(&json!({"channel":"project:p1","event":"x","data":"y".repeat(70_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
+
+    // Presence: alice on gw1, bob and carol on gw2, seen from both nodes.
+    for gw in [&gw1, &gw2] {
+        let url = format!("{}/api/v1/channels/project:p1/presence", gw.base);
+        eventually(Duration::from_secs(10), "presence across gateways", || async {
+            let (code, body) = http_get(&url, Some(&svc)).await?;
+            let v: Value = serde_json::from_str(&body).ok()?;
+            (code == 200 && v["users"] == json!(["alice", "bob", "carol"]) && v["connections"] == 3).then_some(())
+        })
+        .await;
+    }
+    let r = alice
+        .request(json!({"type":"presence","channel":"project:p1"}), 9)
+        .await;
+    assert_eq!(r["users"], json!(["alice", "bob", "carol"]));
+    let r = alice
+        .request(json!({"type":"presence","channel":"project:p2"}), 10)
+        .await;
+    assert_eq!(r["error"]["code"], "forbidden");
+}
