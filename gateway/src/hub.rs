@@ -40,8 +40,9 @@ pub type ConnId = u64;
 pub enum Outbound {
     /// A channel message, shared by every recipient.
     Message(Arc<Encoded>),
-    /// A frame encoded for this connection only (e.g. a reply produced by another task).
-    Frame(Message),
+    /// A frame encoded for this connection only (e.g. a reply produced by another task);
+    /// boxed so that the queue's slots stay two words wide.
+    Frame(Box<Message>),
 }
 
 /// State a connection shares with the fan-out: how to tell it to go away.

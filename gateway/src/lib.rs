@@ -33,9 +33,20 @@ use tokio::sync::Notify;
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 
-/// What every handler shares; cheap to clone.
+/// What every handler shares: one pointer, so that each of the (many) connection tasks
+/// holding it stays small.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<App>);
+
+impl std::ops::Deref for AppState {
+    type Target = App;
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
+/// The gateway's shared parts, reached through [`AppState`].
+pub struct App {
     /// The configuration the process started with.
     pub config: Arc<GatewayConfig>,
     /// This node's id.
@@ -105,7 +116,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         usize::from(config.common.stream_replicas),
     );
     tokio::spawn(presence.clone().publish_loop());
-    let state = AppState {
+    let state = AppState(Arc::new(App {
         config: Arc::new(config),
         node_id: node_id.clone(),
         verifier,
@@ -115,7 +126,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         health: health.clone(),
         hub: hub.clone(),
         presence,
-    };
+    }));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
     let drain = Duration::from_millis(state.config.drain_ms);

@@ -102,7 +102,13 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         }
         registration.channels.push(c.clone());
     }
-    let expires = tokio::time::Instant::now() + Duration::from_secs(claims.exp.saturating_add(state.verifier.leeway()).saturating_sub(now_unix()));
+    let expires = tokio::time::Instant::now()
+        + Duration::from_secs(
+            claims
+                .exp
+                .saturating_add(state.verifier.leeway())
+                .saturating_sub(now_unix()),
+        );
     let sse = SseStream {
         rx,
         signal,

@@ -40,9 +40,11 @@ pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
 const WRITE_BATCH: usize = 256;
 /// How long a close frame may take to leave before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read buffer per connection: small, because most connections are idle and client
-/// commands are small; larger frames still work (the buffer grows up to the frame limit).
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per connection, allocated up front by tungstenite: small, because most
+/// connections are idle and client commands are small; a larger frame still works (the
+/// buffer grows to the frame's length, up to the frame limit). 1 KiB instead of the 128 KiB
+/// default is most of what makes an idle connection cheap.
+const READ_BUFFER: usize = 1024;
 /// Bytes buffered before a write goes to the socket; batches are flushed explicitly anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -78,7 +80,12 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketU
         Some(f) => ws.protocols([f.subprotocol()]),
         None => ws,
     };
-    ws.on_upgrade(move |socket| run(state, socket, format.unwrap_or_default(), token))
+    // Split before the session future is built, so that the future holds two small halves
+    // rather than the whole WebSocket for its lifetime.
+    ws.on_upgrade(move |socket| {
+        let (sink, stream) = socket.split();
+        run(state, sink, stream, format.unwrap_or_default(), token)
+    })
 }
 
 type Sink = SplitSink<WebSocket, Message>;
@@ -152,13 +159,12 @@ async fn send(sink: &mut Sink, format: WireFormat, frame: &ServerFrame) -> Resul
     }
 }
 
-async fn run(state: AppState, socket: WebSocket, format: WireFormat, token: Option<String>) {
-    let (mut sink, mut stream) = socket.split();
-    let (claims, auth_id) = match authenticate(&state, &mut stream, &mut sink, format, token).await {
+async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFormat, token: Option<String>) {
+    let (claims, auth_id) = match Box::pin(authenticate(&state, &mut stream, &mut sink, format, token)).await {
         Ok(c) => c,
         Err(reason) => {
             tracing::debug!(reason, "WebSocket refused");
-            close(&mut sink, CLOSE_UNAUTHORIZED, &format!("unauthorized: {reason}")).await;
+            Box::pin(close(&mut sink, CLOSE_UNAUTHORIZED, &format!("unauthorized: {reason}"))).await;
             return;
         }
     };
@@ -181,6 +187,8 @@ async fn run(state: AppState, socket: WebSocket, format: WireFormat, token: Opti
         channels: HashSet::new(),
         sink,
     };
+    // The session is boxed apart from its rarely used parts (commands, closing), which are
+    // boxed again where they run: an idle connection's task then holds only the loop's state.
     async move {
         if let Some(id) = auth_id {
             let reply = Reply {
@@ -195,7 +203,7 @@ async fn run(state: AppState, socket: WebSocket, format: WireFormat, token: Opti
             user: session.claims.sub.clone(),
             heartbeat_ms: session.state.config.heartbeat_ms,
         });
-        session.send(&welcome).await;
+        Box::pin(session.send(&welcome)).await;
         let reason = session.serve(stream, rx).await;
         tracing::debug!(reason, "WebSocket closed");
         session.state.hub.unregister(session.id, session.channels.drain());
@@ -263,7 +271,7 @@ impl Session {
             tokio::select! {
                 biased;
                 code = signal.closed() => {
-                    self.close_for(code).await;
+                    Box::pin(self.close_for(code)).await;
                     return "closed by server";
                 }
                 n = rx.recv_many(&mut batch, WRITE_BATCH) => {
@@ -273,7 +281,7 @@ impl Session {
                     let written = tokio::select! {
                         r = self.write_batch(&mut batch) => r,
                         code = signal.closed() => {
-                            self.close_for(code).await;
+                            Box::pin(self.close_for(code)).await;
                             return "closed by server during write";
                         }
                     };
@@ -287,7 +295,7 @@ impl Session {
                         None => return "peer went away",
                         Some(Err(e)) => {
                             if is_capacity_error(&e) {
-                                close(&mut self.sink, CLOSE_TOO_LARGE, "frame too large").await;
+                                Box::pin(close(&mut self.sink, CLOSE_TOO_LARGE, "frame too large")).await;
                                 return "frame too large";
                             }
                             return "read error";
@@ -296,15 +304,15 @@ impl Session {
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Text(t))) => {
                             let decoded = WireFormat::Json.decode_client(t.as_bytes(), self.state.config.max_frame_bytes);
-                            if let Next::Close(code, reason) = self.command(decoded, &mut expiry).await {
-                                close(&mut self.sink, code, reason).await;
+                            if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
+                                Box::pin(close(&mut self.sink, code, reason)).await;
                                 return reason;
                             }
                         }
                         Some(Ok(Message::Binary(b))) => {
                             let decoded = WireFormat::Msgpack.decode_client(&b, self.state.config.max_frame_bytes);
-                            if let Next::Close(code, reason) = self.command(decoded, &mut expiry).await {
-                                close(&mut self.sink, code, reason).await;
+                            if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
+                                Box::pin(close(&mut self.sink, code, reason)).await;
                                 return reason;
                             }
                         }
@@ -312,7 +320,7 @@ impl Session {
                 }
                 _ = ticker.tick() => {
                     if last_seen.elapsed() > heartbeat * 2 {
-                        close(&mut self.sink, 1001, "heartbeat timeout").await;
+                        Box::pin(close(&mut self.sink, 1001, "heartbeat timeout")).await;
                         return "heartbeat timeout";
                     }
                     if self.sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
@@ -320,7 +328,7 @@ impl Session {
                     }
                 }
                 () = &mut expiry => {
-                    close(&mut self.sink, CLOSE_UNAUTHORIZED, "token expired").await;
+                    Box::pin(close(&mut self.sink, CLOSE_UNAUTHORIZED, "token expired")).await;
                     return "token expired";
                 }
             }
@@ -338,7 +346,7 @@ impl Session {
                     self.state.metrics.delivery_latency.observe(latency.as_secs_f64());
                     enc.ws_message(self.format)
                 }
-                Outbound::Frame(m) => m,
+                Outbound::Frame(m) => *m,
             };
             self.sink.feed(msg).await?;
         }
@@ -521,7 +529,7 @@ impl Session {
                     Err(e) => Reply::err(id, e.code(), e.to_string()),
                 };
                 if let Some(m) = encode(format, &ServerFrame::Reply(reply)) {
-                    let _ = tx.try_send(Outbound::Frame(m));
+                    let _ = tx.try_send(Outbound::Frame(Box::new(m)));
                 }
             }
             .in_current_span(),
@@ -561,7 +569,9 @@ impl Session {
             self.channels.remove(&c);
             self.state.hub.unsubscribe(self.id, &c);
         }
-        expiry.as_mut().reset(token_deadline(claims.exp, self.state.verifier.leeway()));
+        expiry
+            .as_mut()
+            .reset(token_deadline(claims.exp, self.state.verifier.leeway()));
         let exp = claims.exp;
         self.claims = claims;
         self.reply(Reply {

@@ -84,6 +84,22 @@ async fn every_kind_of_bad_token_is_closed_with_4001_and_counted() {
     let mut c = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
     c.send(json!({"type":"ping","id":1})).await.unwrap();
     assert_eq!(c.close_code().await, 4001);
+
+    // No token and silence: closed when the 5 s auth deadline passes.
+    let before = gw
+        .metric("tidings_gateway_auth_failures_total{reason=\"missing\"}")
+        .await;
+    let started = std::time::Instant::now();
+    let mut c = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
+    assert_eq!(c.close_code().await, 4001);
+    assert!(
+        started.elapsed() >= Duration::from_millis(4900),
+        "closed before the deadline"
+    );
+    let after = gw
+        .metric("tidings_gateway_auth_failures_total{reason=\"missing\"}")
+        .await;
+    assert_eq!(after, before + 1.0);
 }
 
 fn base64_url(bytes: &[u8]) -> String {
@@ -280,6 +296,38 @@ async fn fan_out_reaches_every_subscriber_on_two_gateways_and_no_one_else() {
     }
     expect_silence(&mut other, Duration::from_millis(300)).await;
 
+    // Bad publisher bodies are dropped and counted (once per gateway), never delivered.
+    for body in [
+        "not json".to_owned(),
+        json!({"event":"has space"}).to_string(),
+        json!({"event":"huge","data":"z".repeat(70_000)}).to_string(),
+    ] {
+        client.publish("tidings.live.project.p1", body.into()).await.unwrap();
+    }
+    publish_durable(
+        &client,
+        "tidings.events.project.p1",
+        json!({"event":"after_bad_bodies"}),
+    )
+    .await;
+    for x in [&mut a, &mut b, &mut c] {
+        assert_eq!(expect_message(x, "project:p1").await["event"], "after_bad_bodies");
+    }
+    for gw in [&gw1, &gw2] {
+        gw.wait_metric(
+            "tidings_gateway_rejected_messages_total{reason=\"invalid\"}",
+            2.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        gw.wait_metric(
+            "tidings_gateway_rejected_messages_total{reason=\"too_large\"}",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+
     // Unsubscribing the last local subscriber drops gw2's NATS subscription; gw1 keeps its own.
     let r = c
         .request(json!({"type":"unsubscribe","channel":"project:p1"}), 40)
@@ -374,7 +422,6 @@ async fn limits_rate_subscriptions_connections_and_heartbeat() {
             ("TIDINGS_COMMAND_BURST", "5".into()),
             ("TIDINGS_MAX_SUBSCRIPTIONS", "2".into()),
             ("TIDINGS_MAX_CONNECTIONS", "3".into()),
-            ("TIDINGS_HEARTBEAT_MS", "300".into()),
         ],
     )
     .await;
@@ -416,14 +463,38 @@ async fn limits_rate_subscriptions_connections_and_heartbeat() {
     })
     .await;
 
-    // A peer that never answers pings (never reads) is closed after two intervals.
-    gw.wait_metric("tidings_gateway_connections", 3.0, Duration::from_secs(5))
-        .await;
-    eventually(Duration::from_secs(5), "silent peers closed", || async {
-        (gw.metric("tidings_gateway_connections").await == 0.0).then_some(())
-    })
-    .await;
     drop(subs);
+}
+
+#[tokio::test]
+async fn silent_peers_are_closed_after_two_heartbeats_and_live_ones_stay() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[("TIDINGS_HEARTBEAT_MS", "300".into())]).await;
+    let token = user_token("u1", &["p1"], &[]);
+    // This one never reads again, so it never answers the server's pings.
+    let mut silent = connect(&gw, &token).await;
+    silent.subscribe("project:p1").await;
+    // This one keeps reading (tungstenite answers pings while reading).
+    let mut live = connect(&gw, &token).await;
+    live.subscribe("project:p1").await;
+    let reader = tokio::spawn(async move {
+        let end = live.close_code().await;
+        panic!("the live client was closed ({end})");
+    });
+    eventually(
+        Duration::from_secs(5),
+        "the silent peer closed, its resources freed",
+        || async {
+            let conns = gw.metric("tidings_gateway_connections").await;
+            let subs = gw.metric("tidings_gateway_subscriptions").await;
+            (conns == 1.0 && subs == 1.0).then_some(())
+        },
+    )
+    .await;
+    // Both connected together, so the live one has also outlived two intervals.
+    assert!(!reader.is_finished(), "the live client must stay connected");
+    assert_eq!(silent.close_code().await, 1001);
+    reader.abort();
 }
 
 #[tokio::test]

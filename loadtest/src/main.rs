@@ -1,8 +1,11 @@
 //! `tidings-loadtest`: load generator and benchmark tooling for Tidings.
 //!
-//! Scenarios run against loopback only, bounded in time and count. `token` mints HS256 tokens
-//! for local use (the quick start prints one, and scenarios mint their clients' tokens the
-//! same way).
+//! Scenarios run against loopback only, bounded in count and time, and stop by themselves.
+//! `token` mints HS256 tokens for local use (the quick start prints one, and scenarios mint
+//! their clients' tokens the same way).
+
+mod idle;
+mod sysinfo;
 
 use std::time::Duration;
 
@@ -25,6 +28,8 @@ struct Cli {
 enum Command {
     /// Print an HS256 token for a local gateway.
     Token(TokenArgs),
+    /// Open N idle connections and report the gateway's memory per connection.
+    Idle(idle::IdleArgs),
 }
 
 #[derive(clap::Args)]
@@ -49,7 +54,33 @@ struct TokenArgs {
     ttl: Duration,
 }
 
-fn main() -> anyhow::Result<()> {
+/// A one-hour token for load clients.
+fn mint(secret: &str, sub: &str, projects: &[&str], role: Option<&str>) -> anyhow::Result<String> {
+    let claims = Claims {
+        sub: sub.to_owned(),
+        projects: projects.iter().map(|p| p.to_string()).collect(),
+        publish: Vec::new(),
+        role: role.map(str::to_owned),
+        exp: now_unix() + 3600,
+        nbf: None,
+    };
+    Ok(sign_hs256(&claims, secret.as_bytes())?)
+}
+
+fn report<T: serde::Serialize>(result: &T, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(result)?;
+    println!("{json}");
+    if let Some(path) = out {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, json)?;
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Token(a) => {
             let claims = Claims {
@@ -61,6 +92,11 @@ fn main() -> anyhow::Result<()> {
                 nbf: None,
             };
             println!("{}", sign_hs256(&claims, a.secret.as_bytes())?);
+        }
+        Command::Idle(a) => {
+            let out = a.out.clone();
+            let result = idle::run(a).await?;
+            report(&result, out.as_deref())?;
         }
     }
     Ok(())

@@ -1,0 +1,44 @@
+//! What the load test reads about processes from `/proc`: resident memory and CPU time, so
+//! that every report says what the gateway used and whether the generator itself was the
+//! bottleneck.
+
+use std::time::Duration;
+
+/// Resident set size of `pid`, in bytes (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))?;
+    Ok(kb * 1024)
+}
+
+/// User + system CPU time of `pid` (fields 14 and 15 of `/proc/<pid>/stat`).
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may contain spaces; fields resume after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // After ')': state is index 0, so utime (field 14) is index 11 and stime index 12.
+    let total = ticks(11) + ticks(12);
+    Ok(Duration::from_millis(total * 1000 / clock_ticks()))
+}
+
+fn clock_ticks() -> u64 {
+    // USER_HZ is 100 on every Linux this runs on.
+    100
+}
+
+/// Raises this process's open-file soft limit to its hard limit; returns the new limit.
+pub fn raise_nofile() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(_) => rlimit::getrlimit(rlimit::Resource::NOFILE)
+            .map(|(soft, _)| soft)
+            .unwrap_or(1024),
+    }
+}
