@@ -1,7 +1,7 @@
 //! The HTTP API of contract §6 (JSON in, JSON out, errors as `{"error":{code,message}}`).
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,6 +20,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/publish", post(publish))
         .route("/api/v1/channels/{channel}/presence", get(presence))
+        .route("/api/v1/channels/{channel}/history", get(history))
 }
 
 /// `GET /api/v1/stats`.
@@ -116,4 +117,62 @@ async fn presence(
         ));
     }
     Ok(Json(state.presence.get(&channel).await?))
+}
+
+/// Query of the history route.
+#[derive(Debug, Deserialize)]
+pub struct HistoryQuery {
+    /// Return messages after this sequence (0 or absent: from the oldest held).
+    #[serde(default)]
+    pub since: u64,
+    /// At most this many (default 100, at most 1,000).
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// The epoch `since` belongs to.
+    #[serde(default)]
+    pub epoch: Option<String>,
+}
+
+/// Answer of the history route.
+#[derive(Debug, Serialize)]
+pub struct History {
+    /// `message` frames, oldest first.
+    pub messages: Vec<serde_json::Value>,
+    /// Whether these complete the history after `since` (false: some were dropped by
+    /// retention, or `epoch` is not the current one).
+    pub recovered: bool,
+    /// Whether more messages follow (ask again with `since` = the last `seq`).
+    pub more: bool,
+    /// The stream's epoch.
+    pub epoch: String,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    Caller(claims): Caller,
+    Path(channel): Path<String>,
+    query: std::result::Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<History>> {
+    let Query(q) = query.map_err(|e| Error::api(ErrorCode::BadRequest, e.body_text()))?;
+    let channel = Channel::parse(&channel)?;
+    if !claims.can_read(&channel) {
+        return Err(Error::api(
+            ErrorCode::Forbidden,
+            format!("this token may not read {channel}"),
+        ));
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let replay = crate::history::replay(&state, &channel, q.since, q.epoch.as_deref(), limit).await?;
+    let messages = replay
+        .messages
+        .iter()
+        .map(|m| serde_json::from_str(m.json()).unwrap_or(serde_json::Value::Null))
+        .collect();
+    Ok(Json(History {
+        messages,
+        // A page cut by `limit` is not a hole in the history.
+        recovered: replay.complete,
+        more: replay.truncated,
+        epoch: replay.epoch,
+    }))
 }

@@ -8,7 +8,7 @@
 //! one connection with 4009 (slow consumer) without touching anyone else.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -94,7 +94,31 @@ pub struct ConnHandle {
     pub user: Arc<str>,
 }
 
-type Subscribers = Arc<RwLock<HashMap<ConnId, ConnHandle>>>;
+/// One connection's subscription to one channel.
+struct Sub {
+    handle: ConnHandle,
+    /// Set while the connection replays history: live messages are held in `held` instead of
+    /// queued, then handed over by [`Hub::release`], so replay and live join with no gap and
+    /// no duplicate.
+    holding: AtomicBool,
+    held: Mutex<Vec<Arc<Encoded>>>,
+}
+
+/// A channel's local subscribers, and how far its fan-out has gone.
+#[derive(Default)]
+struct ChannelSubs {
+    subs: HashMap<ConnId, Sub>,
+    /// Stream sequence up to which this channel's durable messages have been fanned out (or,
+    /// before the first, the stream position when the channel was opened). Read under the
+    /// write lock when a subscriber joins and written under the read lock by the fan-out, so
+    /// a new subscriber gets every durable message after it: its starting position.
+    position: AtomicU64,
+    /// The position when the channel was opened (for subscribers that joined before it was
+    /// known: they get every message fanned out since).
+    opening: AtomicU64,
+}
+
+type Subscribers = Arc<RwLock<ChannelSubs>>;
 
 struct ChannelEntry {
     subscribers: Subscribers,
@@ -135,14 +159,17 @@ pub struct Hub {
     nats: async_nats::Client,
     metrics: Metrics,
     max_payload: usize,
+    /// Live messages held per recovering subscription before it counts as a slow consumer.
+    hold_limit: usize,
     presence_dirty: Mutex<Vec<Channel>>,
     presence_changed: Notify,
 }
 
 impl Hub {
     /// An empty hub fanning out from `nats`.
-    pub fn new(nats: async_nats::Client, metrics: Metrics, max_payload: usize) -> Arc<Self> {
+    pub fn new(nats: async_nats::Client, metrics: Metrics, max_payload: usize, hold_limit: usize) -> Arc<Self> {
         Arc::new(Hub {
+            hold_limit,
             channels: Mutex::default(),
             connections: Mutex::default(),
             next_id: AtomicU64::new(1),
@@ -189,28 +216,47 @@ impl Hub {
 
     /// Adds `id` to `channel`'s subscribers, opening the NATS subscriptions if it is the first,
     /// and waits until NATS has them (so no message published after the reply is missed).
+    /// With `hold`, live messages are held for [`Hub::release`] instead of queued (also when
+    /// the connection was already subscribed: a re-subscription to recover).
     pub async fn subscribe(
         self: &Arc<Self>,
         id: ConnId,
         channel: &Channel,
         handle: ConnHandle,
-    ) -> Result<(), SubscribeError> {
+        hold: bool,
+    ) -> Result<u64, SubscribeError> {
+        let position;
         let mut ready = {
             let mut channels = lock(&self.channels);
             let entry = channels
                 .entry(channel.clone())
                 .or_insert_with(|| self.open_channel(channel));
             let user = handle.user.clone();
-            if write(&entry.subscribers).insert(id, handle).is_none() {
-                *entry.users.entry(user).or_insert(0) += 1;
-                self.metrics.subscriptions.inc();
+            let mut guard = write(&entry.subscribers);
+            position = guard.position.load(Ordering::Acquire);
+            let subs = &mut guard.subs;
+            match subs.get(&id) {
+                Some(existing) => existing.holding.store(hold, Ordering::Release),
+                None => {
+                    let sub = Sub {
+                        handle,
+                        holding: AtomicBool::new(hold),
+                        held: Mutex::default(),
+                    };
+                    subs.insert(id, sub);
+                    *entry.users.entry(user).or_insert(0) += 1;
+                    self.metrics.subscriptions.inc();
+                }
             }
+            drop(guard);
             entry.ready.clone()
         };
         self.mark_presence(channel);
         let confirmed = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
         if matches!(confirmed, Ok(Ok(_))) {
-            Ok(())
+            // Joined before the channel task knew where the channel stood: everything fanned
+            // out since it opened reaches this subscriber. The task sets it before `ready`.
+            Ok(if position == 0 { self.opening(channel) } else { position })
         } else {
             self.unsubscribe(id, channel);
             Err(SubscribeError::Unavailable)
@@ -225,18 +271,18 @@ impl Hub {
             return false;
         };
         let (removed, now_empty) = {
-            let mut subs = write(&entry.subscribers);
-            let removed = subs.remove(&id);
-            (removed, subs.is_empty())
+            let mut guard = write(&entry.subscribers);
+            let removed = guard.subs.remove(&id);
+            (removed, guard.subs.is_empty())
         };
-        let Some(handle) = removed else {
+        let Some(sub) = removed else {
             return false;
         };
         self.metrics.subscriptions.dec();
-        if let Some(n) = entry.users.get_mut(&handle.user) {
+        if let Some(n) = entry.users.get_mut(&sub.handle.user) {
             *n -= 1;
             if *n == 0 {
-                entry.users.remove(&handle.user);
+                entry.users.remove(&sub.handle.user);
             }
         }
         if now_empty {
@@ -246,6 +292,32 @@ impl Hub {
         drop(channels);
         self.mark_presence(channel);
         true
+    }
+
+    /// Ends holding for `id` on `channel` and returns what was held meanwhile, oldest first.
+    /// From now on its messages are queued as usual; the caller writes the returned ones
+    /// (those after what it replayed) before anything queued.
+    pub fn release(&self, id: ConnId, channel: &Channel) -> Vec<Arc<Encoded>> {
+        let channels = lock(&self.channels);
+        let Some(entry) = channels.get(channel) else {
+            return Vec::new();
+        };
+        let guard = read(&entry.subscribers);
+        let Some(sub) = guard.subs.get(&id) else {
+            return Vec::new();
+        };
+        let mut held = lock(&sub.held);
+        sub.holding.store(false, Ordering::Release);
+        std::mem::take(&mut *held)
+    }
+
+    /// Where `channel` stood when this node opened it (0 if it has no subscribers here).
+    fn opening(&self, channel: &Channel) -> u64 {
+        let channels = lock(&self.channels);
+        channels
+            .get(channel)
+            .map(|e| read(&e.subscribers).opening.load(Ordering::Acquire))
+            .unwrap_or(0)
     }
 
     /// This node's subscribers of `channel`.
@@ -317,8 +389,23 @@ impl Hub {
 
     /// Offers one encoded message to every subscriber of a channel, never waiting.
     fn fan_out(&self, subscribers: &Subscribers, encoded: &Arc<Encoded>) {
-        let subs = read(subscribers);
-        for handle in subs.values() {
+        let guard = read(subscribers);
+        for sub in guard.subs.values() {
+            let handle = &sub.handle;
+            if sub.holding.load(Ordering::Acquire) {
+                let mut held = lock(&sub.held);
+                // Re-checked under the lock: `release` clears the flag while holding it.
+                if sub.holding.load(Ordering::Acquire) {
+                    if held.len() >= self.hold_limit {
+                        if handle.signal.close(CLOSE_SLOW_CONSUMER) {
+                            self.metrics.slow_consumer_disconnects.inc();
+                        }
+                    } else {
+                        held.push(encoded.clone());
+                    }
+                    continue;
+                }
+            }
             match handle.tx.try_send(Outbound::Message(encoded.clone())) {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
@@ -330,12 +417,31 @@ impl Hub {
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
+        if let Some(seq) = encoded.frame.seq {
+            guard.position.store(seq, Ordering::Release);
+        }
     }
 }
 
 /// Owns a channel's NATS subscriptions; aborted (unsubscribing) when the last local
 /// subscriber leaves.
+///
+/// Durable messages are checked against the last sequence this node saw on the channel: a
+/// `Nats-Last-Sequence` beyond it means this node missed messages (a NATS reconnect, a lost
+/// route), so they are read back from the stream and delivered first; a sequence already
+/// seen is a duplicate and dropped. `prev` is always the previous message this node
+/// delivered on the channel, so clients see an unbroken chain even when a malformed message
+/// in between was dropped.
 async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers, ready: watch::Sender<bool>) {
+    let js = async_nats::jetstream::new(hub.nats.clone());
+    // Where the channel stands before the subscription exists: anything stored after this
+    // and before the subscription is active shows up as a gap and is repaired.
+    let opening = opening_position(&js, &channel).await;
+    {
+        let guard = read(&subscribers);
+        guard.opening.store(opening, Ordering::Release);
+        guard.position.store(opening, Ordering::Release);
+    }
     let (stored, live) = match (
         hub.nats.subscribe(channel.stored_subject()).await,
         hub.nats.subscribe(channel.live_subject()).await,
@@ -354,9 +460,39 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
     let mut merged = futures::stream::select(stored.map(|m| (true, m)), live.map(|m| (false, m)));
     // Log a bad publisher once per subject (durable, live), not once per message.
     let mut logged = [false; 2];
+    // Last sequence seen (delivered or dropped) and last delivered; 0 when unknown.
+    let mut last_seen = opening;
+    let mut last_delivered = opening;
     while let Some((durable, msg)) = merged.next().await {
-        match message::from_nats(&msg, &channel, durable, hub.max_payload) {
-            Ok(encoded) => hub.fan_out(&subscribers, &encoded),
+        let position = if durable {
+            let Some((seq, prev)) = message::stored_position(&msg) else {
+                hub.metrics.rejected_messages.with_label_values(&["invalid"]).inc();
+                continue;
+            };
+            if seq <= last_seen {
+                continue;
+            }
+            if last_seen > 0 && prev > last_seen {
+                match repair_gap(&hub, &js, &channel, &subscribers, last_seen, seq, last_delivered).await {
+                    Some(last) => last_delivered = last,
+                    // Not repaired: show the real `prev`, so clients see the gap and recover
+                    // with `since` themselves.
+                    None => last_delivered = prev,
+                }
+            }
+            let shown_prev = if last_seen > 0 { last_delivered } else { prev };
+            last_seen = seq;
+            Some((seq, shown_prev))
+        } else {
+            None
+        };
+        match message::from_nats(&msg, &channel, position, hub.max_payload) {
+            Ok(encoded) => {
+                if let Some((seq, _)) = position {
+                    last_delivered = seq;
+                }
+                hub.fan_out(&subscribers, &encoded);
+            }
             Err(rejected) => {
                 hub.metrics
                     .rejected_messages
@@ -367,6 +503,65 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
                         "dropping publisher message (logged once per subject)");
                 }
             }
+        }
+    }
+}
+
+/// The channel's last stored sequence, or (if it has none) the stream's: the position from
+/// which everything of the channel is still to come. 0 if NATS cannot tell right now.
+async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel) -> u64 {
+    let Ok(mut stream) = js.get_stream(tidings_shared::subject::EVENTS_STREAM).await else {
+        return 0;
+    };
+    match stream.direct_get_last_for_subject(channel.durable_subject()).await {
+        Ok(m) => m.sequence,
+        Err(_) => stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+    }
+}
+
+/// Reads the messages between `after` and `before` (exclusive) back from the stream and fans
+/// them out; returns the last delivered sequence.
+async fn repair_gap(
+    hub: &Hub,
+    js: &async_nats::jetstream::Context,
+    channel: &Channel,
+    subscribers: &Subscribers,
+    after: u64,
+    before: u64,
+    last_delivered: u64,
+) -> Option<u64> {
+    let read = async {
+        let stream = js
+            .get_stream(tidings_shared::subject::EVENTS_STREAM)
+            .await
+            .map_err(tidings_shared::Error::nats)?;
+        crate::history::read(
+            &stream,
+            channel,
+            after + 1,
+            Some(before),
+            last_delivered,
+            usize::MAX,
+            &hub.metrics,
+            hub.max_payload,
+        )
+        .await
+    };
+    match read.await {
+        Ok(crate::history::Read { messages: missed, .. }) => {
+            tracing::info!(%channel, after, before, repaired = missed.len(), "gap in the stored sequence repaired from the stream");
+            let mut last = last_delivered;
+            for m in &missed {
+                hub.fan_out(subscribers, m);
+                last = m.frame.seq.unwrap_or(last);
+            }
+            hub.metrics.recovered_messages.inc_by(missed.len() as u64);
+            Some(last)
+        }
+        Err(e) => {
+            // Clients still see the gap through `prev` and recover with `since`.
+            tracing::warn!(%channel, after, before, error = %e, "gap repair failed");
+            None
         }
     }
 }

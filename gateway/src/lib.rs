@@ -8,6 +8,7 @@
 pub mod api;
 pub mod error;
 pub mod extract;
+pub mod history;
 pub mod hub;
 pub mod limit;
 pub mod message;
@@ -65,6 +66,29 @@ pub struct App {
     pub hub: Arc<hub::Hub>,
     /// Cluster-wide presence.
     pub presence: presence::PresenceBoard,
+    /// The last epoch of `TIDINGS_EVENTS` seen while reading it.
+    epoch: std::sync::RwLock<Option<String>>,
+}
+
+impl App {
+    /// Records the epoch seen while reading the stream (it changes when the stream is
+    /// recreated).
+    pub fn remember_epoch(&self, epoch: &str) {
+        if let Ok(mut e) = self.epoch.write()
+            && e.as_deref() != Some(epoch)
+        {
+            *e = Some(epoch.to_owned());
+        }
+    }
+
+    /// The current epoch of `TIDINGS_EVENTS`, as last seen.
+    pub fn current_epoch(&self) -> Option<String> {
+        self.epoch
+            .read()
+            .ok()
+            .and_then(|e| e.clone())
+            .or_else(|| self.health.epoch())
+    }
 }
 
 /// The streams a gateway keeps in place: it owns `TIDINGS_EVENTS` (its retention settings are
@@ -108,7 +132,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     let provisioner = Provisioner::spawn(client.clone(), on_connect, streams(&config));
     let health = Health::new(client.clone(), provisioner, metrics.registry.clone());
     let js = async_nats::jetstream::new(client.clone());
-    let hub = hub::Hub::new(client.clone(), metrics.clone(), config.max_payload_bytes);
+    // A recovering subscription may hold up to 4 queues' worth of live messages.
+    let hold_limit = config.outbound_queue as usize * 4;
+    let hub = hub::Hub::new(client.clone(), metrics.clone(), config.max_payload_bytes, hold_limit);
     let presence = presence::PresenceBoard::new(
         js.clone(),
         node_id.clone(),
@@ -126,6 +152,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         health: health.clone(),
         hub: hub.clone(),
         presence,
+        epoch: std::sync::RwLock::new(None),
     }));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");

@@ -95,12 +95,27 @@ pub fn format_ts(t: SystemTime) -> String {
     dt.format(&Rfc3339).unwrap_or_default()
 }
 
-/// Parses and encodes a NATS message for `channel`. `durable` says whether it came from the
-/// stream's re-publish (and so carries sequence headers).
+/// The stream position a re-published durable message carries: its sequence and the
+/// sequence of the previous message of its subject (`Nats-Last-Sequence`).
+pub fn stored_position(msg: &async_nats::Message) -> Option<(u64, u64)> {
+    let headers = msg.headers.as_ref();
+    let seq = header_u64(headers, "Nats-Sequence")?;
+    Some((seq, header_u64(headers, "Nats-Last-Sequence").unwrap_or(0)))
+}
+
+/// The id of a durable message whose publisher gave none: derived from its sequence, so that
+/// every gateway, and every replay, shows the same id.
+pub fn stored_id(seq: u64) -> String {
+    format!("seq-{seq}")
+}
+
+/// Parses and encodes a NATS message for `channel`. `durable` is the `(seq, prev)` to show for
+/// a stored message (from [`stored_position`], `prev` possibly corrected by the caller), `None`
+/// for an ephemeral one.
 pub fn from_nats(
     msg: &async_nats::Message,
     channel: &Channel,
-    durable: bool,
+    durable: Option<(u64, u64)>,
     max_payload: usize,
 ) -> Result<Arc<Encoded>, Rejected> {
     let headers = msg.headers.as_ref();
@@ -113,28 +128,26 @@ pub fn from_nats(
             },
             detail: e.to_string(),
         })?;
-    let (seq, prev, stored_at) = if durable {
-        let seq = header_u64(headers, "Nats-Sequence").ok_or_else(|| Rejected {
-            reason: "invalid",
-            detail: "re-published message without Nats-Sequence".into(),
-        })?;
-        let prev = header_u64(headers, "Nats-Last-Sequence").unwrap_or(0);
-        let stored_at = header(headers, "Nats-Time-Stamp")
+    let stored_at = match durable {
+        Some(_) => header(headers, "Nats-Time-Stamp")
             .and_then(|t| OffsetDateTime::parse(t.trim(), &Rfc3339).ok())
             .map(SystemTime::from)
-            .unwrap_or_else(SystemTime::now);
-        (Some(seq), Some(prev), stored_at)
-    } else {
-        (None, None, SystemTime::now())
+            .unwrap_or_else(SystemTime::now),
+        None => SystemTime::now(),
+    };
+    let id = match (body.id, durable) {
+        (Some(id), _) => id,
+        (None, Some((seq, _))) => stored_id(seq),
+        (None, None) => nuid::next().to_string(),
     };
     let frame = MessageFrame {
         channel: channel.clone(),
         event: body.event,
         data: body.data,
-        id: body.id.unwrap_or_else(|| nuid::next().to_string()),
+        id,
         ts: format_ts(stored_at),
-        seq,
-        prev,
+        seq: durable.map(|(s, _)| s),
+        prev: durable.map(|(_, p)| p),
     };
     Encoded::new(frame, stored_at).map_err(|e| Rejected {
         reason: "invalid",

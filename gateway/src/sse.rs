@@ -41,12 +41,47 @@ impl Drop for Registration {
     }
 }
 
-/// The SSE event id: the last durable sequence per channel, e.g. `project:p1=12,user:u1=40`.
-fn cursor(seqs: &BTreeMap<Channel, u64>) -> String {
-    seqs.iter()
-        .map(|(c, s)| format!("{c}={s}"))
-        .collect::<Vec<_>>()
-        .join(",")
+/// Where an SSE client is: the stream's epoch, the stream position when it first connected
+/// (`w`), and the last durable sequence it got per channel. Sent as the event `id`, e.g.
+/// `e1732237200000000000;w120;project:p1=124;user:u1=130`, and read back from
+/// `Last-Event-ID` on reconnect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursor {
+    /// Epoch of `TIDINGS_EVENTS` the sequences belong to.
+    pub epoch: String,
+    /// Stream position at first connect: nothing of any listed channel up to it is missing.
+    pub watermark: u64,
+    /// Last sequence received per channel.
+    pub seqs: BTreeMap<Channel, u64>,
+}
+
+impl Cursor {
+    /// The `id:` value.
+    pub fn encode(&self) -> String {
+        let mut out = format!("e{};w{}", self.epoch, self.watermark);
+        for (c, s) in &self.seqs {
+            out.push_str(&format!(";{c}={s}"));
+        }
+        out
+    }
+
+    /// Parses a `Last-Event-ID`; `None` for anything malformed (then the client starts afresh).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split(';');
+        let epoch = parts.next()?.strip_prefix('e')?.to_owned();
+        let watermark = parts.next()?.strip_prefix('w')?.parse().ok()?;
+        let mut seqs = BTreeMap::new();
+        for p in parts {
+            let (c, seq) = p.rsplit_once('=')?;
+            seqs.insert(Channel::parse(c).ok()?, seq.parse().ok()?);
+        }
+        Some(Cursor { epoch, watermark, seqs })
+    }
+
+    /// Where to recover `channel` from.
+    fn since(&self, channel: &Channel) -> u64 {
+        self.seqs.get(channel).copied().unwrap_or(0).max(self.watermark)
+    }
 }
 
 /// The handler.
@@ -93,14 +128,56 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         id,
         channels: Vec::new(),
     };
+    // Resume from Last-Event-ID, or start at the stream's current position: either way each
+    // channel is subscribed holding, read back from its position, then joined with what was
+    // held, so nothing stored around the connect is missed or repeated.
+    let resume = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(Cursor::parse);
+    let mut cursor = match resume {
+        Some(c) => c,
+        None => {
+            let mut stream = crate::history::stream(&state).await?;
+            let info = stream.info().await.map_err(tidings_shared::Error::nats)?;
+            Cursor {
+                epoch: tidings_shared::nats::epoch_of(info),
+                watermark: info.state.last_sequence,
+                seqs: BTreeMap::new(),
+            }
+        }
+    };
+    let mut pending = VecDeque::new();
+    let cap = state.config.replay_max as usize;
     for c in &channels {
-        if state.hub.subscribe(id, c, handle.clone()).await.is_err() {
+        if state.hub.subscribe(id, c, handle.clone(), true).await.is_err() {
             return Err(Error::api(
                 ErrorCode::Unavailable,
                 "NATS did not confirm the subscription; retry",
             ));
         }
         registration.channels.push(c.clone());
+        let since = cursor.since(c);
+        let replay = crate::history::replay(&state, c, since, Some(&cursor.epoch), cap).await?;
+        if replay.epoch != cursor.epoch {
+            // Old epoch: sequences restart, so does the cursor.
+            cursor = Cursor {
+                epoch: replay.epoch.clone(),
+                watermark: 0,
+                seqs: BTreeMap::new(),
+            };
+        }
+        let last = replay.messages.last().and_then(|m| m.frame.seq).unwrap_or(since);
+        state.metrics.recovered_messages.inc_by(replay.messages.len() as u64);
+        let held = state.hub.release(id, c);
+        for m in replay
+            .messages
+            .into_iter()
+            .chain(held.into_iter().filter(|m| m.frame.seq.is_none_or(|s| s > last)))
+        {
+            pending.push_back(event_for(&m, &mut cursor));
+        }
     }
     let expires = tokio::time::Instant::now()
         + Duration::from_secs(
@@ -113,8 +190,8 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         rx,
         signal,
         expires,
-        seqs: BTreeMap::new(),
-        pending: VecDeque::new(),
+        cursor,
+        pending,
         batch: Vec::new(),
         registration,
     };
@@ -126,13 +203,25 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
+/// The SSE event for a message; durable ones advance the cursor and carry it as `id`.
+fn event_for(enc: &crate::message::Encoded, cursor: &mut Cursor) -> Event {
+    let event = Event::default().event("message").data(enc.json());
+    match enc.frame.seq {
+        Some(seq) => {
+            cursor.seqs.insert(enc.frame.channel.clone(), seq);
+            event.id(cursor.encode())
+        }
+        None => event,
+    }
+}
+
 /// One SSE client: its queue, its cursor, and its registration (dropped with the response
 /// body when the client goes away, which unsubscribes it).
 struct SseStream {
     rx: mpsc::Receiver<Outbound>,
     signal: Arc<ConnSignal>,
     expires: tokio::time::Instant,
-    seqs: BTreeMap<Channel, u64>,
+    cursor: Cursor,
     pending: VecDeque<Event>,
     batch: Vec<Outbound>,
     registration: Registration,
@@ -156,11 +245,7 @@ impl SseStream {
                     let metrics = &self.registration.state.metrics;
                     for out in self.batch.drain(..) {
                         let Outbound::Message(enc) = out else { continue };
-                        let mut event = Event::default().event("message").data(enc.json());
-                        if let Some(seq) = enc.frame.seq {
-                            self.seqs.insert(enc.frame.channel.clone(), seq);
-                            event = event.id(cursor(&self.seqs));
-                        }
+                        let event = event_for(&enc, &mut self.cursor);
                         let latency = SystemTime::now().duration_since(enc.stored_at).unwrap_or_default();
                         metrics.delivery_latency.observe(latency.as_secs_f64());
                         metrics.messages_delivered.inc();
@@ -168,6 +253,29 @@ impl SseStream {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let mut c = Cursor {
+            epoch: "123".into(),
+            watermark: 7,
+            seqs: BTreeMap::new(),
+        };
+        c.seqs.insert(Channel::parse("project:p1").unwrap(), 12);
+        c.seqs.insert(Channel::parse("user:u1").unwrap(), 40);
+        assert_eq!(c.encode(), "e123;w7;project:p1=12;user:u1=40");
+        assert_eq!(Cursor::parse(&c.encode()), Some(c.clone()));
+        assert_eq!(c.since(&Channel::parse("project:p1").unwrap()), 12);
+        assert_eq!(c.since(&Channel::Broadcast), 7);
+        for bad in ["", "x", "e1", "e1;wx", "e1;w2;project:a.b=3", "e1;w2;project:p=x"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
     }
 }

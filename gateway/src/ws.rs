@@ -399,7 +399,12 @@ impl Session {
         };
         match frame {
             ClientFrame::Ping { id } => self.send(&ServerFrame::Pong { id }).await,
-            ClientFrame::Subscribe { id, channel, since, .. } => self.subscribe(id, &channel, since).await,
+            ClientFrame::Subscribe {
+                id,
+                channel,
+                since,
+                epoch,
+            } => self.subscribe(id, &channel, since, epoch).await,
             ClientFrame::Unsubscribe { id, channel } => match Channel::parse(&channel) {
                 Err(e) => self.error(id, e.code(), e.to_string()).await,
                 Ok(c) => {
@@ -444,46 +449,83 @@ impl Session {
         }
     }
 
-    async fn subscribe(&mut self, id: Option<u64>, channel: &str, since: Option<u64>) {
+    async fn subscribe(&mut self, id: Option<u64>, channel: &str, since: Option<u64>, epoch: Option<String>) {
         let Some(c) = self.readable(id, channel).await else {
             return;
         };
-        if !self.channels.contains(&c) {
-            if self.channels.len() >= self.state.config.max_subscriptions {
-                let msg = format!(
-                    "at most {} subscriptions per connection",
-                    self.state.config.max_subscriptions
-                );
-                self.error(id, ErrorCode::BadRequest, msg).await;
-                return;
-            }
-            if self
-                .state
-                .hub
-                .subscribe(self.id, &c, self.handle.clone())
-                .await
-                .is_err()
-            {
-                self.error(
-                    id,
-                    ErrorCode::Unavailable,
-                    "NATS did not confirm the subscription; retry",
-                )
-                .await;
-                return;
-            }
-            self.channels.insert(c.clone());
+        let is_new = !self.channels.contains(&c);
+        if is_new && self.channels.len() >= self.state.config.max_subscriptions {
+            let msg = format!(
+                "at most {} subscriptions per connection",
+                self.state.config.max_subscriptions
+            );
+            self.error(id, ErrorCode::BadRequest, msg).await;
+            return;
         }
-        // History recovery is not served by this node version: a client that asks for it is
-        // told its history is incomplete (and reloads), never silently left with a gap.
+        // With `since`, live messages are held while the history is read, then joined.
+        let hold = since.is_some();
+        let Ok(position) = self.state.hub.subscribe(self.id, &c, self.handle.clone(), hold).await else {
+            self.error(
+                id,
+                ErrorCode::Unavailable,
+                "NATS did not confirm the subscription; retry",
+            )
+            .await;
+            return;
+        };
+        self.channels.insert(c.clone());
+        let Some(since) = since else {
+            // `seq` (an extra field): the stream position from which this subscription
+            // delivers every durable message of the channel. A client that has received
+            // nothing yet recovers from there after a disconnect.
+            let reply = Reply {
+                channel: Some(c),
+                epoch: self.state.current_epoch(),
+                recovered: Some(true),
+                missed: Some(0),
+                seq: Some(position),
+                ..Reply::ok(id)
+            };
+            return self.reply(reply).await;
+        };
+        let cap = self.state.config.replay_max as usize;
+        let replay = match crate::history::replay(&self.state, &c, since, epoch.as_deref(), cap).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Leave nothing half-done: the client retries the whole subscribe.
+                self.channels.remove(&c);
+                self.state.hub.unsubscribe(self.id, &c);
+                return self
+                    .error(id, ErrorCode::Unavailable, format!("history unavailable: {e}"))
+                    .await;
+            }
+        };
+        let last = replay.messages.last().and_then(|m| m.frame.seq).unwrap_or(since);
         let reply = Reply {
-            channel: Some(c),
-            epoch: self.state.health.epoch(),
-            recovered: Some(since.is_none()),
-            missed: Some(0),
+            channel: Some(c.clone()),
+            epoch: Some(replay.epoch.clone()),
+            recovered: Some(replay.recovered),
+            missed: Some(replay.messages.len() as u64),
             ..Reply::ok(id)
         };
         self.reply(reply).await;
+        let held = self.state.hub.release(self.id, &c);
+        let replayed = replay.messages.len() as u64;
+        let joined = replay
+            .messages
+            .into_iter()
+            .chain(held.into_iter().filter(|m| m.frame.seq.is_none_or(|s| s > last)));
+        let mut written = 0u64;
+        for m in joined {
+            if self.sink.feed(m.ws_message(self.format)).await.is_err() {
+                return;
+            }
+            written += 1;
+        }
+        if self.sink.flush().await.is_ok() {
+            self.state.metrics.recovered_messages.inc_by(replayed);
+            self.state.metrics.messages_delivered.inc_by(written);
+        }
     }
 
     async fn publish(

@@ -620,7 +620,7 @@ async fn http_publish_presence_across_gateways_and_sse() {
         text.push_str(&String::from_utf8_lossy(&chunk));
     }
     assert!(text.contains("event: message"), "{text}");
-    assert!(text.contains(&format!("id: project:p1={seq}")), "{text}");
+    assert!(text.contains(&format!(";project:p1={seq}\n")), "{text}");
     let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
     let frame: Value = serde_json::from_str(data).unwrap();
     assert_eq!(

@@ -123,6 +123,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub command_burst: u32,
 
+    /// Most missed messages replayed to one subscription; a client further behind is told
+    /// `recovered:false` (and reloads) instead of starving the node.
+    #[arg(long, env = "TIDINGS_REPLAY_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub replay_max: u32,
+
     /// Clock leeway on token `exp`/`nbf`, seconds (the contract allows at most 30).
     #[arg(long, env = "TIDINGS_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
     pub jwt_leeway_secs: u64,

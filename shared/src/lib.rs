@@ -7,12 +7,15 @@
 //! - [`config`]: every `TIDINGS_*` setting;
 //! - [`nats`]: connecting and provisioning JetStream;
 //! - [`notify`]: notification channel and status names;
-//! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces.
+//! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces;
+//! - `client` (feature `client`): a reconnecting, recovering Rust client.
 #![warn(missing_docs)]
 
 pub mod auth;
 pub mod body;
 pub mod channel;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;

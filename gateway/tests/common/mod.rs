@@ -25,7 +25,11 @@ impl Gateway {
 
     /// Starts the gateway binary without waiting.
     pub fn spawn(nats_url: &str, extra: &[(&str, String)]) -> Gateway {
-        let port = free_port();
+        Gateway::spawn_on(free_port(), nats_url, extra)
+    }
+
+    /// Starts the gateway binary on `port` without waiting (restarts reuse the port).
+    pub fn spawn_on(port: u16, nats_url: &str, extra: &[(&str, String)]) -> Gateway {
         let mut env = vec![
             ("TIDINGS_NATS_URL", nats_url.to_owned()),
             ("TIDINGS_LISTEN", format!("127.0.0.1:{port}")),
@@ -38,6 +42,11 @@ impl Gateway {
             process,
             base: format!("http://127.0.0.1:{port}"),
         }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
     }
 
     pub async fn status(&self, path: &str) -> Option<u16> {
