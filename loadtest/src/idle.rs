@@ -99,11 +99,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
     );
     let pid = gateway_pid(&args).await?;
     let host = args.url.trim_start_matches("http://").trim_end_matches('/');
-    let addr: SocketAddr = tokio::net::lookup_host(host)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
-    anyhow::ensure!(addr.ip().is_loopback(), "load tests target loopback only, not {addr}");
+    let addr: SocketAddr = crate::ensure_loopback(&args.url).await?;
     let rss_before = sysinfo::rss_bytes(pid)?;
     let cpu_before = sysinfo::cpu_time(pid)?;
     let tokens: Vec<String> = (0..args.connections.min(1000))

@@ -5,6 +5,7 @@
 //! their clients' tokens the same way).
 
 mod idle;
+mod recovery;
 mod sysinfo;
 
 use std::time::Duration;
@@ -30,6 +31,8 @@ enum Command {
     Token(TokenArgs),
     /// Open N idle connections and report the gateway's memory per connection.
     Idle(idle::IdleArgs),
+    /// Time how long a client takes to recover N messages it missed.
+    Recovery(recovery::RecoveryArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +70,17 @@ fn mint(secret: &str, sub: &str, projects: &[&str], role: Option<&str>) -> anyho
     Ok(sign_hs256(&claims, secret.as_bytes())?)
 }
 
+/// Refuses any target outside the loopback range.
+async fn ensure_loopback(url: &str) -> anyhow::Result<std::net::SocketAddr> {
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let addr = tokio::net::lookup_host(host)
+        .await?
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("cannot resolve {host}"))?;
+    anyhow::ensure!(addr.ip().is_loopback(), "load tests target loopback only, not {addr}");
+    Ok(addr)
+}
+
 fn report<T: serde::Serialize>(result: &T, out: Option<&std::path::Path>) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(result)?;
     println!("{json}");
@@ -96,6 +110,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Idle(a) => {
             let out = a.out.clone();
             let result = idle::run(a).await?;
+            report(&result, out.as_deref())?;
+        }
+        Command::Recovery(a) => {
+            let out = a.out.clone();
+            let result = recovery::run(a).await?;
             report(&result, out.as_deref())?;
         }
     }
