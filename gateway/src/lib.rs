@@ -13,6 +13,7 @@ pub mod hub;
 pub mod limit;
 pub mod message;
 pub mod metrics;
+pub mod notifications;
 pub mod presence;
 pub mod publish;
 pub mod sse;
@@ -68,6 +69,8 @@ pub struct App {
     pub presence: presence::PresenceBoard,
     /// The last epoch of `TIDINGS_EVENTS` seen while reading it.
     epoch: std::sync::RwLock<Option<String>>,
+    /// The notification pipeline's state, opened on first use (NATS may be down at start).
+    store: tokio::sync::OnceCell<tidings_shared::store::Store>,
 }
 
 impl App {
@@ -79,6 +82,15 @@ impl App {
         {
             *e = Some(epoch.to_owned());
         }
+    }
+
+    /// The notification store (preferences, templates, inbox, statuses).
+    pub async fn store(&self) -> Result<&tidings_shared::store::Store> {
+        let replicas = usize::from(self.config.common.stream_replicas);
+        Ok(self
+            .store
+            .get_or_try_init(|| tidings_shared::store::Store::open(self.js.clone(), replicas))
+            .await?)
     }
 
     /// The current epoch of `TIDINGS_EVENTS`, as last seen.
@@ -112,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws", get(ws::handler))
         .route("/sse", get(sse::handler))
         .merge(api::router())
+        .merge(notifications::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(state.clone())
         .merge(state.health.router())
@@ -153,6 +166,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         hub: hub.clone(),
         presence,
         epoch: std::sync::RwLock::new(None),
+        store: tokio::sync::OnceCell::new(),
     }));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");

@@ -6,7 +6,8 @@
 //! - [`auth`]: JWT verification and the access rule;
 //! - [`config`]: every `TIDINGS_*` setting;
 //! - [`nats`]: connecting and provisioning JetStream;
-//! - [`notify`]: notification channel and status names;
+//! - [`notify`] / [`prefs`] / [`template`] / [`store`]: the notification pipeline's types,
+//!   rules and JetStream-backed state;
 //! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces;
 //! - `client` (feature `client`): a reconnecting, recovering Rust client.
 #![warn(missing_docs)]
@@ -23,8 +24,11 @@ pub mod frame;
 pub mod nats;
 pub mod notify;
 pub mod ops;
+pub mod prefs;
+pub mod store;
 pub mod subject;
 pub mod telemetry;
+pub mod template;
 
 pub use channel::Channel;
 pub use error::{AuthReason, Error, ErrorCode, Result};

@@ -1,5 +1,6 @@
-//! Names of contract §7 that several processes share: the delivery channels of a
-//! notification and the statuses each of them moves through.
+//! Notification types of contract §7 shared by the gateway (intake, status, inbox routes)
+//! and the worker: requests, channels, statuses, inbox entries, delivery jobs; and the
+//! JetStream names of the pipeline.
 
 use serde::{Deserialize, Serialize};
 
@@ -88,4 +89,233 @@ impl DeliveryStatus {
             DeliveryStatus::Failed => "failed",
         }
     }
+}
+
+/// How urgent a notification is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Bypasses quiet hours and batching.
+    Critical,
+    /// Urgent, but respects quiet hours.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Can wait; batched with others.
+    Low,
+}
+
+/// A notification request (contract §7), from `POST /api/v1/notifications` or `tidings.notify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationRequest {
+    /// Idempotency key and the notification's id (generated when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The user to notify.
+    pub user: String,
+    /// The project it is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Template name.
+    pub template: String,
+    /// Template variables.
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// Priority (default `normal`).
+    #[serde(default)]
+    pub priority: Priority,
+    /// Channels to use; absent: the user's preferences decide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<DeliveryChannel>>,
+    /// Category, for per-category preferences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// Digest key for batching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_key: Option<String>,
+}
+
+impl NotificationRequest {
+    /// Checks every field; the error names the field at fault.
+    pub fn validate(&self) -> crate::Result<()> {
+        let bad = |field: &str, why: &str| Err(crate::Error::BadBody(format!("{field}: {why}")));
+        if let Some(id) = &self.id
+            && !crate::channel::is_valid_id(id)
+        {
+            return bad("id", "must match [A-Za-z0-9_-]{1,128}");
+        }
+        if !crate::channel::is_valid_id(&self.user) {
+            return bad("user", "must match [A-Za-z0-9_-]{1,128}");
+        }
+        if let Some(p) = &self.project
+            && !crate::channel::is_valid_id(p)
+        {
+            return bad("project", "must match [A-Za-z0-9_-]{1,128}");
+        }
+        if !crate::template::is_valid_name(&self.template) {
+            return bad("template", "must match [A-Za-z0-9_-]{1,128}");
+        }
+        if self.channels.as_ref().is_some_and(Vec::is_empty) {
+            return bad("channels", "must not be empty when given");
+        }
+        if self.category.as_ref().is_some_and(|c| c.is_empty() || c.len() > 64) {
+            return bad("category", "must be 1 to 64 characters");
+        }
+        if self.batch_key.as_ref().is_some_and(|c| c.is_empty() || c.len() > 128) {
+            return bad("batch_key", "must be 1 to 128 characters");
+        }
+        Ok(())
+    }
+}
+
+/// One channel's state in a notification status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelState {
+    /// Where the channel is.
+    pub status: DeliveryStatus,
+    /// Delivery attempts made.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Last error (failures and retries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// End of the deferral (RFC 3339), for `deferred`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Last change (RFC 3339).
+    pub updated_at: String,
+}
+
+/// The status of a notification (contract §6), one document per transition on
+/// `tidings.status.<id>`; the last one is current.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationStatus {
+    /// Notification id.
+    pub id: String,
+    /// The user.
+    pub user: String,
+    /// Summary of the channels (see [`NotificationStatus::summarize`]).
+    pub status: String,
+    /// When the request was accepted (RFC 3339).
+    pub created_at: String,
+    /// Per channel.
+    #[serde(default)]
+    pub channels: std::collections::BTreeMap<DeliveryChannel, ChannelState>,
+    /// Why the whole notification failed (invalid request, unknown template...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether a worker finished planning every channel (an extra field: until then, a
+    /// redelivered request is planned again, idempotently).
+    #[serde(default)]
+    pub planned: bool,
+}
+
+impl NotificationStatus {
+    /// Recomputes `status` from the channels: the least advanced in-flight state while any
+    /// channel is in flight (`pending`, `deferred`, `batched`), else the most advanced outcome
+    /// reached by any channel (`read` > `delivered` > `sent`), else `failed` or `suppressed`.
+    pub fn summarize(&mut self) {
+        use DeliveryStatus::*;
+        let has = |s: DeliveryStatus| self.channels.values().any(|c| c.status == s);
+        self.status = if self.error.is_some() && self.channels.is_empty() {
+            "failed"
+        } else if has(Pending) {
+            "pending"
+        } else if has(Deferred) {
+            "deferred"
+        } else if has(Batched) {
+            "batched"
+        } else if has(Read) {
+            "read"
+        } else if has(Delivered) {
+            "delivered"
+        } else if has(Sent) {
+            "sent"
+        } else if has(Failed) {
+            "failed"
+        } else if self.channels.is_empty() {
+            "pending"
+        } else {
+            "suppressed"
+        }
+        .to_owned();
+    }
+}
+
+/// An in-app inbox entry (contract §6); its `id` is the notification's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxItem {
+    /// Notification id.
+    pub id: String,
+    /// Rendered title.
+    pub title: String,
+    /// Rendered body.
+    pub body: String,
+    /// Project, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Priority.
+    pub priority: Priority,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+    /// Whether the user read it.
+    pub read: bool,
+}
+
+/// One external delivery, queued on `tidings.delivery.<channel>` (stream
+/// `TIDINGS_DELIVERIES`) and processed by whichever worker takes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    /// Notification id.
+    pub id: String,
+    /// The user.
+    pub user: String,
+    /// The channel.
+    pub channel: DeliveryChannel,
+    /// Project, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Priority.
+    pub priority: Priority,
+    /// Category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// The rendered content.
+    pub content: crate::template::Rendered,
+    /// The request's data (webhook payloads carry it).
+    #[serde(default)]
+    pub data: serde_json::Value,
+    /// Not before this instant (unix milliseconds): the end of quiet hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<i64>,
+    /// When the notification was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// JetStream and KV names of the notification pipeline.
+pub mod names {
+    /// Stream of status transitions, `tidings.status.<id>`; the last message per subject is
+    /// the current status.
+    pub const STATUS_STREAM: &str = "TIDINGS_STATUS";
+    /// Subject prefix of status transitions.
+    pub const STATUS_PREFIX: &str = "tidings.status";
+    /// Work queue of external deliveries, `tidings.delivery.<channel>`.
+    pub const DELIVERY_STREAM: &str = "TIDINGS_DELIVERIES";
+    /// Subject prefix of delivery jobs.
+    pub const DELIVERY_PREFIX: &str = "tidings.delivery";
+    /// Dead letters, `tidings.dead.<channel>`: jobs given up on, with the last error, to
+    /// inspect and replay (republish the job to `tidings.delivery.<channel>`).
+    pub const DEAD_STREAM: &str = "TIDINGS_DEAD_LETTERS";
+    /// Subject prefix of dead letters.
+    pub const DEAD_PREFIX: &str = "tidings.dead";
+    /// KV bucket of preferences, key = user id.
+    pub const PREFERENCES_BUCKET: &str = "TIDINGS_PREFERENCES";
+    /// KV bucket of templates, key = template name.
+    pub const TEMPLATES_BUCKET: &str = "TIDINGS_TEMPLATES";
+    /// KV bucket of inbox entries, key = `<user>.<notification id>`.
+    pub const INBOX_BUCKET: &str = "TIDINGS_INBOX";
+    /// Event name of in-app notification messages on `user:<id>`.
+    pub const NOTIFICATION_EVENT: &str = "notification";
 }

@@ -1,56 +1,251 @@
 //! `tidings-worker`: the notification pipeline.
 //!
-//! Workers share one JetStream pull consumer on `TIDINGS_NOTIFY`, so any number of replicas
-//! split the work; all their state lives in JetStream streams and KV buckets.
+//! Workers share durable JetStream pull consumers, so any number of replicas split the work
+//! and each message is processed by one of them; all state lives in JetStream (statuses,
+//! delivery jobs, dead letters) and KV (preferences, templates, inbox). See `docs/NOTIFICATIONS.md`.
 #![warn(missing_docs)]
 
+pub mod deliver;
 pub mod error;
+pub mod inapp;
+pub mod intake;
 pub mod metrics;
+pub mod retry;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use futures::StreamExt as _;
 use tidings_shared::config::WorkerConfig;
 use tidings_shared::nats::{self, Ownership, Provisioner};
+use tidings_shared::notify::names::{DELIVERY_PREFIX, DELIVERY_STREAM};
 use tidings_shared::ops::Health;
-use tokio::sync::Notify;
+use tidings_shared::store::{self, Store};
+use tidings_shared::subject::NOTIFY_STREAM;
+use tokio::sync::{Notify, watch};
 
 pub use error::{Error, Result};
 pub use metrics::Metrics;
 
-/// The streams a worker keeps in place: it owns `TIDINGS_NOTIFY` and creates
-/// `TIDINGS_EVENTS` with default retention if no gateway did yet (gateways own its settings).
+/// Notifications processed at once by one worker.
+const INTAKE_CONCURRENCY: usize = 64;
+/// Deliveries attempted at once by one worker.
+const DELIVERY_CONCURRENCY: usize = 64;
+/// How long a request may be in hand before JetStream gives it to another worker (a worker
+/// that died): planning takes milliseconds.
+const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
+/// Likewise for a delivery: longer than the webhook timeout (15 s).
+const DELIVERY_ACK_WAIT: Duration = Duration::from_secs(20);
+
+/// What the pipeline's steps share; cheap to clone.
+#[derive(Clone)]
+pub struct Ctx {
+    /// NATS.
+    pub nats: async_nats::Client,
+    /// JetStream.
+    pub js: async_nats::jetstream::Context,
+    /// Preferences, templates, inbox, statuses.
+    pub store: Store,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Webhook client.
+    pub webhook: webhook::WebhookSender,
+    /// Attempts per channel before a dead letter.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+}
+
+/// The streams a worker keeps in place: it owns `TIDINGS_NOTIFY` and the pipeline's own
+/// streams, and creates `TIDINGS_EVENTS` with default retention if no gateway did yet
+/// (gateways own its settings).
 pub fn streams(config: &WorkerConfig) -> Vec<(async_nats::jetstream::stream::Config, Ownership)> {
     let replicas = usize::from(config.common.stream_replicas);
     vec![
         (nats::notify_stream_config(replicas), Ownership::Owner),
         (
-            nats::events_stream_config(std::time::Duration::from_secs(86_400), 10_000, replicas),
+            nats::events_stream_config(Duration::from_secs(86_400), 10_000, replicas),
             Ownership::User,
         ),
+        (store::status_stream_config(replicas), Ownership::Owner),
+        (store::delivery_stream_config(replicas), Ownership::Owner),
+        (store::dead_letter_stream_config(replicas), Ownership::Owner),
     ]
 }
 
-/// Runs a worker until `shutdown` resolves.
+/// Runs a worker until `shutdown` resolves: then it stops taking work, finishes what it
+/// holds, and returns.
 pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let metrics = Metrics::new()?;
     let on_connect = Arc::new(Notify::new());
     let name = format!("tidings-worker/{}", tidings_shared::config::hostname());
     let client = nats::connect(&config.common.nats_url, &name, on_connect.clone()).await?;
     let provisioner = Provisioner::spawn(client.clone(), on_connect, streams(&config));
-    let health = Health::new(client.clone(), provisioner, metrics.registry.clone());
+    let health = Health::new(client.clone(), provisioner.clone(), metrics.registry.clone());
+    let webhook = webhook::WebhookSender::new(config.webhook_secret.as_deref(), config.common.webhook_allow_private)
+        .map_err(|e| tidings_shared::Error::Config(format!("HTTP client: {e}")))?;
+    if config.webhook_secret.is_none() {
+        tracing::warn!("TIDINGS_WEBHOOK_SECRET is not set: webhooks go out unsigned");
+    }
     let listener = tokio::net::TcpListener::bind(config.metrics_listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
+
+    let (stop_tx, stop) = watch::channel(false);
+    let pipeline = tokio::spawn(pipeline(
+        client.clone(),
+        provisioner,
+        metrics.clone(),
+        webhook,
+        config.clone(),
+        stop,
+    ));
     let drain = health.clone();
     axum::serve(listener, health.router::<()>())
         .with_graceful_shutdown(async move {
             shutdown.await;
             drain.start_draining();
+            tracing::info!("stopping: no new work; finishing what is in hand");
+            let _ = stop_tx.send(true);
         })
         .await?;
+    match tokio::time::timeout(Duration::from_secs(25), pipeline).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!("work in hand did not finish in 25 s; JetStream will hand it to another worker"),
+    }
     if let Err(e) = client.flush().await {
         tracing::debug!(error = %e, "final NATS flush failed");
     }
     tracing::info!("worker stopped");
     Ok(())
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+async fn pipeline(
+    client: async_nats::Client,
+    provisioner: Provisioner,
+    metrics: Metrics,
+    webhook: webhook::WebhookSender,
+    config: WorkerConfig,
+    stop: watch::Receiver<bool>,
+) {
+    let js = async_nats::jetstream::new(client.clone());
+    let replicas = usize::from(config.common.stream_replicas);
+    // Wait for NATS and the streams, then open the store.
+    let store = loop {
+        if *stop.borrow() {
+            return;
+        }
+        if provisioner.is_ready() {
+            match Store::open(js.clone(), replicas).await {
+                Ok(s) => break s,
+                Err(e) => tracing::warn!(error = %e, "opening the notification store failed; retrying"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = stopped(stop.clone()) => return,
+        }
+    };
+    let ctx = Ctx {
+        nats: client,
+        js: js.clone(),
+        store: store.clone(),
+        metrics,
+        webhook,
+        max_attempts: config.retry_max_attempts,
+        retry_base: Duration::from_millis(config.retry_base_ms),
+    };
+    tokio::spawn(inapp::ack_loop(ctx.clone(), store));
+    let intake = consume(
+        ctx.clone(),
+        NOTIFY_STREAM,
+        "tidings-intake",
+        None,
+        INTAKE_ACK_WAIT,
+        INTAKE_CONCURRENCY,
+        stop.clone(),
+        |ctx, msg| async move { intake::handle(&ctx, msg).await },
+    );
+    let webhooks = consume(
+        ctx.clone(),
+        DELIVERY_STREAM,
+        "tidings-delivery-webhook",
+        Some(format!("{DELIVERY_PREFIX}.webhook")),
+        DELIVERY_ACK_WAIT,
+        DELIVERY_CONCURRENCY,
+        stop,
+        |ctx, msg| async move { deliver::handle(&ctx, msg).await },
+    );
+    tokio::join!(intake, webhooks);
+}
+
+/// Runs a durable pull consumer shared by every worker, `concurrency` messages at a time,
+/// until `stop`; then finishes the messages in hand. Recreated after errors.
+#[allow(clippy::too_many_arguments)]
+async fn consume<F, Fut>(
+    ctx: Ctx,
+    stream: &str,
+    durable: &str,
+    filter: Option<String>,
+    ack_wait: Duration,
+    concurrency: usize,
+    stop: watch::Receiver<bool>,
+    handler: F,
+) where
+    F: Fn(Ctx, async_nats::jetstream::Message) -> Fut + Clone,
+    Fut: Future<Output = ()>,
+{
+    while !*stop.borrow() {
+        let consumer = async {
+            let s = ctx.js.get_stream(stream).await.map_err(tidings_shared::Error::nats)?;
+            s.get_or_create_consumer(
+                durable,
+                pull::Config {
+                    durable_name: Some(durable.to_owned()),
+                    filter_subject: filter.clone().unwrap_or_default(),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait,
+                    max_deliver: -1,
+                    max_ack_pending: (concurrency * 2) as i64,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(tidings_shared::Error::nats)
+        };
+        let messages = match consumer.await {
+            Ok(c) => c.messages().await.map_err(tidings_shared::Error::nats),
+            Err(e) => Err(e),
+        };
+        let messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = durable, error = %e, "consumer unavailable; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    () = stopped(stop.clone()) => return,
+                }
+            }
+        };
+        tracing::info!(consumer = durable, "consuming");
+        messages
+            .take_until(stopped(stop.clone()))
+            .for_each_concurrent(concurrency, |m| {
+                let ctx = ctx.clone();
+                let handler = handler.clone();
+                async move {
+                    match m {
+                        Ok(msg) => handler(ctx, msg).await,
+                        Err(e) => tracing::debug!(error = %e, "consumer stream hiccup"),
+                    }
+                }
+            })
+            .await;
+    }
 }

@@ -1,0 +1,474 @@
+//! User preferences (contract §7) and the quiet-hours arithmetic.
+//!
+//! Preferences are validated when they are written (`PUT`), so the worker can rely on them;
+//! quiet hours are computed in the user's IANA time zone from an instant the caller passes
+//! in, so tests can use any clock.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use jiff::civil::Time;
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan as _, Zoned};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::notify::DeliveryChannel;
+
+/// A browser push subscription (the W3C `PushSubscription` JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSubscription {
+    /// The push service URL.
+    pub endpoint: String,
+    /// The subscription's keys.
+    pub keys: PushKeys,
+}
+
+/// Keys of a push subscription (base64url).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushKeys {
+    /// The browser's P-256 public key.
+    pub p256dh: String,
+    /// The authentication secret.
+    pub auth: String,
+}
+
+/// Quiet hours, local to the user's time zone; `start > end` spans midnight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuietHours {
+    /// `HH:MM`.
+    pub start: String,
+    /// `HH:MM`.
+    pub end: String,
+}
+
+/// A user's preferences.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preferences {
+    /// Email address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// Phone number, E.164.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    /// IANA time zone (default UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Channel switches; a channel absent here is on.
+    #[serde(default)]
+    pub channels: BTreeMap<DeliveryChannel, bool>,
+    /// Per-category channel switches.
+    #[serde(default)]
+    pub categories: BTreeMap<String, BTreeMap<DeliveryChannel, bool>>,
+    /// Quiet hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_hours: Option<QuietHours>,
+    /// Browser push subscriptions.
+    #[serde(default)]
+    pub push_subscriptions: Vec<PushSubscription>,
+    /// Webhook receiving this user's notifications.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+}
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
+    Error::BadBody(format!("{field}: {why}"))
+}
+
+/// Parses `HH:MM` (24-hour).
+pub fn parse_hhmm(s: &str) -> Option<Time> {
+    let (h, m) = s.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (i8, i8) = (h.parse().ok()?, m.parse().ok()?);
+    Time::new(h, m, 0, 0).ok()
+}
+
+/// A plausible email address: one `@`, a non-empty local part, a dotted domain, no spaces.
+pub fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.rsplit_once('@') else {
+        return false;
+    };
+    !local.is_empty()
+        && local.len() <= 64
+        && domain.len() <= 253
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        && !local.contains('@')
+        && domain.split('.').count() >= 2
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+}
+
+/// E.164: `+` and 8 to 15 digits, the first not 0.
+pub fn is_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) && !digits.starts_with('0')
+}
+
+/// Whether an address is one a webhook or push URL must not reach without
+/// `TIDINGS_WEBHOOK_ALLOW_PRIVATE`: loopback, private, link-local, unspecified, multicast,
+/// carrier-grade NAT, unique-local and the like.
+pub fn is_internal_ip(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (64..128).contains(&o[1]))
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
+                || o[0] >= 240
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_internal_ip(IpAddr::V4(v4));
+            }
+            let seg0 = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00
+                || (seg0 & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Checks a webhook or push URL's form: `https` (or `http` when private targets are
+/// allowed), a host, no credentials; and, when the host is an IP literal, that it is not
+/// internal. Host names are checked again at delivery time, after DNS.
+pub fn validate_target_url(field: &str, url: &str, allow_private: bool) -> Result<()> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| invalid(field, "not an absolute URL"))?;
+    match scheme {
+        "https" => {}
+        "http" if allow_private => {}
+        _ => return Err(invalid(field, "must be https")),
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(field, "needs a host and no credentials or spaces"));
+    }
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    };
+    if host.is_empty() {
+        return Err(invalid(field, "needs a host"));
+    }
+    if !allow_private {
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && is_internal_ip(ip)
+        {
+            return Err(invalid(
+                field,
+                "must not point at a loopback, private or link-local address",
+            ));
+        }
+        if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") || host.ends_with(".internal") {
+            return Err(invalid(field, "must not point at an internal host"));
+        }
+    }
+    Ok(())
+}
+
+impl Preferences {
+    /// Validates every field; the error names the field at fault.
+    pub fn validate(&self, allow_private: bool) -> Result<()> {
+        if let Some(e) = &self.email
+            && !is_email(e)
+        {
+            return Err(invalid("email", "not an email address"));
+        }
+        if let Some(p) = &self.phone
+            && !is_e164(p)
+        {
+            return Err(invalid("phone", "must be E.164, like +14155550123"));
+        }
+        if let Some(tz) = &self.timezone {
+            TimeZone::get(tz).map_err(|_| invalid("timezone", format!("{tz:?} is not an IANA time zone")))?;
+        }
+        if let Some(q) = &self.quiet_hours {
+            parse_hhmm(&q.start).ok_or_else(|| invalid("quiet_hours.start", "must be HH:MM"))?;
+            parse_hhmm(&q.end).ok_or_else(|| invalid("quiet_hours.end", "must be HH:MM"))?;
+        }
+        for name in self.categories.keys() {
+            if name.is_empty() || name.len() > 64 {
+                return Err(invalid("categories", "names are 1 to 64 characters"));
+            }
+        }
+        for (i, s) in self.push_subscriptions.iter().enumerate() {
+            validate_target_url(&format!("push_subscriptions[{i}].endpoint"), &s.endpoint, allow_private)?;
+            if s.keys.p256dh.is_empty() || s.keys.auth.is_empty() {
+                return Err(invalid(
+                    &format!("push_subscriptions[{i}].keys"),
+                    "p256dh and auth are required",
+                ));
+            }
+        }
+        if let Some(u) = &self.webhook_url {
+            validate_target_url("webhook_url", u, allow_private)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `channel` is on for this user and (if given) this category.
+    pub fn allows(&self, channel: DeliveryChannel, category: Option<&str>) -> bool {
+        let on = self.channels.get(&channel).copied().unwrap_or(true);
+        let category_on = category
+            .and_then(|c| self.categories.get(c))
+            .and_then(|m| m.get(&channel))
+            .copied()
+            .unwrap_or(true);
+        on && category_on
+    }
+
+    /// The user's time zone (UTC when unset or unknown).
+    pub fn time_zone(&self) -> TimeZone {
+        self.timezone
+            .as_deref()
+            .and_then(|tz| TimeZone::get(tz).ok())
+            .unwrap_or(TimeZone::UTC)
+    }
+
+    /// If `now` falls in the user's quiet hours, the instant they end.
+    pub fn quiet_until(&self, now: Timestamp) -> Option<Timestamp> {
+        let q = self.quiet_hours.as_ref()?;
+        let (start, end) = (parse_hhmm(&q.start)?, parse_hhmm(&q.end)?);
+        if start == end {
+            return None;
+        }
+        let local: Zoned = now.to_zoned(self.time_zone());
+        let t = local.time();
+        let inside = if start < end {
+            t >= start && t < end
+        } else {
+            t >= start || t < end
+        };
+        if !inside {
+            return None;
+        }
+        // The end is today, unless the window spans midnight and we are before it.
+        let end_date = if start > end && t >= start {
+            local.date().checked_add(1.day()).ok()?
+        } else {
+            local.date()
+        };
+        let end_local = end_date.to_datetime(end);
+        // A wall time skipped by a DST change resolves forward, as people expect.
+        self.time_zone()
+            .to_ambiguous_zoned(end_local)
+            .compatible()
+            .ok()
+            .map(|z| z.timestamp())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn prefs(tz: &str, start: &str, end: &str) -> Preferences {
+        Preferences {
+            timezone: Some(tz.into()),
+            quiet_hours: Some(QuietHours {
+                start: start.into(),
+                end: end.into(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn quiet_hours_across_midnight_in_new_york() {
+        let p = prefs("America/New_York", "22:00", "07:00");
+        // 23:30 EST on Jan 10 = 04:30 UTC Jan 11 → until 07:00 EST Jan 11 = 12:00 UTC.
+        assert_eq!(
+            p.quiet_until(ts("2026-01-11T04:30:00Z")),
+            Some(ts("2026-01-11T12:00:00Z"))
+        );
+        // 05:00 EST (after midnight) → same morning.
+        assert_eq!(
+            p.quiet_until(ts("2026-01-11T10:00:00Z")),
+            Some(ts("2026-01-11T12:00:00Z"))
+        );
+        // 07:00 sharp is no longer quiet; 21:59 is not yet.
+        assert_eq!(p.quiet_until(ts("2026-01-11T12:00:00Z")), None);
+        assert_eq!(p.quiet_until(ts("2026-01-11T02:59:00Z")), None);
+        // Summer time (EDT, UTC-4): 23:00 EDT Jul 1 → 07:00 EDT Jul 2 = 11:00 UTC.
+        assert_eq!(
+            p.quiet_until(ts("2026-07-02T03:00:00Z")),
+            Some(ts("2026-07-02T11:00:00Z"))
+        );
+        // The night the clocks go forward (Mar 8 2026, 02:00 → 03:00): still 07:00 local.
+        assert_eq!(
+            p.quiet_until(ts("2026-03-08T05:00:00Z")),
+            Some(ts("2026-03-08T11:00:00Z"))
+        );
+    }
+
+    #[test]
+    fn quiet_hours_in_kolkata_half_hour_offset() {
+        let p = prefs("Asia/Kolkata", "22:30", "06:15");
+        // 23:00 IST (UTC+5:30) = 17:30 UTC → until 06:15 IST next day = 00:45 UTC.
+        assert_eq!(
+            p.quiet_until(ts("2026-05-01T17:30:00Z")),
+            Some(ts("2026-05-02T00:45:00Z"))
+        );
+        // 12:00 IST: not quiet.
+        assert_eq!(p.quiet_until(ts("2026-05-01T06:30:00Z")), None);
+        // Daytime window.
+        let day = prefs("Asia/Kolkata", "13:00", "14:00");
+        assert_eq!(
+            day.quiet_until(ts("2026-05-01T07:45:00Z")),
+            Some(ts("2026-05-01T08:30:00Z"))
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let ok = Preferences {
+            email: Some("a.b@example.com".into()),
+            phone: Some("+14155550123".into()),
+            timezone: Some("Europe/Paris".into()),
+            webhook_url: Some("https://hooks.example.com/x".into()),
+            ..Default::default()
+        };
+        ok.validate(false).unwrap();
+        let cases: Vec<(Preferences, &str)> = vec![
+            (
+                Preferences {
+                    email: Some("nope".into()),
+                    ..Default::default()
+                },
+                "email",
+            ),
+            (
+                Preferences {
+                    phone: Some("4155550123".into()),
+                    ..Default::default()
+                },
+                "phone",
+            ),
+            (
+                Preferences {
+                    timezone: Some("Mars/Olympus".into()),
+                    ..Default::default()
+                },
+                "timezone",
+            ),
+            (prefs("UTC", "25:00", "07:00"), "quiet_hours.start"),
+            (prefs("UTC", "22:00", "7"), "quiet_hours.end"),
+            (
+                Preferences {
+                    webhook_url: Some("http://hooks.example.com".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Preferences {
+                    webhook_url: Some("https://127.0.0.1/x".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Preferences {
+                    webhook_url: Some("https://[::1]:8443/x".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Preferences {
+                    webhook_url: Some("https://169.254.169.254/latest".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Preferences {
+                    webhook_url: Some("https://10.1.2.3/".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Preferences {
+                    webhook_url: Some("https://localhost/".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+            (
+                Preferences {
+                    webhook_url: Some("https://user:pw@example.com/".into()),
+                    ..Default::default()
+                },
+                "webhook_url",
+            ),
+        ];
+        for (p, field) in cases {
+            let err = p.validate(false).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+        // Local use: http and loopback allowed.
+        let local = Preferences {
+            webhook_url: Some("http://127.0.0.1:9000/hook".into()),
+            ..Default::default()
+        };
+        local.validate(true).unwrap();
+    }
+
+    #[test]
+    fn channel_and_category_switches() {
+        let mut p = Preferences::default();
+        assert!(p.allows(DeliveryChannel::Email, None));
+        p.channels.insert(DeliveryChannel::Sms, false);
+        p.categories
+            .insert("marketing".into(), BTreeMap::from([(DeliveryChannel::Email, false)]));
+        assert!(!p.allows(DeliveryChannel::Sms, None));
+        assert!(!p.allows(DeliveryChannel::Email, Some("marketing")));
+        assert!(p.allows(DeliveryChannel::Email, Some("security")));
+    }
+
+    #[test]
+    fn internal_addresses() {
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(is_internal_ip(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111"] {
+            assert!(!is_internal_ip(ip.parse().unwrap()), "{ip}");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! The notification pipeline's state, all of it in JetStream: preferences, templates and
+//! inbox entries in KV buckets; statuses as a stream of transitions per notification with
+//! optimistic concurrency, so two workers updating two channels of one notification never
+//! lose each other's update.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::{self, kv, stream};
+use futures::StreamExt as _;
+
+use crate::error::{Error, Result};
+use crate::notify::names::*;
+use crate::notify::{InboxItem, NotificationStatus};
+use crate::prefs::Preferences;
+use crate::template::Template;
+
+/// Configuration of `TIDINGS_STATUS`: every transition of every notification for a week.
+pub fn status_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: STATUS_STREAM.to_owned(),
+        description: Some("Tidings notification status transitions".to_owned()),
+        subjects: vec![format!("{STATUS_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 86_400),
+        num_replicas: replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Configuration of `TIDINGS_DELIVERIES`: external deliveries waiting for a worker.
+pub fn delivery_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: DELIVERY_STREAM.to_owned(),
+        description: Some("Tidings external deliveries (work queue)".to_owned()),
+        subjects: vec![format!("{DELIVERY_PREFIX}.>")],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 86_400),
+        duplicate_window: Duration::from_secs(600),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Configuration of the dead-letter stream: kept 30 days for inspection and replay.
+pub fn dead_letter_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: DEAD_STREAM.to_owned(),
+        description: Some("Tidings deliveries given up on, with their last error".to_owned()),
+        subjects: vec![format!("{DEAD_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(30 * 86_400),
+        num_replicas: replicas,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Gets a KV bucket, creating it if absent (safe when several processes race).
+pub async fn ensure_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<kv::Store> {
+    if let Ok(s) = js.get_key_value(bucket).await {
+        return Ok(s);
+    }
+    let cfg = kv::Config {
+        bucket: bucket.to_owned(),
+        history: 1,
+        num_replicas: replicas,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    };
+    match js.create_key_value(cfg).await {
+        Ok(s) => Ok(s),
+        Err(_) => js.get_key_value(bucket).await.map_err(Error::nats),
+    }
+}
+
+/// The pipeline's state, shared by gateways and workers.
+#[derive(Clone)]
+pub struct Store {
+    js: jetstream::Context,
+    prefs: kv::Store,
+    templates: kv::Store,
+    inbox: kv::Store,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl Store {
+    /// Opens (creating if needed) the buckets and the status stream.
+    pub async fn open(js: jetstream::Context, replicas: usize) -> Result<Self> {
+        crate::nats::ensure_stream(&js, &status_stream_config(replicas), crate::nats::Ownership::User).await?;
+        Ok(Store {
+            prefs: ensure_kv(&js, PREFERENCES_BUCKET, replicas).await?,
+            templates: ensure_kv(&js, TEMPLATES_BUCKET, replicas).await?,
+            inbox: ensure_kv(&js, INBOX_BUCKET, replicas).await?,
+            js,
+        })
+    }
+
+    /// The JetStream context.
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// A user's preferences (defaults when none were stored).
+    pub async fn preferences(&self, user: &str) -> Result<Preferences> {
+        match self.prefs.get(user).await.map_err(Error::nats)? {
+            None => Ok(Preferences::default()),
+            Some(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| Error::BadBody(format!("stored preferences: {e}")))
+            }
+        }
+    }
+
+    /// Stores preferences (validate them first).
+    pub async fn put_preferences(&self, user: &str, prefs: &Preferences) -> Result<()> {
+        let bytes = serde_json::to_vec(prefs).map_err(|e| Error::Encode(e.to_string()))?;
+        self.prefs.put(user, bytes.into()).await.map_err(Error::nats)?;
+        Ok(())
+    }
+
+    /// A template, if it exists.
+    pub async fn template(&self, name: &str) -> Result<Option<Template>> {
+        match self.templates.get(name).await.map_err(Error::nats)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| Error::BadBody(format!("stored template: {e}"))),
+        }
+    }
+
+    /// Stores a template (validate it first).
+    pub async fn put_template(&self, name: &str, template: &Template) -> Result<()> {
+        let bytes = serde_json::to_vec(template).map_err(|e| Error::Encode(e.to_string()))?;
+        self.templates.put(name, bytes.into()).await.map_err(Error::nats)?;
+        Ok(())
+    }
+
+    fn status_subject(id: &str) -> String {
+        format!("{STATUS_PREFIX}.{id}")
+    }
+
+    /// The current status of a notification and its position in the stream.
+    pub async fn status(&self, id: &str) -> Result<Option<(NotificationStatus, u64)>> {
+        let stream = self.js.get_stream(STATUS_STREAM).await.map_err(Error::nats)?;
+        match stream.direct_get_last_for_subject(Self::status_subject(id)).await {
+            Ok(m) => {
+                let doc =
+                    serde_json::from_slice(&m.payload).map_err(|e| Error::BadBody(format!("stored status: {e}")))?;
+                Ok(Some((doc, m.sequence)))
+            }
+            Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::nats(e)),
+        }
+    }
+
+    async fn write_status(&self, doc: &NotificationStatus, expected: u64) -> Result<()> {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
+        let bytes = serde_json::to_vec(doc).map_err(|e| Error::Encode(e.to_string()))?;
+        self.js
+            .publish_with_headers(Self::status_subject(&doc.id), headers, bytes.into())
+            .await
+            .map_err(Error::nats)?
+            .await
+            .map_err(Error::nats)?;
+        Ok(())
+    }
+
+    /// Records a new notification's first status; `false` if it already existed (the same
+    /// request id seen before).
+    pub async fn create_status(&self, doc: &NotificationStatus) -> Result<bool> {
+        if self.status(&doc.id).await?.is_some() {
+            return Ok(false);
+        }
+        match self.write_status(doc, 0).await {
+            Ok(()) => Ok(true),
+            // Lost a race with another writer of the same id.
+            Err(_) if self.status(&doc.id).await?.is_some() => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies `change` to the current status and publishes the result as the next
+    /// transition, retrying on concurrent updates. `change` returns false to write nothing.
+    pub async fn update_status(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut NotificationStatus) -> bool,
+    ) -> Result<Option<NotificationStatus>> {
+        for _ in 0..20 {
+            let Some((mut doc, seq)) = self.status(id).await? else {
+                return Ok(None);
+            };
+            if !change(&mut doc) {
+                return Ok(Some(doc));
+            }
+            doc.summarize();
+            match self.write_status(&doc, seq).await {
+                Ok(()) => return Ok(Some(doc)),
+                Err(e) => tracing::debug!(id, error = %e, "status update raced; retrying"),
+            }
+        }
+        Err(Error::Nats(format!("status of {id} kept changing under us")))
+    }
+
+    /// Timestamp for status documents and inbox entries.
+    pub fn now() -> String {
+        now_rfc3339()
+    }
+
+    /// Stores an inbox entry.
+    pub async fn put_inbox(&self, user: &str, item: &InboxItem) -> Result<()> {
+        let bytes = serde_json::to_vec(item).map_err(|e| Error::Encode(e.to_string()))?;
+        self.inbox
+            .put(format!("{user}.{}", item.id), bytes.into())
+            .await
+            .map_err(Error::nats)?;
+        Ok(())
+    }
+
+    /// One inbox entry.
+    pub async fn inbox_item(&self, user: &str, id: &str) -> Result<Option<InboxItem>> {
+        match self.inbox.get(format!("{user}.{id}")).await.map_err(Error::nats)? {
+            None => Ok(None),
+            Some(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|e| Error::BadBody(e.to_string())),
+        }
+    }
+
+    /// A user's inbox, newest first: at most `limit` entries (only unread ones if asked),
+    /// and the number of unread entries in all.
+    pub async fn inbox(&self, user: &str, unread_only: bool, limit: usize) -> Result<(Vec<InboxItem>, usize)> {
+        let stream = self
+            .js
+            .get_stream(format!("KV_{INBOX_BUCKET}"))
+            .await
+            .map_err(Error::nats)?;
+        let prefix = format!("$KV.{INBOX_BUCKET}.{user}.");
+        let mut consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: format!("{prefix}*"),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        let info = consumer.info().await.map_err(Error::nats)?;
+        let (mut pending, name) = (info.num_pending, info.name.clone());
+        let mut items = Vec::new();
+        if pending > 0 {
+            let mut messages = consumer.messages().await.map_err(Error::nats)?;
+            while pending > 0 {
+                let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else {
+                    break;
+                };
+                pending = msg.info().map(|i| i.pending).unwrap_or(0);
+                let op = msg
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("KV-Operation"))
+                    .map(|v| v.as_str().to_owned());
+                if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
+                    continue;
+                }
+                if let Ok(item) = serde_json::from_slice::<InboxItem>(&msg.payload) {
+                    items.push(item);
+                }
+            }
+        }
+        if let Err(e) = stream.delete_consumer(&name).await {
+            tracing::debug!(error = %e, "deleting inbox consumer failed (it expires by itself)");
+        }
+        let unread = items.iter().filter(|i| !i.read).count();
+        items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
+        let items = items
+            .into_iter()
+            .filter(|i| !unread_only || !i.read)
+            .take(limit)
+            .collect();
+        Ok((items, unread))
+    }
+}

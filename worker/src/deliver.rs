@@ -1,0 +1,178 @@
+//! Working through `TIDINGS_DELIVERIES`: each job waits out its quiet hours, is attempted,
+//! retried with backoff on transient failures and dead-lettered after the last attempt.
+//! A job's status is read before each attempt, so a job redelivered after a worker died
+//! between sending and acknowledging is not sent again once its `sent` was recorded.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::AckKind;
+use tidings_shared::Error as SharedError;
+use tidings_shared::notify::names::DEAD_PREFIX;
+use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus};
+use tidings_shared::store::Store;
+
+use crate::Ctx;
+use crate::error::Result;
+use crate::webhook::Outcome;
+
+/// What to do with the job's message.
+enum Disposition {
+    Ack,
+    RetryIn(Duration),
+}
+
+/// Handles one delivery job message.
+pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
+    let disposition = match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
+        Err(e) => {
+            tracing::error!(error = %e, "unreadable delivery job dropped");
+            Ok(Disposition::Ack)
+        }
+        Ok(job) => {
+            let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
+            let _enter = span.enter();
+            process(ctx, &job).await
+        }
+    };
+    let acked = match disposition {
+        Ok(Disposition::Ack) => msg.ack().await,
+        Ok(Disposition::RetryIn(d)) => msg.ack_with(AckKind::Nak(Some(d))).await,
+        Err(e) => {
+            tracing::warn!(error = %e, "delivery step failed on NATS; retrying");
+            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+        }
+    };
+    if let Err(e) = acked {
+        tracing::warn!(error = %e, "acknowledging a delivery job failed");
+    }
+}
+
+async fn set_channel(
+    ctx: &Ctx,
+    job: &DeliveryJob,
+    status: DeliveryStatus,
+    attempts: u32,
+    error: Option<String>,
+) -> Result<()> {
+    ctx.store
+        .update_status(&job.id, |doc| {
+            let c = doc
+                .channels
+                .entry(job.channel)
+                .or_insert_with(|| tidings_shared::notify::ChannelState {
+                    status,
+                    attempts: 0,
+                    error: None,
+                    until: None,
+                    updated_at: Store::now(),
+                });
+            c.status = status;
+            c.attempts = attempts;
+            c.error = error.clone();
+            c.until = None;
+            c.updated_at = Store::now();
+            true
+        })
+        .await?;
+    if matches!(status, DeliveryStatus::Sent | DeliveryStatus::Failed) {
+        ctx.metrics
+            .notifications
+            .with_label_values(&[job.channel.as_str(), status.as_str()])
+            .inc();
+    }
+    Ok(())
+}
+
+async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
+    if let Some(at) = job.not_before_ms {
+        let wait = at - jiff::Timestamp::now().as_millisecond();
+        if wait > 0 {
+            // Quiet hours: JetStream keeps the job and hands it out again at the end.
+            return Ok(Disposition::RetryIn(Duration::from_millis(wait as u64)));
+        }
+    }
+    let current = ctx.store.status(&job.id).await?;
+    let previous = current
+        .as_ref()
+        .and_then(|(doc, _)| doc.channels.get(&job.channel).cloned());
+    if let Some(p) = &previous
+        && matches!(
+            p.status,
+            DeliveryStatus::Sent | DeliveryStatus::Delivered | DeliveryStatus::Read | DeliveryStatus::Failed
+        )
+    {
+        return Ok(Disposition::Ack);
+    }
+    let attempts = previous.map_or(0, |p| p.attempts) + 1;
+    let started = Instant::now();
+    let outcome = match job.channel {
+        DeliveryChannel::Webhook => {
+            let prefs = ctx.store.preferences(&job.user).await?;
+            match prefs.webhook_url {
+                None => Outcome::Fail("no webhook_url in preferences".into()),
+                Some(url) => ctx.webhook.send(&url, job).await,
+            }
+        }
+        other => Outcome::Fail(format!("{} delivery is not available on this worker", other.as_str())),
+    };
+    ctx.metrics
+        .delivery_duration
+        .with_label_values(&[job.channel.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Outcome::Delivered => {
+            set_channel(ctx, job, DeliveryStatus::Sent, attempts, None).await?;
+            Ok(Disposition::Ack)
+        }
+        Outcome::Fail(error) => {
+            tracing::warn!(%error, attempts, "delivery failed");
+            set_channel(ctx, job, DeliveryStatus::Failed, attempts, Some(error)).await?;
+            Ok(Disposition::Ack)
+        }
+        Outcome::Retry { error, retry_after } => {
+            if attempts >= ctx.max_attempts {
+                dead_letter(ctx, job, &error, attempts).await?;
+                set_channel(
+                    ctx,
+                    job,
+                    DeliveryStatus::Failed,
+                    attempts,
+                    Some(format!("dead-lettered after {attempts} attempts: {error}")),
+                )
+                .await?;
+                return Ok(Disposition::Ack);
+            }
+            ctx.metrics.retries.with_label_values(&[job.channel.as_str()]).inc();
+            let delay = retry_after.unwrap_or_else(|| crate::retry::backoff(attempts, ctx.retry_base));
+            tracing::info!(%error, attempts, ?delay, "delivery will be retried");
+            set_channel(ctx, job, DeliveryStatus::Pending, attempts, Some(error)).await?;
+            Ok(Disposition::RetryIn(delay))
+        }
+    }
+}
+
+/// Copies a job given up on to `tidings.dead.<channel>` with its last error, where operators
+/// can inspect it and replay it by publishing the `job` back to `tidings.delivery.<channel>`.
+async fn dead_letter(ctx: &Ctx, job: &DeliveryJob, error: &str, attempts: u32) -> Result<()> {
+    let letter = serde_json::json!({
+        "job": job,
+        "error": error,
+        "attempts": attempts,
+        "failed_at": Store::now(),
+    });
+    ctx.js
+        .publish(
+            format!("{DEAD_PREFIX}.{}", job.channel.as_str()),
+            letter.to_string().into(),
+        )
+        .await
+        .map_err(SharedError::nats)?
+        .await
+        .map_err(SharedError::nats)?;
+    ctx.metrics
+        .dead_letters
+        .with_label_values(&[job.channel.as_str()])
+        .inc();
+    tracing::warn!(%error, attempts, "delivery dead-lettered");
+    Ok(())
+}

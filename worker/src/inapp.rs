@@ -1,0 +1,128 @@
+//! The in-app channel: a durable `notification` message on `user:<id>` (so it reaches the
+//! user's open connections now and replays after a reconnect) plus an inbox entry; and the
+//! confirmations coming back from clients (`ack`), which mark the channel `delivered`.
+
+use async_nats::HeaderMap;
+use futures::StreamExt as _;
+use serde::Deserialize;
+use tidings_shared::body::PublishBody;
+use tidings_shared::notify::names::NOTIFICATION_EVENT;
+use tidings_shared::notify::{DeliveryChannel, DeliveryStatus, InboxItem, NotificationRequest};
+use tidings_shared::store::Store;
+use tidings_shared::subject::EVENTS_STREAM;
+use tidings_shared::template::Rendered;
+use tidings_shared::{Channel, Error as SharedError};
+
+use crate::Ctx;
+use crate::error::Result;
+
+/// Subject on which gateways forward client `ack`s.
+pub const ACK_SUBJECT: &str = "tidings.internal.acks";
+
+/// Publishes the in-app message and stores the inbox entry. Idempotent: the message carries
+/// `Nats-Msg-Id: notif-<id>`, and the inbox entry is keyed by the notification id.
+pub async fn deliver(
+    ctx: &Ctx,
+    id: &str,
+    req: &NotificationRequest,
+    content: &Rendered,
+    created_at: &str,
+) -> Result<()> {
+    let item = InboxItem {
+        id: id.to_owned(),
+        title: content.title.clone().unwrap_or_default(),
+        body: content.body.clone(),
+        project: req.project.clone(),
+        priority: req.priority,
+        created_at: created_at.to_owned(),
+        read: false,
+    };
+    ctx.store.put_inbox(&req.user, &item).await?;
+    let body = PublishBody {
+        event: NOTIFICATION_EVENT.to_owned(),
+        data: serde_json::json!({
+            "id": id,
+            "title": item.title,
+            "body": item.body,
+            "project": req.project,
+            "priority": req.priority,
+            "category": req.category,
+            "created_at": created_at,
+        }),
+        id: Some(id.to_owned()),
+    };
+    let channel = Channel::user(&req.user)?;
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", format!("notif-{id}").as_str());
+    ctx.js
+        .publish_with_headers(channel.durable_subject(), headers, body.to_json()?.into())
+        .await
+        .map_err(SharedError::nats)?
+        .await
+        .map_err(SharedError::nats)?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct Ack {
+    user: String,
+    channel: String,
+    seq: u64,
+}
+
+/// Marks in-app notifications `delivered` as clients acknowledge them. One worker of the
+/// queue group handles each ack.
+pub async fn ack_loop(ctx: Ctx, store: Store) {
+    let mut sub = match ctx
+        .nats
+        .queue_subscribe(ACK_SUBJECT, "tidings-workers".to_owned())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot subscribe to client acks");
+            return;
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        if let Err(e) = handle_ack(&ctx, &store, &msg.payload).await {
+            tracing::debug!(error = %e, "ack ignored");
+        }
+    }
+}
+
+async fn handle_ack(ctx: &Ctx, store: &Store, payload: &[u8]) -> Result<()> {
+    let ack: Ack = serde_json::from_slice(payload).map_err(|e| SharedError::BadBody(e.to_string()))?;
+    let channel = Channel::user(&ack.user)?;
+    if channel.to_string() != ack.channel {
+        return Ok(()); // an ack of a project message: not a notification
+    }
+    let stream = ctx.js.get_stream(EVENTS_STREAM).await.map_err(SharedError::nats)?;
+    let stored = stream.direct_get(ack.seq).await.map_err(SharedError::nats)?;
+    if stored.subject.as_str() != channel.durable_subject() {
+        return Ok(());
+    }
+    let body = PublishBody::decode(&stored.payload, None, usize::MAX)?;
+    let (true, Some(id)) = (body.event == NOTIFICATION_EVENT, body.id) else {
+        return Ok(());
+    };
+    let mut changed = false;
+    store
+        .update_status(&id, |doc| match doc.channels.get_mut(&DeliveryChannel::InApp) {
+            Some(c) if c.status == DeliveryStatus::Sent => {
+                c.status = DeliveryStatus::Delivered;
+                c.updated_at = Store::now();
+                changed = true;
+                true
+            }
+            _ => false,
+        })
+        .await?;
+    if changed {
+        ctx.metrics
+            .notifications
+            .with_label_values(&["in_app", DeliveryStatus::Delivered.as_str()])
+            .inc();
+    }
+    Ok(())
+}

@@ -1,0 +1,597 @@
+//! The notification pipeline end to end, against real NATS, real worker processes, a real
+//! gateway and a real HTTP receiver that checks signatures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use clap::Parser as _;
+use serde_json::{Value, json};
+use tidings_shared::auth::{Claims, now_unix, sign_hs256};
+use tidings_tests::{NatsServer, Process, TokenIn, WsClient, eventually, free_port};
+
+const SECRET: &str = "pipeline-test-secret";
+const WEBHOOK_SECRET: &str = "webhook-secret";
+const WORKER: &str = env!("CARGO_BIN_EXE_tidings-worker");
+
+fn token(sub: &str, service: bool) -> String {
+    let claims = Claims {
+        sub: sub.into(),
+        projects: vec!["*".into()],
+        publish: vec![],
+        role: service.then(|| "service".into()),
+        exp: now_unix() + 3600,
+        nbf: None,
+    };
+    sign_hs256(&claims, SECRET.as_bytes()).unwrap()
+}
+
+/// Everything a webhook receiver saw.
+#[derive(Default)]
+struct Received {
+    /// Requests per notification id (including failed answers).
+    attempts: HashMap<String, u32>,
+    /// Bodies accepted (2xx), per id.
+    accepted: HashMap<String, u32>,
+    bad_signatures: u32,
+}
+
+type Receiver = Arc<Mutex<Received>>;
+
+fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(sig) = headers.get("tidings-signature").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((t, v1)) = sig.split_once(",v1=") else {
+        return false;
+    };
+    let t = t.trim_start_matches("t=");
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
+    let mut msg = t.as_bytes().to_vec();
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    let tag = aws_lc_rs::hmac::sign(&key, &msg);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    hex == v1 && t.parse::<i64>().is_ok_and(|t| (t - now_unix() as i64).abs() < 300)
+}
+
+/// A webhook receiver: `/ok`, `/flaky` (500, 500, then 200 per id), `/bad` (400), `/down`
+/// (503 always).
+async fn start_receiver() -> (String, Receiver) {
+    let received: Receiver = Arc::default();
+    async fn hook(
+        State(r): State<Receiver>,
+        Path(mode): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        let id = headers
+            .get("tidings-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut r = r.lock().unwrap();
+        if !verify(&headers, &body) {
+            r.bad_signatures += 1;
+            return StatusCode::UNAUTHORIZED;
+        }
+        let n = {
+            let a = r.attempts.entry(id.clone()).or_default();
+            *a += 1;
+            *a
+        };
+        let status = match mode.as_str() {
+            "ok" => StatusCode::OK,
+            "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
+            "flaky" => StatusCode::OK,
+            "bad" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status.is_success() {
+            *r.accepted.entry(id).or_default() += 1;
+        }
+        status
+    }
+    let app = axum::Router::new()
+        .route("/{mode}", axum::routing::post(hook))
+        .with_state(received.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), received)
+}
+
+struct Env {
+    nats: NatsServer,
+    gateway: String,
+    workers: Vec<(Process, String)>,
+    http: reqwest::Client,
+    svc: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A worker process and its metrics URL.
+fn spawn_worker(nats_url: &str) -> (Process, String) {
+    let port = free_port();
+    let process = Process::spawn(
+        WORKER,
+        &[
+            ("TIDINGS_NATS_URL", nats_url.to_owned()),
+            ("TIDINGS_METRICS_LISTEN", format!("127.0.0.1:{port}")),
+            ("TIDINGS_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+            ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+            ("TIDINGS_RETRY_BASE_MS", "50".to_owned()),
+            ("TIDINGS_RETRY_MAX_ATTEMPTS", "3".to_owned()),
+        ],
+    )
+    .unwrap();
+    (process, format!("http://127.0.0.1:{port}/metrics"))
+}
+
+/// A worker's count of webhooks sent.
+async fn webhooks_sent(metrics_url: &str) -> f64 {
+    let (_, text) = tidings_tests::http_get(metrics_url, None).await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidings_worker_notifications_total{channel=\"webhook\",status=\"sent\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn start(workers: usize) -> Env {
+    let nats = NatsServer::start().await.unwrap();
+    let port = free_port();
+    let config = tidings_shared::config::GatewayConfig::try_parse_from([
+        "tidings-gateway",
+        "--nats-url",
+        &nats.url(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--jwt-secret",
+        SECRET,
+        "--webhook-allow-private",
+        "true",
+    ])
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tidings_gateway::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let gateway = format!("http://127.0.0.1:{port}");
+    let ready = format!("{gateway}/readyz");
+    eventually(Duration::from_secs(30), "gateway ready", || async {
+        (tidings_tests::http_get(&ready, None).await.map(|r| r.0) == Some(200)).then_some(())
+    })
+    .await;
+    let workers = (0..workers).map(|_| spawn_worker(&nats.url())).collect();
+    let env = Env {
+        nats,
+        gateway,
+        workers,
+        http: reqwest::Client::new(),
+        svc: token("ops", true),
+        _stop: stop,
+    };
+    env.put(
+        "/api/v1/templates/pr_merged",
+        json!({
+            "in_app": {"title": "PR #{{ pr }} merged", "body": "{{ title }}"},
+            "email": {"subject": "PR #{{ pr }}", "text": "{{ title }}", "html": "<b>{{ title }}</b>"},
+            "webhook": {"text": "PR {{ pr }}: {{ title }}"}
+        }),
+    )
+    .await;
+    env
+}
+
+impl Env {
+    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.gateway))
+            .bearer_auth(&self.svc)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn notify(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/notifications", self.gateway))
+            .bearer_auth(&self.svc)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}/api/v1/notifications/{id}", self.gateway))
+            .bearer_auth(&self.svc)
+            .send()
+            .await
+            .unwrap();
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    /// Waits until channel `channel` of `id` has status `want`.
+    async fn wait_channel(&self, id: &str, channel: &str, want: &str, timeout: Duration) -> Value {
+        eventually(timeout, &format!("{id}.{channel} == {want}"), || async {
+            let s = self.status(id).await;
+            (s["channels"][channel]["status"] == want).then_some(s)
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn preferences_suppress_by_channel_and_category_and_quiet_hours_defer() {
+    let env = start(1).await;
+    let (code, _) = env
+        .put(
+            "/api/v1/users/alice/preferences",
+            json!({"email":"alice@example.com","webhook_url":"http://127.0.0.1:9/ok","channels":{"webhook":false},
+                   "categories":{"marketing":{"email":false}}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, body) = env
+        .notify(
+            json!({"id":"s1","user":"alice","template":"pr_merged","data":{"pr":1,"title":"t"},
+        "category":"marketing","channels":["in_app","email","webhook"]}),
+        )
+        .await;
+    assert_eq!((code, body["id"].as_str()), (202, Some("s1")));
+    let s = env.wait_channel("s1", "in_app", "sent", Duration::from_secs(10)).await;
+    assert_eq!(s["channels"]["webhook"]["status"], "suppressed", "{s}");
+    assert_eq!(s["channels"]["email"]["status"], "suppressed", "{s}");
+
+    // Quiet hours around now in New York: email deferred to their end, critical not.
+    let ny = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::get("America/New_York").unwrap());
+    let start = ny.time().checked_sub(jiff::SignedDuration::from_hours(1)).unwrap();
+    let end = ny.time().checked_add(jiff::SignedDuration::from_hours(1)).unwrap();
+    let hhmm = |t: jiff::civil::Time| format!("{:02}:{:02}", t.hour(), t.minute());
+    env.put(
+        "/api/v1/users/bob/preferences",
+        json!({"email":"bob@example.com","timezone":"America/New_York","quiet_hours":{"start":hhmm(start),"end":hhmm(end)}}),
+    )
+    .await;
+    env.notify(json!({"id":"q1","user":"bob","template":"pr_merged","data":{"pr":2,"title":"t"},"channels":["in_app","email"]})).await;
+    env.notify(json!({"id":"q2","user":"bob","template":"pr_merged","data":{"pr":3,"title":"t"},"channels":["email"],"priority":"critical"})).await;
+    let s = env
+        .wait_channel("q1", "email", "deferred", Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        s["channels"]["in_app"]["status"], "sent",
+        "in-app is never deferred: {s}"
+    );
+    let until: jiff::Timestamp = s["channels"]["email"]["until"].as_str().unwrap().parse().unwrap();
+    let expected_end = ny
+        .with()
+        .time(jiff::civil::Time::new(end.hour(), end.minute(), 0, 0).unwrap())
+        .build()
+        .unwrap();
+    let expected_end = if expected_end < ny {
+        expected_end.checked_add(jiff::Span::new().days(1)).unwrap()
+    } else {
+        expected_end
+    };
+    assert_eq!(until, expected_end.timestamp(), "{s}");
+    let s = env
+        .wait_channel("q2", "email", "pending", Duration::from_secs(10))
+        .await;
+    assert!(
+        s["channels"]["email"].get("until").is_none(),
+        "critical is not deferred: {s}"
+    );
+}
+
+#[tokio::test]
+async fn templates_and_requests_are_validated() {
+    let env = start(1).await;
+    let (code, body) = env
+        .put(
+            "/api/v1/templates/broken",
+            json!({"in_app":{"title":"x","body":"a\n{{ oops"}}),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("line 2"), "{body}");
+    let (code, body) = env.notify(json!({"user":"u1","template":"nope","data":{}})).await;
+    assert_eq!(code, 400);
+    assert!(body["error"]["message"].as_str().unwrap().contains("nope"), "{body}");
+    let (code, body) = env.notify(json!({"user":"u 1","template":"pr_merged"})).await;
+    assert_eq!(code, 400);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("bad publisher body: user")
+            || body["error"]["message"].as_str().unwrap().contains("user"),
+        "{body}"
+    );
+    let (code, _) = env
+        .notify(json!({"user":"u1","template":"pr_merged","priority":"urgent"}))
+        .await;
+    assert_eq!(code, 400);
+
+    // A missing variable fails that channel with a clear error, not the worker.
+    env.notify(json!({"id":"m1","user":"u1","template":"pr_merged","data":{"pr":1},"channels":["in_app"]}))
+        .await;
+    let s = env
+        .wait_channel("m1", "in_app", "failed", Duration::from_secs(10))
+        .await;
+    assert!(
+        s["channels"]["in_app"]["error"].as_str().unwrap().contains("undefined"),
+        "{s}"
+    );
+    assert_eq!(s["status"], "failed");
+
+    // Straight on NATS: an invalid request gets a failed status with the reason.
+    let client = env.nats.client().await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.publish("tidings.notify", json!({"id":"bad1","user":"u1"}).to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish(
+        "tidings.notify",
+        json!({"id":"bad2","user":"u1","template":"ghost"}).to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    for (id, needle) in [("bad1", "template"), ("bad2", "unknown template")] {
+        let s = eventually(Duration::from_secs(10), id, || async {
+            let s = env.status(id).await;
+            (s["status"] == "failed").then_some(s)
+        })
+        .await;
+        assert!(s["error"].as_str().unwrap().contains(needle), "{s}");
+    }
+
+    // Preferences are validated, with the field named.
+    for (prefs, field) in [
+        (json!({"timezone":"Mars/Base"}), "timezone"),
+        (
+            json!({"quiet_hours":{"start":"24:00","end":"07:00"}}),
+            "quiet_hours.start",
+        ),
+        (json!({"phone":"12345"}), "phone"),
+        (json!({"email":"x"}), "email"),
+        (json!({"webhook_url":"ftp://x"}), "webhook_url"),
+    ] {
+        let (code, body) = env.put("/api/v1/users/u1/preferences", prefs).await;
+        assert_eq!(code, 400);
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(field),
+            "{field}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn webhooks_retry_fail_and_dead_letter_with_signatures() {
+    let env = start(1).await;
+    let (hooks, received) = start_receiver().await;
+    for (user, mode) in [("flaky", "flaky"), ("bad", "bad"), ("down", "down"), ("ok", "ok")] {
+        let (code, body) = env
+            .put(
+                &format!("/api/v1/users/{user}/preferences"),
+                json!({"webhook_url": format!("{hooks}/{mode}")}),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    for user in ["flaky", "bad", "down", "ok"] {
+        env.notify(json!({"id":format!("w-{user}"),"user":user,"template":"pr_merged","data":{"pr":9,"title":"<x>"},"channels":["webhook"]})).await;
+    }
+    let s = env
+        .wait_channel("w-flaky", "webhook", "sent", Duration::from_secs(20))
+        .await;
+    assert_eq!(s["channels"]["webhook"]["attempts"], 3, "{s}");
+    let s = env
+        .wait_channel("w-bad", "webhook", "failed", Duration::from_secs(20))
+        .await;
+    assert_eq!(s["channels"]["webhook"]["attempts"], 1, "{s}");
+    assert!(
+        s["channels"]["webhook"]["error"].as_str().unwrap().contains("400"),
+        "{s}"
+    );
+    let s = env
+        .wait_channel("w-down", "webhook", "failed", Duration::from_secs(20))
+        .await;
+    assert_eq!(s["channels"]["webhook"]["attempts"], 3, "{s}");
+    assert!(
+        s["channels"]["webhook"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("dead-lettered"),
+        "{s}"
+    );
+    env.wait_channel("w-ok", "webhook", "sent", Duration::from_secs(20))
+        .await;
+
+    {
+        let r = received.lock().unwrap();
+        assert_eq!(r.bad_signatures, 0);
+        assert_eq!(r.attempts.get("w-flaky"), Some(&3));
+        assert_eq!(r.attempts.get("w-bad"), Some(&1));
+        assert_eq!(r.attempts.get("w-down"), Some(&3));
+        assert_eq!(r.accepted.get("w-ok"), Some(&1));
+    }
+
+    // The dead letter is in its stream, with the job and the error.
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let stream = js.get_stream("TIDINGS_DEAD_LETTERS").await.unwrap();
+    let letter = stream
+        .direct_get_last_for_subject("tidings.dead.webhook")
+        .await
+        .unwrap();
+    let letter: Value = serde_json::from_slice(&letter.payload).unwrap();
+    assert_eq!(letter["job"]["id"], "w-down");
+    assert!(letter["error"].as_str().unwrap().contains("503"), "{letter}");
+    drop(env.workers);
+}
+
+/// Sends 500 notifications (in-app + webhook) plus one repeated id; with `kill`, kills one
+/// of the two workers mid-run. Returns how many times the receiver accepted each id.
+async fn run_500(kill: bool) -> (HashMap<String, u32>, Env) {
+    let env = start(2).await;
+    let (hooks, received) = start_receiver().await;
+    env.put(
+        "/api/v1/users/many/preferences",
+        json!({"webhook_url": format!("{hooks}/ok")}),
+    )
+    .await;
+    // Idempotency: the same id twice is one notification.
+    for _ in 0..2 {
+        env.notify(
+            json!({"id":"dup","user":"many","template":"pr_merged","data":{"pr":0,"title":"t"},"channels":["webhook"]}),
+        )
+        .await;
+    }
+    for i in 0..500 {
+        let (code, _) = env
+            .notify(json!({"id":format!("n{i}"),"user":"many","template":"pr_merged","data":{"pr":i,"title":"t"},"channels":["in_app","webhook"]}))
+            .await;
+        assert_eq!(code, 202);
+        if i == 250 {
+            // Both workers are at work (each has sent webhooks).
+            for (_, metrics) in &env.workers {
+                eventually(Duration::from_secs(30), "worker took a share", || async {
+                    (webhooks_sent(metrics).await > 0.0).then_some(())
+                })
+                .await;
+            }
+            if kill {
+                env.workers[0].0.signal("KILL").unwrap();
+            }
+        }
+    }
+    let ids: Vec<String> = std::iter::once("dup".to_owned())
+        .chain((0..500).map(|i| format!("n{i}")))
+        .collect();
+    // Every notification reaches its final status (a killed worker's jobs come back after
+    // the ack wait).
+    for id in &ids {
+        let s = env.wait_channel(id, "webhook", "sent", Duration::from_secs(60)).await;
+        assert_eq!(s["status"], "sent", "{s}");
+        if id != "dup" {
+            assert_eq!(s["channels"]["in_app"]["status"], "sent", "{s}");
+        }
+    }
+    let accepted = received.lock().unwrap().accepted.clone();
+    for id in &ids {
+        assert!(accepted.get(id).copied().unwrap_or(0) >= 1, "{id} never delivered");
+    }
+    assert_eq!(accepted.len(), 501);
+    // Exactly one in-app message per notification in the user's channel.
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let events = js.get_stream("TIDINGS_EVENTS").await.unwrap();
+    let info = events.info_with_subjects("tidings.events.user.many").await.unwrap();
+    use futures::TryStreamExt as _;
+    let subjects: HashMap<String, usize> = info.try_collect().await.unwrap();
+    assert_eq!(subjects.get("tidings.events.user.many"), Some(&500));
+    (accepted, env)
+}
+
+#[tokio::test]
+async fn two_workers_deliver_500_notifications_each_exactly_once() {
+    let (accepted, _env) = run_500(false).await;
+    let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "delivered more than once: {twice:?}");
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_run_loses_nothing() {
+    let (accepted, _env) = run_500(true).await;
+    // A webhook the killed worker had sent but not yet recorded is sent again by the other
+    // worker (at least once; receivers deduplicate on Tidings-Id). That window is one
+    // status write per in-flight delivery, so repeats are bounded by its concurrency.
+    let twice = accepted.values().filter(|n| **n > 1).count();
+    assert!(
+        twice <= 64,
+        "{twice} repeats: more than the killed worker had in flight"
+    );
+}
+
+#[tokio::test]
+async fn end_to_end_in_app_delivered_then_read() {
+    let env = start(1).await;
+    let mut ws = WsClient::connect(&env.gateway, TokenIn::Query(token("carol", false)), None)
+        .await
+        .unwrap();
+    assert_eq!(ws.frame().await["type"], "welcome");
+    ws.subscribe("user:carol").await;
+    let (code, body) = env
+        .notify(json!({"user":"carol","project":"p1","template":"pr_merged","data":{"pr":42,"title":"Fix <b>"},"priority":"high"}))
+        .await;
+    assert_eq!(code, 202);
+    let id = body["id"].as_str().unwrap().to_owned();
+    let m = ws.frame_of("message").await;
+    assert_eq!(
+        (m["channel"].as_str(), m["event"].as_str(), m["id"].as_str()),
+        (Some("user:carol"), Some("notification"), Some(id.as_str()))
+    );
+    assert_eq!(m["data"]["title"], "PR #42 merged");
+    assert_eq!(m["data"]["body"], "Fix <b>");
+    ws.send(json!({"type":"ack","channel":"user:carol","seq":m["seq"]}))
+        .await
+        .unwrap();
+    env.wait_channel(&id, "in_app", "delivered", Duration::from_secs(10))
+        .await;
+
+    let inbox_url = format!("{}/api/v1/users/carol/inbox?unread=true", env.gateway);
+    let inbox: Value = env
+        .http
+        .get(&inbox_url)
+        .bearer_auth(token("carol", false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inbox["unread"], 1, "{inbox}");
+    assert_eq!(inbox["items"][0]["id"], id.as_str());
+    assert_eq!(inbox["items"][0]["read"], false);
+    let other = env
+        .http
+        .get(inbox_url.replace("carol", "dave"))
+        .bearer_auth(token("carol", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
+    let read = env
+        .http
+        .post(format!("{}/api/v1/users/carol/inbox/{id}/read", env.gateway))
+        .bearer_auth(token("carol", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let s = env.wait_channel(&id, "in_app", "read", Duration::from_secs(10)).await;
+    assert_eq!(s["status"], "read");
+    let inbox: Value = env
+        .http
+        .get(&inbox_url)
+        .bearer_auth(token("carol", false))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(inbox["unread"], 0, "{inbox}");
+}
