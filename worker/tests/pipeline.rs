@@ -460,23 +460,41 @@ async fn run_500(kill: bool) -> (HashMap<String, u32>, Env) {
         )
         .await;
     }
-    for i in 0..500 {
+    for i in 0..100 {
         let (code, _) = env
             .notify(json!({"id":format!("n{i}"),"user":"many","template":"pr_merged","data":{"pr":i,"title":"t"},"channels":["in_app","webhook"]}))
             .await;
         assert_eq!(code, 202);
-        if i == 250 {
-            // Both workers are at work (each has sent webhooks).
-            for (_, metrics) in &env.workers {
-                eventually(Duration::from_secs(30), "worker took a share", || async {
-                    (webhooks_sent(metrics).await > 0.0).then_some(())
-                })
-                .await;
+    }
+    // Both workers are at work (each has sent webhooks).
+    for (_, metrics) in &env.workers {
+        eventually(Duration::from_secs(30), "worker took a share", || async {
+            (webhooks_sent(metrics).await > 0.0).then_some(())
+        })
+        .await;
+    }
+    // The other 400 in a burst straight on NATS, so the workers have a backlog in hand;
+    // one of them dies in the middle of it.
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let mut acks = Vec::new();
+    for i in 100..500 {
+        let req = json!({"id":format!("n{i}"),"user":"many","template":"pr_merged","data":{"pr":i,"title":"t"},"channels":["in_app","webhook"]});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("n{i}").as_str());
+        acks.push(
+            js.publish_with_headers("tidings.notify", headers, req.to_string().into())
+                .await
+                .unwrap(),
+        );
+        if kill && i == 250 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
             }
-            if kill {
-                env.workers[0].0.signal("KILL").unwrap();
-            }
+            env.workers[0].0.signal("KILL").unwrap();
         }
+    }
+    for a in acks {
+        a.await.unwrap();
     }
     let ids: Vec<String> = std::iter::once("dup".to_owned())
         .chain((0..500).map(|i| format!("n{i}")))
