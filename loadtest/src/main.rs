@@ -5,6 +5,7 @@
 //! their clients' tokens the same way).
 
 mod idle;
+mod notify;
 mod recovery;
 mod sysinfo;
 
@@ -33,6 +34,8 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Time how long a client takes to recover N messages it missed.
     Recovery(recovery::RecoveryArgs),
+    /// Notifications per second through the worker to in-app and a local webhook.
+    Notify(notify::NotifyArgs),
 }
 
 #[derive(clap::Args)]
@@ -110,6 +113,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Idle(a) => {
             let out = a.out.clone();
             let result = idle::run(a).await?;
+            report(&result, out.as_deref())?;
+        }
+        Command::Notify(a) => {
+            let out = a.out.clone();
+            let result = notify::run(a).await?;
             report(&result, out.as_deref())?;
         }
         Command::Recovery(a) => {

@@ -1,0 +1,173 @@
+//! `notify`: notifications per second through the worker pipeline, to in-app and to a
+//! local webhook receiver, with end-to-end latency (request published → webhook received).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::sysinfo;
+
+/// Settings of one `notify` run.
+#[derive(Debug, clap::Args)]
+pub struct NotifyArgs {
+    /// Gateway base URL (used to store the template and the user's preferences).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// NATS URL the requests are published to (`tidings.notify`).
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The gateway's TIDINGS_JWT_SECRET.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// Notifications to send.
+    #[arg(long, default_value_t = 5_000)]
+    pub count: usize,
+    /// Requests per second (0: as fast as possible, a burst).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// PID of the worker, to report its CPU time.
+    #[arg(long)]
+    pub worker_pid: Option<u32>,
+    /// Give up after this long.
+    #[arg(long, default_value = "120s", value_parser = tidings_shared::config::parse_duration)]
+    pub timeout: Duration,
+    /// Write the JSON result here too.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// The result of one run.
+#[derive(Debug, Serialize)]
+pub struct NotifyResult {
+    pub scenario: &'static str,
+    pub count: usize,
+    pub offered_rate: u64,
+    pub webhooks_received: usize,
+    pub in_app_stored: usize,
+    pub seconds: f64,
+    pub notifications_per_second: f64,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
+    pub latency_ms_p99: f64,
+    pub latency_ms_max: f64,
+    pub worker_cpu_seconds: Option<f64>,
+}
+
+type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+
+async fn receiver(seen: Seen) -> anyhow::Result<String> {
+    async fn hook(axum::extract::State(seen): axum::extract::State<Seen>, headers: axum::http::HeaderMap) -> &'static str {
+        if let Some(id) = headers.get("tidings-id").and_then(|v| v.to_str().ok()) {
+            seen.lock().map(|mut s| s.entry(id.to_owned()).or_insert_with(Instant::now).elapsed()).ok();
+        }
+        "ok"
+    }
+    let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(seen);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(format!("http://{addr}/hook"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Runs the scenario.
+pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
+    crate::ensure_loopback(&args.url).await?;
+    let user = format!("load-{}", std::process::id());
+    let svc = crate::mint(&args.secret, "loadtest-ops", &[], Some("service"))?;
+    let http = reqwest::Client::new();
+    let seen: Seen = Arc::default();
+    let hook = receiver(seen.clone()).await?;
+    let put = |path: String, body: serde_json::Value| {
+        let req = http.put(format!("{}{path}", args.url)).bearer_auth(&svc).json(&body);
+        async move {
+            let r = req.send().await?;
+            anyhow::ensure!(r.status().is_success(), "PUT failed: {}", r.text().await.unwrap_or_default());
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    put("/api/v1/templates/loadtest".into(), json!({"in_app":{"title":"Run {{ n }}","body":"step {{ n }} done"},"webhook":{"text":"run {{ n }}"}})).await?;
+    put(format!("/api/v1/users/{user}/preferences"), json!({"webhook_url": hook})).await?;
+
+    let nats = async_nats::connect(&args.nats_url).await?;
+    let mut stored = nats.subscribe(format!("tidings.stored.user.{user}")).await?;
+    let in_app = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = in_app.clone();
+    tokio::spawn(async move {
+        while stored.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    nats.flush().await?;
+    let js = async_nats::jetstream::new(nats);
+    let cpu_before = args.worker_pid.map(sysinfo::cpu_time).transpose()?;
+
+    let start = Instant::now();
+    let mut pace = (args.rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64)));
+    let mut sent_at = HashMap::with_capacity(args.count);
+    let mut acks = Vec::with_capacity(1000);
+    for n in 0..args.count {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let id = format!("{user}-{n}");
+        let req = json!({"id": id, "user": user, "template": "loadtest", "data": {"n": n}, "channels": ["in_app", "webhook"]});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        sent_at.insert(id, Instant::now());
+        acks.push(js.publish_with_headers("tidings.notify", headers, req.to_string().into()).await?);
+        if acks.len() == 1000 || pace.is_some() {
+            for a in acks.drain(..) {
+                a.await?;
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        a.await?;
+    }
+    let deadline = start + args.timeout;
+    loop {
+        let webhooks = seen.lock().map(|s| s.len()).unwrap_or(0);
+        let stored = in_app.load(std::sync::atomic::Ordering::Relaxed);
+        if (webhooks >= args.count && stored >= args.count) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed();
+    let cpu = match (args.worker_pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(sysinfo::cpu_time(pid)?.saturating_sub(before).as_secs_f64()),
+        _ => None,
+    };
+    let received: HashMap<String, Instant> = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let mut latencies: Vec<f64> = received
+        .iter()
+        .filter_map(|(id, at)| sent_at.get(id).map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1000.0))
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let done = received.len().min(in_app.load(std::sync::atomic::Ordering::Relaxed));
+    Ok(NotifyResult {
+        scenario: "notify",
+        count: args.count,
+        offered_rate: args.rate,
+        webhooks_received: received.len(),
+        in_app_stored: in_app.load(std::sync::atomic::Ordering::Relaxed),
+        seconds: elapsed.as_secs_f64(),
+        notifications_per_second: done as f64 / elapsed.as_secs_f64().max(1e-9),
+        latency_ms_p50: percentile(&latencies, 0.5),
+        latency_ms_p90: percentile(&latencies, 0.9),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        latency_ms_max: latencies.last().copied().unwrap_or(0.0),
+        worker_cpu_seconds: cpu,
+    })
+}
