@@ -139,13 +139,15 @@ pub enum Ownership {
     User,
 }
 
-/// The settings Tidings controls; anything else the server fills in is left alone.
+/// The settings Tidings controls; anything else the server fills in is left alone. Values
+/// Tidings leaves at their defaults (0) are not compared, since the server reports its own
+/// defaults for them (a 2-minute duplicate window, -1 messages per subject).
 fn differs(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects != want.subjects
         || have.max_age != want.max_age
-        || have.max_messages_per_subject != want.max_messages_per_subject
+        || (want.max_messages_per_subject > 0 && have.max_messages_per_subject != want.max_messages_per_subject)
         || have.num_replicas != want.num_replicas
-        || have.duplicate_window != want.duplicate_window
+        || (!want.duplicate_window.is_zero() && have.duplicate_window != want.duplicate_window)
         || have.allow_direct != want.allow_direct
         || have.republish != want.republish
         || have.description != want.description
