@@ -60,13 +60,20 @@ pub struct NotifyResult {
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
 
 async fn receiver(seen: Seen) -> anyhow::Result<String> {
-    async fn hook(axum::extract::State(seen): axum::extract::State<Seen>, headers: axum::http::HeaderMap) -> &'static str {
+    async fn hook(
+        axum::extract::State(seen): axum::extract::State<Seen>,
+        headers: axum::http::HeaderMap,
+    ) -> &'static str {
         if let Some(id) = headers.get("tidings-id").and_then(|v| v.to_str().ok()) {
-            seen.lock().map(|mut s| s.entry(id.to_owned()).or_insert_with(Instant::now).elapsed()).ok();
+            seen.lock()
+                .map(|mut s| s.entry(id.to_owned()).or_insert_with(Instant::now).elapsed())
+                .ok();
         }
         "ok"
     }
-    let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(seen);
+    let app = axum::Router::new()
+        .route("/hook", axum::routing::post(hook))
+        .with_state(seen);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -92,12 +99,24 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         let req = http.put(format!("{}{path}", args.url)).bearer_auth(&svc).json(&body);
         async move {
             let r = req.send().await?;
-            anyhow::ensure!(r.status().is_success(), "PUT failed: {}", r.text().await.unwrap_or_default());
+            anyhow::ensure!(
+                r.status().is_success(),
+                "PUT failed: {}",
+                r.text().await.unwrap_or_default()
+            );
             Ok::<_, anyhow::Error>(())
         }
     };
-    put("/api/v1/templates/loadtest".into(), json!({"in_app":{"title":"Run {{ n }}","body":"step {{ n }} done"},"webhook":{"text":"run {{ n }}"}})).await?;
-    put(format!("/api/v1/users/{user}/preferences"), json!({"webhook_url": hook})).await?;
+    put(
+        "/api/v1/templates/loadtest".into(),
+        json!({"in_app":{"title":"Run {{ n }}","body":"step {{ n }} done"},"webhook":{"text":"run {{ n }}"}}),
+    )
+    .await?;
+    put(
+        format!("/api/v1/users/{user}/preferences"),
+        json!({"webhook_url": hook}),
+    )
+    .await?;
 
     let nats = async_nats::connect(&args.nats_url).await?;
     let mut stored = nats.subscribe(format!("tidings.stored.user.{user}")).await?;
@@ -125,7 +144,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
         sent_at.insert(id, Instant::now());
-        acks.push(js.publish_with_headers("tidings.notify", headers, req.to_string().into()).await?);
+        acks.push(
+            js.publish_with_headers("tidings.notify", headers, req.to_string().into())
+                .await?,
+        );
         if acks.len() == 1000 || pace.is_some() {
             for a in acks.drain(..) {
                 a.await?;
@@ -152,7 +174,11 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
     let received: HashMap<String, Instant> = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let mut latencies: Vec<f64> = received
         .iter()
-        .filter_map(|(id, at)| sent_at.get(id).map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1000.0))
+        .filter_map(|(id, at)| {
+            sent_at
+                .get(id)
+                .map(|s| at.saturating_duration_since(*s).as_secs_f64() * 1000.0)
+        })
         .collect();
     latencies.sort_by(f64::total_cmp);
     let done = received.len().min(in_app.load(std::sync::atomic::Ordering::Relaxed));

@@ -186,6 +186,9 @@ pub struct ChannelState {
     pub until: Option<String>,
     /// Last change (RFC 3339).
     pub updated_at: String,
+    /// Which provider or relay sent it (an extra field), e.g. `smtp://mail-2:25`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// The status of a notification (contract §6), one document per transition on

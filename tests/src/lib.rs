@@ -4,6 +4,7 @@
 
 pub mod nats;
 pub mod process;
+pub mod smtp;
 pub mod ws;
 
 use std::time::{Duration, Instant};

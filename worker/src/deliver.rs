@@ -53,6 +53,7 @@ async fn set_channel(
     status: DeliveryStatus,
     attempts: u32,
     error: Option<String>,
+    via: Option<String>,
 ) -> Result<()> {
     ctx.store
         .update_status(&job.id, |doc| {
@@ -65,12 +66,16 @@ async fn set_channel(
                     error: None,
                     until: None,
                     updated_at: Store::now(),
+                    via: None,
                 });
             c.status = status;
             c.attempts = attempts;
             c.error = error.clone();
             c.until = None;
             c.updated_at = Store::now();
+            if via.is_some() {
+                c.via = via.clone();
+            }
             true
         })
         .await?;
@@ -105,15 +110,29 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
     }
     let attempts = previous.map_or(0, |p| p.attempts) + 1;
     let started = Instant::now();
-    let outcome = match job.channel {
-        DeliveryChannel::Webhook => {
-            let prefs = ctx.store.preferences(&job.user).await?;
-            match prefs.webhook_url {
-                None => Outcome::Fail("no webhook_url in preferences".into()),
-                Some(url) => ctx.webhook.send(&url, job).await,
-            }
-        }
-        other => Outcome::Fail(format!("{} delivery is not available on this worker", other.as_str())),
+    // Addresses are read now, not when the job was queued: the user may have changed them.
+    let prefs = ctx.store.preferences(&job.user).await?;
+    let (outcome, via) = match job.channel {
+        DeliveryChannel::Webhook => match prefs.webhook_url {
+            None => (Outcome::Fail("no webhook_url in preferences".into()), None),
+            Some(url) => (ctx.webhook.send(&url, job).await, None),
+        },
+        DeliveryChannel::Email => match prefs.email {
+            None => (Outcome::Fail("no email address in preferences".into()), None),
+            Some(to) => ctx.mailer.send(&to, job).await,
+        },
+        DeliveryChannel::Sms => match (prefs.phone, &ctx.sms) {
+            (None, _) => (Outcome::Fail("no phone number in preferences".into()), None),
+            (_, None) => (
+                Outcome::Fail("SMS is not configured (TIDINGS_SMS_API_URL, _ACCOUNT_SID, _AUTH_TOKEN, _FROM)".into()),
+                None,
+            ),
+            (Some(to), Some(sms)) => (sms.send(&to, &job.content.body).await, None),
+        },
+        other => (
+            Outcome::Fail(format!("{} delivery is not available on this worker", other.as_str())),
+            None,
+        ),
     };
     ctx.metrics
         .delivery_duration
@@ -121,12 +140,12 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
         .observe(started.elapsed().as_secs_f64());
     match outcome {
         Outcome::Delivered => {
-            set_channel(ctx, job, DeliveryStatus::Sent, attempts, None).await?;
+            set_channel(ctx, job, DeliveryStatus::Sent, attempts, None, via).await?;
             Ok(Disposition::Ack)
         }
         Outcome::Fail(error) => {
             tracing::warn!(%error, attempts, "delivery failed");
-            set_channel(ctx, job, DeliveryStatus::Failed, attempts, Some(error)).await?;
+            set_channel(ctx, job, DeliveryStatus::Failed, attempts, Some(error), None).await?;
             Ok(Disposition::Ack)
         }
         Outcome::Retry { error, retry_after } => {
@@ -138,6 +157,7 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
                     DeliveryStatus::Failed,
                     attempts,
                     Some(format!("dead-lettered after {attempts} attempts: {error}")),
+                    None,
                 )
                 .await?;
                 return Ok(Disposition::Ack);
@@ -145,7 +165,7 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
             ctx.metrics.retries.with_label_values(&[job.channel.as_str()]).inc();
             let delay = retry_after.unwrap_or_else(|| crate::retry::backoff(attempts, ctx.retry_base));
             tracing::info!(%error, attempts, ?delay, "delivery will be retried");
-            set_channel(ctx, job, DeliveryStatus::Pending, attempts, Some(error)).await?;
+            set_channel(ctx, job, DeliveryStatus::Pending, attempts, Some(error), None).await?;
             Ok(Disposition::RetryIn(delay))
         }
     }

@@ -58,6 +58,7 @@ fn state(status: DeliveryStatus, error: Option<String>, until: Option<String>) -
         error,
         until,
         updated_at: Store::now(),
+        via: None,
     }
 }
 

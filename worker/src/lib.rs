@@ -6,11 +6,13 @@
 #![warn(missing_docs)]
 
 pub mod deliver;
+pub mod email;
 pub mod error;
 pub mod inapp;
 pub mod intake;
 pub mod metrics;
 pub mod retry;
+pub mod sms;
 pub mod webhook;
 
 use std::future::Future;
@@ -53,6 +55,10 @@ pub struct Ctx {
     pub metrics: Metrics,
     /// Webhook client.
     pub webhook: webhook::WebhookSender,
+    /// SMTP relays (or the file transport).
+    pub mailer: Arc<email::Mailer>,
+    /// SMS provider, when configured.
+    pub sms: Option<Arc<sms::SmsSender>>,
     /// Attempts per channel before a dead letter.
     pub max_attempts: u32,
     /// First retry delay.
@@ -87,6 +93,17 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
     let health = Health::new(client.clone(), provisioner.clone(), metrics.registry.clone());
     let webhook = webhook::WebhookSender::new(config.webhook_secret.as_deref(), config.common.webhook_allow_private)
         .map_err(|e| tidings_shared::Error::Config(format!("HTTP client: {e}")))?;
+    let mailer = Arc::new(email::Mailer::new(&config.smtp_url, &config.email_from)?);
+    let sms = sms::SmsSender::new(
+        config.sms_api_url.as_deref(),
+        config.sms_account_sid.as_deref(),
+        config.sms_auth_token.as_deref(),
+        config.sms_from.as_deref(),
+    )
+    .map(Arc::new);
+    if sms.is_none() {
+        tracing::info!("SMS is not configured: SMS deliveries will fail with that reason");
+    }
     if config.webhook_secret.is_none() {
         tracing::warn!("TIDINGS_WEBHOOK_SECRET is not set: webhooks go out unsigned");
     }
@@ -94,11 +111,12 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
     tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
 
     let (stop_tx, stop) = watch::channel(false);
+    let senders = Senders { webhook, mailer, sms };
     let pipeline = tokio::spawn(pipeline(
         client.clone(),
         provisioner,
         metrics.clone(),
-        webhook,
+        senders,
         config.clone(),
         stop,
     ));
@@ -126,11 +144,18 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// The external channels' senders.
+struct Senders {
+    webhook: webhook::WebhookSender,
+    mailer: Arc<email::Mailer>,
+    sms: Option<Arc<sms::SmsSender>>,
+}
+
 async fn pipeline(
     client: async_nats::Client,
     provisioner: Provisioner,
     metrics: Metrics,
-    webhook: webhook::WebhookSender,
+    senders: Senders,
     config: WorkerConfig,
     stop: watch::Receiver<bool>,
 ) {
@@ -157,7 +182,9 @@ async fn pipeline(
         js: js.clone(),
         store: store.clone(),
         metrics,
-        webhook,
+        webhook: senders.webhook,
+        mailer: senders.mailer,
+        sms: senders.sms,
         max_attempts: config.retry_max_attempts,
         retry_base: Duration::from_millis(config.retry_base_ms),
     };
@@ -172,17 +199,26 @@ async fn pipeline(
         stop.clone(),
         |ctx, msg| async move { intake::handle(&ctx, msg).await },
     );
-    let webhooks = consume(
-        ctx.clone(),
-        DELIVERY_STREAM,
-        "tidings-delivery-webhook",
-        Some(format!("{DELIVERY_PREFIX}.webhook")),
-        DELIVERY_ACK_WAIT,
-        DELIVERY_CONCURRENCY,
-        stop,
-        |ctx, msg| async move { deliver::handle(&ctx, msg).await },
-    );
-    tokio::join!(intake, webhooks);
+    // One consumer per channel, so a slow or failing provider never holds back another
+    // channel's deliveries. Push jobs wait in the stream for the push channel.
+    let deliveries = ["webhook", "email", "sms"].map(|channel| {
+        consume(
+            ctx.clone(),
+            DELIVERY_STREAM,
+            match channel {
+                "webhook" => "tidings-delivery-webhook",
+                "email" => "tidings-delivery-email",
+                _ => "tidings-delivery-sms",
+            },
+            Some(format!("{DELIVERY_PREFIX}.{channel}")),
+            DELIVERY_ACK_WAIT,
+            DELIVERY_CONCURRENCY,
+            stop.clone(),
+            |ctx, msg| async move { deliver::handle(&ctx, msg).await },
+        )
+    });
+    let [webhooks, emails, sms] = deliveries;
+    tokio::join!(intake, webhooks, emails, sms);
 }
 
 /// Runs a durable pull consumer shared by every worker, `concurrency` messages at a time,

@@ -113,20 +113,22 @@ struct Env {
 }
 
 /// A worker process and its metrics URL.
-fn spawn_worker(nats_url: &str) -> (Process, String) {
+fn spawn_worker(nats_url: &str, extra: &[(&str, String)]) -> (Process, String) {
     let port = free_port();
-    let process = Process::spawn(
-        WORKER,
-        &[
-            ("TIDINGS_NATS_URL", nats_url.to_owned()),
-            ("TIDINGS_METRICS_LISTEN", format!("127.0.0.1:{port}")),
-            ("TIDINGS_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
-            ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
-            ("TIDINGS_RETRY_BASE_MS", "50".to_owned()),
-            ("TIDINGS_RETRY_MAX_ATTEMPTS", "3".to_owned()),
-        ],
-    )
-    .unwrap();
+    let mut env = vec![
+        ("TIDINGS_NATS_URL", nats_url.to_owned()),
+        ("TIDINGS_METRICS_LISTEN", format!("127.0.0.1:{port}")),
+        ("TIDINGS_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+        ("TIDINGS_RETRY_BASE_MS", "50".to_owned()),
+        ("TIDINGS_RETRY_MAX_ATTEMPTS", "3".to_owned()),
+        (
+            "TIDINGS_SMTP_URL",
+            format!("file://{}", std::env::temp_dir().join("tidings-test-mail").display()),
+        ),
+    ];
+    env.extend(extra.iter().cloned());
+    let process = Process::spawn(WORKER, &env).unwrap();
     (process, format!("http://127.0.0.1:{port}/metrics"))
 }
 
@@ -140,6 +142,10 @@ async fn webhooks_sent(metrics_url: &str) -> f64 {
 }
 
 async fn start(workers: usize) -> Env {
+    start_with(workers, &[]).await
+}
+
+async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
     let nats = NatsServer::start().await.unwrap();
     let port = free_port();
     let config = tidings_shared::config::GatewayConfig::try_parse_from([
@@ -164,7 +170,7 @@ async fn start(workers: usize) -> Env {
         (tidings_tests::http_get(&ready, None).await.map(|r| r.0) == Some(200)).then_some(())
     })
     .await;
-    let workers = (0..workers).map(|_| spawn_worker(&nats.url())).collect();
+    let workers = (0..workers).map(|_| spawn_worker(&nats.url(), worker_env)).collect();
     let env = Env {
         nats,
         gateway,
@@ -612,4 +618,184 @@ async fn end_to_end_in_app_delivered_then_read() {
         .await
         .unwrap();
     assert_eq!(inbox["unread"], 0, "{inbox}");
+}
+
+#[tokio::test]
+async fn email_goes_out_over_smtp_with_failover_and_escaped_html() {
+    let refusing = tidings_tests::smtp::SmtpServer::start_with(Some(554)).await.unwrap();
+    let good = tidings_tests::smtp::SmtpServer::start().await.unwrap();
+    let smtp = format!("{},{}", refusing.url(), good.url());
+    let env = start_with(
+        1,
+        &[
+            ("TIDINGS_SMTP_URL", smtp),
+            ("TIDINGS_EMAIL_FROM", "Tidings <noreply@example.com>".into()),
+        ],
+    )
+    .await;
+    env.put("/api/v1/users/erin/preferences", json!({"email":"erin@example.com"}))
+        .await;
+    let (code, _) = env
+        .notify(json!({"id":"mail-1","user":"erin","template":"pr_merged","data":{"pr":7,"title":"<script>x</script> & co"},"channels":["email"]}))
+        .await;
+    assert_eq!(code, 202);
+    let s = env
+        .wait_channel("mail-1", "email", "sent", Duration::from_secs(20))
+        .await;
+    assert_eq!(
+        s["channels"]["email"]["via"],
+        good.url().as_str(),
+        "the relay that took it: {s}"
+    );
+    let mail = good.received.lock().unwrap()[0].clone();
+    assert_eq!(mail.to, vec!["<erin@example.com>".to_string()]);
+    let data = mail.data.replace("\r\n", "\n");
+    assert!(data.contains("From: Tidings <noreply@example.com>"), "{data}");
+    assert!(data.contains("To: erin@example.com"), "{data}");
+    assert!(data.contains("Subject: PR #7"), "{data}");
+    assert!(data.contains("Message-ID: <mail-1.email@tidings>"), "{data}");
+    assert!(data.contains("multipart/alternative"), "{data}");
+    assert!(data.contains("<script>x</script> & co"), "text part verbatim: {data}");
+    assert!(
+        data.contains("<b>&lt;script&gt;x&lt;&#x2f;script&gt; &amp; co</b>"),
+        "HTML part escaped: {data}"
+    );
+    assert!(refusing.received.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn the_file_transport_writes_one_eml_per_email() {
+    let dir = tempfile_dir();
+    let env = start_with(1, &[("TIDINGS_SMTP_URL", format!("file://{}", dir.display()))]).await;
+    env.put("/api/v1/users/fay/preferences", json!({"email":"fay@example.com"}))
+        .await;
+    env.notify(
+        json!({"id":"file-1","user":"fay","template":"pr_merged","data":{"pr":8,"title":"t"},"channels":["email"]}),
+    )
+    .await;
+    let s = env
+        .wait_channel("file-1", "email", "sent", Duration::from_secs(20))
+        .await;
+    assert!(
+        s["channels"]["email"]["via"].as_str().unwrap().starts_with("file://"),
+        "{s}"
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("eml"));
+    let eml = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(eml.contains("Message-ID: <file-1.email@tidings>"), "{eml}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tidings-eml-{}-{}", std::process::id(), now_unix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A Twilio-compatible SMS API: checks basic auth and the form; `+15550000001` gets 500
+/// then 201, `+15550000002` gets 400 with a provider error.
+type Forms = Arc<Mutex<Vec<HashMap<String, String>>>>;
+
+async fn start_sms_api() -> (String, Forms) {
+    let seen: Forms = Arc::default();
+    async fn messages(
+        State(seen): State<Forms>,
+        Path(sid): Path<String>,
+        headers: HeaderMap,
+        axum::Form(form): axum::Form<HashMap<String, String>>,
+    ) -> (StatusCode, String) {
+        use base64::Engine as _;
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let expected = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("AC123:tok")
+        );
+        if sid != "AC123" || auth != expected {
+            return (
+                StatusCode::UNAUTHORIZED,
+                r#"{"code":20003,"message":"Authenticate"}"#.into(),
+            );
+        }
+        let to = form.get("To").cloned().unwrap_or_default();
+        let n = {
+            let mut s = seen.lock().unwrap();
+            s.push(form);
+            s.iter().filter(|f| f.get("To") == Some(&to)).count()
+        };
+        match to.as_str() {
+            "+15550000001" if n == 1 => (StatusCode::INTERNAL_SERVER_ERROR, "{}".into()),
+            "+15550000002" => (
+                StatusCode::BAD_REQUEST,
+                r#"{"code":21211,"message":"The 'To' number +15550000002 is not a valid phone number."}"#.into(),
+            ),
+            _ => (StatusCode::CREATED, r#"{"sid":"SM1","status":"queued"}"#.into()),
+        }
+    }
+    let app = axum::Router::new()
+        .route(
+            "/2010-04-01/Accounts/{sid}/Messages.json",
+            axum::routing::post(messages),
+        )
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test]
+async fn sms_through_a_twilio_compatible_api_retries_and_keeps_the_provider_error() {
+    let (api, seen) = start_sms_api().await;
+    let env = start_with(
+        1,
+        &[
+            ("TIDINGS_SMS_API_URL", api),
+            ("TIDINGS_SMS_ACCOUNT_SID", "AC123".into()),
+            ("TIDINGS_SMS_AUTH_TOKEN", "tok".into()),
+            ("TIDINGS_SMS_FROM", "+15559999999".into()),
+        ],
+    )
+    .await;
+    env.put(
+        "/api/v1/templates/sms_only",
+        json!({"in_app":{"title":"t","body":"b"},"sms":{"text":"PR {{ pr }} merged"}}),
+    )
+    .await;
+    env.put("/api/v1/users/gus/preferences", json!({"phone":"+15550000001"}))
+        .await;
+    env.put("/api/v1/users/hal/preferences", json!({"phone":"+15550000002"}))
+        .await;
+    env.notify(json!({"id":"sms-1","user":"gus","template":"sms_only","data":{"pr":5},"channels":["sms"]}))
+        .await;
+    env.notify(json!({"id":"sms-2","user":"hal","template":"sms_only","data":{"pr":6},"channels":["sms"]}))
+        .await;
+    let s = env.wait_channel("sms-1", "sms", "sent", Duration::from_secs(20)).await;
+    assert_eq!(s["channels"]["sms"]["attempts"], 2, "{s}");
+    let s = env
+        .wait_channel("sms-2", "sms", "failed", Duration::from_secs(20))
+        .await;
+    assert_eq!(s["channels"]["sms"]["attempts"], 1, "{s}");
+    assert!(
+        s["channels"]["sms"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid phone number"),
+        "{s}"
+    );
+    let forms = seen.lock().unwrap().clone();
+    let sent = forms
+        .iter()
+        .find(|f| f.get("To").map(String::as_str) == Some("+15550000001"))
+        .unwrap();
+    assert_eq!(sent.get("From").map(String::as_str), Some("+15559999999"));
+    assert_eq!(sent.get("Body").map(String::as_str), Some("PR 5 merged"));
 }

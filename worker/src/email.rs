@@ -1,0 +1,171 @@
+//! The email channel: lettre over SMTP (plain, STARTTLS, implicit TLS, with credentials) or
+//! the file transport (one `.eml` per email, the local default), with failover across the
+//! relays listed in `TIDINGS_SMTP_URL`.
+
+use std::path::PathBuf;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tidings_shared::Error as SharedError;
+use tidings_shared::notify::DeliveryJob;
+
+use crate::webhook::Outcome;
+
+enum Transport {
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+    File(AsyncFileTransport<Tokio1Executor>),
+}
+
+/// One relay of the failover list.
+struct Relay {
+    /// How it is shown in statuses: the URL without credentials.
+    name: String,
+    transport: Transport,
+}
+
+/// Sends emails through the first relay that takes them.
+pub struct Mailer {
+    relays: Vec<Relay>,
+    from: Mailbox,
+}
+
+/// The URL without its credentials, for logs and statuses.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+fn relay(url: &str) -> Result<Relay, SharedError> {
+    let bad = |e: &dyn std::fmt::Display| SharedError::Config(format!("TIDINGS_SMTP_URL entry {}: {e}", redact(url)));
+    let name = redact(url);
+    if let Some(dir) = url.strip_prefix("file://") {
+        let dir = PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| bad(&e))?;
+        return Ok(Relay {
+            name,
+            transport: Transport::File(AsyncFileTransport::new(dir)),
+        });
+    }
+    // lettre reads smtp:// (no TLS), smtps:// (implicit TLS) and smtp://…?tls=required
+    // (STARTTLS); the contract's smtp+starttls:// is the last.
+    let lettre_url = match url.strip_prefix("smtp+starttls://") {
+        Some(rest) if rest.contains('?') => format!("smtp://{rest}&tls=required"),
+        Some(rest) => format!("smtp://{rest}?tls=required"),
+        None if url.starts_with("smtp://") || url.starts_with("smtps://") => url.to_owned(),
+        None => return Err(bad(&"use smtp://, smtp+starttls://, smtps:// or file://")),
+    };
+    let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&lettre_url)
+        .map_err(|e| bad(&e))?
+        .timeout(Some(std::time::Duration::from_secs(15)))
+        .build();
+    Ok(Relay {
+        name,
+        transport: Transport::Smtp(transport),
+    })
+}
+
+impl Mailer {
+    /// Parses `TIDINGS_SMTP_URL` (comma-separated, tried in order) and `TIDINGS_EMAIL_FROM`.
+    pub fn new(urls: &str, from: &str) -> Result<Self, SharedError> {
+        let relays = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(relay)
+            .collect::<Result<Vec<_>, _>>()?;
+        if relays.is_empty() {
+            return Err(SharedError::Config("TIDINGS_SMTP_URL is empty".into()));
+        }
+        let from = from
+            .parse()
+            .map_err(|e| SharedError::Config(format!("TIDINGS_EMAIL_FROM {from:?}: {e}")))?;
+        Ok(Mailer { relays, from })
+    }
+
+    /// Builds the email: text, or text + HTML as multipart/alternative; the Message-ID is
+    /// derived from the notification id so a retried send is recognisable.
+    pub fn message(&self, to: &str, job: &DeliveryJob) -> Result<Message, String> {
+        let to: Mailbox = to.parse().map_err(|e| format!("recipient {to:?}: {e}"))?;
+        let builder = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(job.content.title.clone().unwrap_or_default())
+            .message_id(Some(format!("<{}.email@tidings>", job.id)));
+        let text = job.content.body.clone();
+        let built = match &job.content.html {
+            Some(html) => builder.multipart(MultiPart::alternative_plain_html(text, html.clone())),
+            None => builder.singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(text)),
+        };
+        built.map_err(|e| format!("building the email: {e}"))
+    }
+
+    /// One attempt: each relay in turn until one accepts. Returns the outcome and the relay
+    /// that took it.
+    pub async fn send(&self, to: &str, job: &DeliveryJob) -> (Outcome, Option<String>) {
+        let message = match self.message(to, job) {
+            Ok(m) => m,
+            Err(e) => return (Outcome::Fail(e), None),
+        };
+        let mut errors = Vec::new();
+        let mut all_permanent = true;
+        for relay in &self.relays {
+            let result = match &relay.transport {
+                Transport::Smtp(t) => t.send(message.clone()).await.map(|_| ()).map_err(|e| {
+                    if !e.is_permanent() {
+                        all_permanent = false;
+                    }
+                    e.to_string()
+                }),
+                Transport::File(t) => t.send(message.clone()).await.map(|_| ()).map_err(|e| {
+                    all_permanent = false;
+                    e.to_string()
+                }),
+            };
+            match result {
+                Ok(()) => return (Outcome::Delivered, Some(relay.name.clone())),
+                Err(e) => {
+                    tracing::info!(relay = %relay.name, error = %e, "relay refused the email; trying the next");
+                    errors.push(format!("{}: {e}", relay.name));
+                }
+            }
+        }
+        let error = errors.join("; ");
+        if all_permanent {
+            (Outcome::Fail(error), None)
+        } else {
+            (
+                Outcome::Retry {
+                    error,
+                    retry_after: None,
+                },
+                None,
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn urls_and_redaction() {
+        assert_eq!(redact("smtp+starttls://u:p@mail:587"), "smtp+starttls://mail:587");
+        assert_eq!(redact("smtp://mail:25"), "smtp://mail:25");
+        let dir = std::env::temp_dir().join(format!("tidings-mail-{}", std::process::id()));
+        let m = Mailer::new(
+            &format!(
+                "smtp://127.0.0.1:2525, smtp+starttls://u:p@127.0.0.1:587,smtps://a:b@127.0.0.1:465, file://{}",
+                dir.display()
+            ),
+            "Tidings <t@example.com>",
+        );
+        assert_eq!(m.map(|m| m.relays.len()).ok(), Some(4));
+        assert!(Mailer::new("ftp://x", "a@b.c").is_err());
+        assert!(Mailer::new("", "a@b.c").is_err());
+        assert!(Mailer::new("smtp://x:25", "not an address").is_err());
+    }
+}
