@@ -29,6 +29,7 @@ pub mod store;
 pub mod subject;
 pub mod telemetry;
 pub mod template;
+pub mod vapid;
 
 pub use channel::Channel;
 pub use error::{AuthReason, Error, ErrorCode, Result};
