@@ -35,6 +35,8 @@ pub struct Replay {
     pub messages: Vec<Arc<Encoded>>,
     /// Whether more messages were held than returned (over the cap or the limit).
     pub truncated: bool,
+    /// Whether the client's epoch was the current one (else its sequences mean nothing now).
+    pub same_epoch: bool,
     /// Whether everything after `since` is still held (same epoch, nothing dropped), however
     /// much of it was returned.
     pub complete: bool,
@@ -114,6 +116,7 @@ pub async fn replay(
         messages: read.messages,
         truncated: read.truncated,
         complete,
+        same_epoch,
     })
 }
 

@@ -163,6 +163,10 @@ pub struct Hub {
     hold_limit: usize,
     presence_dirty: Mutex<Vec<Channel>>,
     presence_changed: Notify,
+    /// Set by [`Hub::drain`]: connections registering later are told to go at once.
+    draining: std::sync::atomic::AtomicBool,
+    /// Bumped when `TIDINGS_EVENTS` is recreated, so channel tasks restart their sequences.
+    generation: AtomicU64,
 }
 
 impl Hub {
@@ -178,15 +182,26 @@ impl Hub {
             max_payload,
             presence_dirty: Mutex::default(),
             presence_changed: Notify::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
     /// Registers a connection; it then counts in the gauge and is reached by [`Hub::drain`].
     pub fn register(&self, handle: ConnHandle) -> ConnId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        if self.draining.load(Ordering::Acquire) {
+            // Authenticated after the drain started: reconnect elsewhere right away.
+            handle.signal.close(CLOSE_DRAINING);
+        }
         lock(&self.connections).insert(id, handle);
         self.metrics.connections.inc();
         id
+    }
+
+    /// Called when `TIDINGS_EVENTS` was (re)created under the running node.
+    pub fn stream_recreated(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Removes a connection and every subscription it still had.
@@ -357,6 +372,7 @@ impl Hub {
     /// Closes every connection with `code`, spread evenly over `over` so that clients do not
     /// all reconnect to the other nodes at the same instant.
     pub async fn drain(&self, code: u16, over: Duration) {
+        self.draining.store(true, Ordering::Release);
         let conns: Vec<ConnHandle> = lock(&self.connections).values().cloned().collect();
         let n = conns.len().max(1) as u32;
         let step = over / n;
@@ -436,7 +452,7 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
     let js = async_nats::jetstream::new(hub.nats.clone());
     // Where the channel stands before the subscription exists: anything stored after this
     // and before the subscription is active shows up as a gap and is repaired.
-    let opening = opening_position(&js, &channel).await;
+    let (opening, channel_last) = opening_position(&js, &channel).await;
     {
         let guard = read(&subscribers);
         guard.opening.store(opening, Ordering::Release);
@@ -462,8 +478,17 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
     let mut logged = [false; 2];
     // Last sequence seen (delivered or dropped) and last delivered; 0 when unknown.
     let mut last_seen = opening;
-    let mut last_delivered = opening;
+    let mut last_delivered = channel_last;
+    let mut generation = hub.generation.load(Ordering::Acquire);
     while let Some((durable, msg)) = merged.next().await {
+        let current = hub.generation.load(Ordering::Acquire);
+        if current != generation {
+            // TIDINGS_EVENTS was recreated: sequences start again from 1.
+            generation = current;
+            last_seen = 0;
+            last_delivered = 0;
+            read(&subscribers).position.store(0, Ordering::Release);
+        }
         let position = if durable {
             let Some((seq, prev)) = message::stored_position(&msg) else {
                 hub.metrics.rejected_messages.with_label_values(&["invalid"]).inc();
@@ -508,16 +533,21 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
 }
 
 /// The channel's last stored sequence, or (if it has none) the stream's: the position from
-/// which everything of the channel is still to come. 0 if NATS cannot tell right now.
-async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel) -> u64 {
+/// which everything of the channel is still to come; and the channel's own last sequence
+/// (0 if none), which the next message's `prev` names. Zeros if NATS cannot tell right now.
+async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel) -> (u64, u64) {
     let Ok(mut stream) = js.get_stream(tidings_shared::subject::EVENTS_STREAM).await else {
-        return 0;
+        return (0, 0);
     };
     match stream.direct_get_last_for_subject(channel.durable_subject()).await {
-        Ok(m) => m.sequence,
-        Err(_) => stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0),
+        Ok(m) => (m.sequence, m.sequence),
+        // No message of the channel yet: its next one has `prev` 0.
+        Err(_) => (stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0), 0),
     }
 }
+
+/// Most messages one gap repair reads back (a larger gap is left to the clients).
+const REPAIR_MAX: usize = 10_000;
 
 /// Reads the messages between `after` and `before` (exclusive) back from the stream and fans
 /// them out; returns the last delivered sequence.
@@ -541,13 +571,18 @@ async fn repair_gap(
             after + 1,
             Some(before),
             last_delivered,
-            usize::MAX,
+            REPAIR_MAX,
             &hub.metrics,
             hub.max_payload,
         )
         .await
     };
     match read.await {
+        Ok(crate::history::Read { truncated: true, .. }) => {
+            // Too much to hold in memory: clients see the gap and recover with `since`.
+            tracing::warn!(%channel, after, before, "gap too large to repair here");
+            None
+        }
         Ok(crate::history::Read { messages: missed, .. }) => {
             tracing::info!(%channel, after, before, repaired = missed.len(), "gap in the stored sequence repaired from the stream");
             let mut last = last_delivered;

@@ -116,6 +116,25 @@ pub fn streams(config: &GatewayConfig) -> Vec<(async_nats::jetstream::stream::Co
     ]
 }
 
+/// Tells the hub when `TIDINGS_EVENTS` is created again under a running node (deleted and
+/// recreated by an operator, or by a provisioner after a NATS store was lost), so channels
+/// restart their sequence bookkeeping instead of dropping the new, lower sequences.
+async fn watch_stream_recreation(client: async_nats::Client, hub: Arc<hub::Hub>) {
+    use futures::StreamExt as _;
+    let subject = format!(
+        "$JS.EVENT.ADVISORY.STREAM.CREATED.{}",
+        tidings_shared::subject::EVENTS_STREAM
+    );
+    let Ok(mut advisories) = client.subscribe(subject).await else {
+        tracing::warn!("cannot watch for stream recreation");
+        return;
+    };
+    while advisories.next().await.is_some() {
+        tracing::warn!("TIDINGS_EVENTS was (re)created: sequences start again");
+        hub.stream_recreated();
+    }
+}
+
 /// Builds the whole HTTP router.
 pub fn router(state: AppState) -> Router {
     // JSON bodies may carry a payload of the configured size plus the envelope.
@@ -155,6 +174,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         usize::from(config.common.stream_replicas),
     );
     tokio::spawn(presence.clone().publish_loop());
+    tokio::spawn(watch_stream_recreation(client.clone(), hub.clone()));
     let state = AppState(Arc::new(App {
         config: Arc::new(config),
         node_id: node_id.clone(),

@@ -66,20 +66,9 @@ async fn create(
     }
     let id = req.id.clone().unwrap_or_else(|| nuid::next().to_string());
     req.id = Some(id.clone());
-    let mut doc = NotificationStatus {
-        id: id.clone(),
-        user: req.user.clone(),
-        status: String::new(),
-        created_at: Store::now(),
-        channels: Default::default(),
-        error: None,
-        planned: false,
-    };
-    doc.summarize();
-    if !store.create_status(&doc).await? {
-        // The same id again: the same notification, accepted once.
-        return Ok((StatusCode::ACCEPTED, Json(Accepted { id })));
-    }
+    // Queued first (the same id within the queue's duplicate window is stored once), then the
+    // status: a failure between the two leaves a request a retry completes, never a status
+    // with nothing queued behind it. A worker that gets there first creates the status.
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
     let bytes = serde_json::to_vec(&req).map_err(|e| SharedError::Encode(e.to_string()))?;
@@ -90,6 +79,17 @@ async fn create(
         .map_err(SharedError::nats)?
         .await
         .map_err(SharedError::nats)?;
+    let mut doc = NotificationStatus {
+        id: id.clone(),
+        user: req.user.clone(),
+        status: String::new(),
+        created_at: Store::now(),
+        channels: Default::default(),
+        error: None,
+        planned: false,
+    };
+    doc.summarize();
+    store.create_status(&doc).await?;
     tracing::info!(%id, user = %req.user, template = %req.template, "notification accepted");
     Ok((StatusCode::ACCEPTED, Json(Accepted { id })))
 }
@@ -221,6 +221,9 @@ async fn read(
     Path((user, id)): Path<(String, String)>,
 ) -> Result<Json<InboxItem>> {
     for_user(&claims, &user)?;
+    if !tidings_shared::channel::is_valid_id(&id) {
+        return Err(Error::api(ErrorCode::BadRequest, "id: must match [A-Za-z0-9_-]{1,128}"));
+    }
     let store = state.store().await?;
     let Some(mut item) = store.inbox_item(&user, &id).await? else {
         return Err(Error::api(ErrorCode::NotFound, format!("no inbox entry {id}")));

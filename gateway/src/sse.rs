@@ -168,15 +168,12 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
                 seqs: BTreeMap::new(),
             };
         }
-        let last = replay.messages.last().and_then(|m| m.frame.seq).unwrap_or(since);
         state.metrics.recovered_messages.inc_by(replay.messages.len() as u64);
         let held = state.hub.release(id, c);
-        for m in replay
-            .messages
-            .into_iter()
-            .chain(held.into_iter().filter(|m| m.frame.seq.is_none_or(|s| s > last)))
-        {
-            pending.push_back(event_for(&m, &mut cursor));
+        for m in replay.messages.into_iter().chain(held) {
+            if let Some(e) = event_for(&m, &mut cursor) {
+                pending.push_back(e);
+            }
         }
     }
     let expires = tokio::time::Instant::now()
@@ -203,15 +200,17 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
 }
 
-/// The SSE event for a message; durable ones advance the cursor and carry it as `id`.
-fn event_for(enc: &crate::message::Encoded, cursor: &mut Cursor) -> Event {
+/// The SSE event for a message; durable ones advance the cursor and carry it as `id`. A
+/// durable message at or below the channel's last one sent is not sent again.
+fn event_for(enc: &crate::message::Encoded, cursor: &mut Cursor) -> Option<Event> {
     let event = Event::default().event("message").data(enc.json());
     match enc.frame.seq {
+        Some(seq) if cursor.seqs.get(&enc.frame.channel).is_some_and(|last| seq <= *last) => None,
         Some(seq) => {
             cursor.seqs.insert(enc.frame.channel.clone(), seq);
-            event.id(cursor.encode())
+            Some(event.id(cursor.encode()))
         }
-        None => event,
+        None => Some(event),
     }
 }
 
@@ -245,7 +244,7 @@ impl SseStream {
                     let metrics = &self.registration.state.metrics;
                     for out in self.batch.drain(..) {
                         let Outbound::Message(enc) = out else { continue };
-                        let event = event_for(&enc, &mut self.cursor);
+                        let Some(event) = event_for(&enc, &mut self.cursor) else { continue };
                         let latency = SystemTime::now().duration_since(enc.stored_at).unwrap_or_default();
                         metrics.delivery_latency.observe(latency.as_secs_f64());
                         metrics.messages_delivered.inc();

@@ -6,7 +6,7 @@
 //! (slow consumer, drain) are branches of the same `select!`, so an idle connection costs
 //! one task, one queue and the socket's buffers.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -184,7 +184,7 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
         handle,
         format,
         claims,
-        channels: HashSet::new(),
+        channels: HashMap::new(),
         sink,
     };
     // The session is boxed apart from its rarely used parts (commands, closing), which are
@@ -206,7 +206,10 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
         Box::pin(session.send(&welcome)).await;
         let reason = session.serve(stream, rx).await;
         tracing::debug!(reason, "WebSocket closed");
-        session.state.hub.unregister(session.id, session.channels.drain());
+        session
+            .state
+            .hub
+            .unregister(session.id, session.channels.drain().map(|(c, _)| c));
     }
     .instrument(span)
     .await;
@@ -218,7 +221,10 @@ struct Session {
     handle: ConnHandle,
     format: WireFormat,
     claims: Claims,
-    channels: HashSet<Channel>,
+    /// Subscribed channels, with the last durable `seq` written on each (0: none yet): a
+    /// durable message at or below it is never written again, whichever way it came
+    /// (replay, live, gap repair, a message queued before a re-subscription).
+    channels: HashMap<Channel, u64>,
     sink: Sink,
     limiter: RateLimiter,
 }
@@ -232,9 +238,16 @@ enum Next {
 /// When a session with a token expiring at `exp` ends: `exp` plus the same clock leeway the
 /// verification allowed, so a token accepted within the leeway is not cut off at once.
 fn token_deadline(exp: u64, leeway: u64) -> tokio::time::Instant {
-    let left = exp.saturating_add(leeway).saturating_sub(now_unix());
+    // Capped: an issuer may put any `exp` in a token.
+    let left = exp
+        .saturating_add(leeway)
+        .saturating_sub(now_unix())
+        .min(MAX_SESSION_SECS);
     tokio::time::Instant::now() + Duration::from_secs(left)
 }
+
+/// Longest a token may keep a session open without a refresh (one year).
+const MAX_SESSION_SECS: u64 = 365 * 86_400;
 
 impl Session {
     async fn send(&mut self, frame: &ServerFrame) {
@@ -341,6 +354,9 @@ impl Session {
         for out in batch.drain(..) {
             let msg = match out {
                 Outbound::Message(enc) => {
+                    if !self.admit(&enc) {
+                        continue;
+                    }
                     delivered += 1;
                     let latency = SystemTime::now().duration_since(enc.stored_at).unwrap_or_default();
                     self.state.metrics.delivery_latency.observe(latency.as_secs_f64());
@@ -353,6 +369,22 @@ impl Session {
         self.sink.flush().await?;
         self.state.metrics.messages_delivered.inc_by(delivered);
         Ok(())
+    }
+
+    /// Whether a channel message goes out: the channel is still subscribed and, for a
+    /// durable message, its `seq` is beyond the last one written (which it then becomes).
+    fn admit(&mut self, enc: &crate::message::Encoded) -> bool {
+        let Some(last) = self.channels.get_mut(&enc.frame.channel) else {
+            return false;
+        };
+        match enc.frame.seq {
+            Some(seq) if seq <= *last => false,
+            Some(seq) => {
+                *last = seq;
+                true
+            }
+            None => true,
+        }
     }
 
     async fn close_for(&mut self, code: u16) {
@@ -408,7 +440,7 @@ impl Session {
             ClientFrame::Unsubscribe { id, channel } => match Channel::parse(&channel) {
                 Err(e) => self.error(id, e.code(), e.to_string()).await,
                 Ok(c) => {
-                    if self.channels.remove(&c) {
+                    if self.channels.remove(&c).is_some() {
                         self.state.hub.unsubscribe(self.id, &c);
                     }
                     let reply = Reply {
@@ -453,7 +485,7 @@ impl Session {
         let Some(c) = self.readable(id, channel).await else {
             return;
         };
-        let is_new = !self.channels.contains(&c);
+        let is_new = !self.channels.contains_key(&c);
         if is_new && self.channels.len() >= self.state.config.max_subscriptions {
             let msg = format!(
                 "at most {} subscriptions per connection",
@@ -473,7 +505,7 @@ impl Session {
             .await;
             return;
         };
-        self.channels.insert(c.clone());
+        self.channels.entry(c.clone()).or_insert(0);
         let Some(since) = since else {
             // `seq` (an extra field): the stream position from which this subscription
             // delivers every durable message of the channel. A client that has received
@@ -500,7 +532,10 @@ impl Session {
                     .await;
             }
         };
-        let last = replay.messages.last().and_then(|m| m.frame.seq).unwrap_or(since);
+        if !replay.same_epoch {
+            // Sequences restarted: what was written before says nothing about them.
+            self.channels.insert(c.clone(), 0);
+        }
         let reply = Reply {
             channel: Some(c.clone()),
             epoch: Some(replay.epoch.clone()),
@@ -511,12 +546,11 @@ impl Session {
         self.reply(reply).await;
         let held = self.state.hub.release(self.id, &c);
         let replayed = replay.messages.len() as u64;
-        let joined = replay
-            .messages
-            .into_iter()
-            .chain(held.into_iter().filter(|m| m.frame.seq.is_none_or(|s| s > last)));
         let mut written = 0u64;
-        for m in joined {
+        for m in replay.messages.into_iter().chain(held) {
+            if !self.admit(&m) {
+                continue;
+            }
             if self.sink.feed(m.ws_message(self.format)).await.is_err() {
                 return;
             }
@@ -606,7 +640,7 @@ impl Session {
                 .await;
         }
         // Rights may have shrunk: leave channels the new token may not read.
-        let lost: Vec<Channel> = self.channels.iter().filter(|c| !claims.can_read(c)).cloned().collect();
+        let lost: Vec<Channel> = self.channels.keys().filter(|c| !claims.can_read(c)).cloned().collect();
         for c in lost {
             self.channels.remove(&c);
             self.state.hub.unsubscribe(self.id, &c);

@@ -199,6 +199,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "TIDINGS_RETRY_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub retry_max_attempts: u32,
 
+    /// How long a delivery may run before JetStream hands it to another worker (a worker that
+    /// died), in milliseconds; keep it above the slowest provider's timeout.
+    #[arg(long, env = "TIDINGS_DELIVERY_ACK_WAIT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    pub delivery_ack_wait_ms: u64,
+
     /// Window in which low/normal notifications with one batch_key become one digest.
     #[arg(long, env = "TIDINGS_BATCH_WINDOW_MS", default_value_t = 60_000)]
     pub batch_window_ms: u64,

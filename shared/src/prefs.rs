@@ -135,52 +135,60 @@ pub fn is_internal_ip(ip: IpAddr) -> bool {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_internal_ip(IpAddr::V4(v4));
             }
-            let seg0 = v6.segments()[0];
+            let seg = v6.segments();
+            // NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) addresses carry an IPv4 one.
+            let embedded = if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || (seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
+            {
+                let o = v6.octets();
+                Some(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
+            } else {
+                None
+            };
+            if let Some(v4) = embedded {
+                return is_internal_ip(IpAddr::V4(v4));
+            }
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00
-                || (seg0 & 0xffc0) == 0xfe80
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] & 0xffc0) == 0xfec0
         }
     }
 }
 
-/// Checks a webhook or push URL's form: `https` (or `http` when private targets are
-/// allowed), a host, no credentials; and, when the host is an IP literal, that it is not
-/// internal. Host names are checked again at delivery time, after DNS.
+/// Checks a webhook or push URL: `https` (or `http` when private targets are allowed), a
+/// host, no credentials; and, when the host is an address (in any of the forms URL parsers
+/// accept, such as `2130706433` or `127.1`), that it is not internal. Host names are checked
+/// again at delivery time, after DNS.
 pub fn validate_target_url(field: &str, url: &str, allow_private: bool) -> Result<()> {
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| invalid(field, "not an absolute URL"))?;
-    match scheme {
+    let parsed = url::Url::parse(url).map_err(|e| invalid(field, format!("not an absolute URL ({e})")))?;
+    match parsed.scheme() {
         "https" => {}
         "http" if allow_private => {}
         _ => return Err(invalid(field, "must be https")),
     }
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(invalid(field, "needs a host and no credentials or spaces"));
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(invalid(field, "must not carry credentials"));
     }
-    let host = if let Some(v6) = authority.strip_prefix('[') {
-        v6.split(']').next().unwrap_or_default()
-    } else {
-        authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+    let host = parsed.host().ok_or_else(|| invalid(field, "needs a host"))?;
+    if allow_private {
+        return Ok(());
+    }
+    let internal = match host {
+        url::Host::Ipv4(ip) => is_internal_ip(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => is_internal_ip(IpAddr::V6(ip)),
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || d.ends_with(".local")
+        }
     };
-    if host.is_empty() {
-        return Err(invalid(field, "needs a host"));
-    }
-    if !allow_private {
-        if let Ok(ip) = host.parse::<IpAddr>()
-            && is_internal_ip(ip)
-        {
-            return Err(invalid(
-                field,
-                "must not point at a loopback, private or link-local address",
-            ));
-        }
-        if host.eq_ignore_ascii_case("localhost") || host.ends_with(".localhost") || host.ends_with(".internal") {
-            return Err(invalid(field, "must not point at an internal host"));
-        }
+    if internal {
+        return Err(invalid(
+            field,
+            "must not point at a loopback, private, link-local or internal address",
+        ));
     }
     Ok(())
 }

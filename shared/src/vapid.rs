@@ -59,7 +59,8 @@ impl Vapid {
     /// The `Authorization` header value for a push to `endpoint`:
     /// `vapid t=<ES256 JWT with aud, exp, sub>, k=<public key>`.
     pub fn authorization(&self, endpoint: &str, subject: &str, now_unix: u64) -> Result<String> {
-        let aud = origin(endpoint).ok_or_else(|| Error::BadBody(format!("push endpoint {endpoint:?} has no origin")))?;
+        let aud =
+            origin(endpoint).ok_or_else(|| Error::BadBody(format!("push endpoint {endpoint:?} has no origin")))?;
         let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
         let claims = serde_json::json!({"aud": aud, "exp": now_unix + 12 * 3600, "sub": subject});
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
@@ -93,7 +94,13 @@ mod tests {
     fn loads_pkcs8_and_signs_a_verifiable_jwt() {
         let v = Vapid::from_pem(EC_PRIVATE).unwrap();
         assert_eq!(URL_SAFE_NO_PAD.decode(v.public_key()).unwrap().len(), 65);
-        let auth = v.authorization("https://push.example.com/send/abc", "mailto:ops@example.com", 1_700_000_000).unwrap();
+        let auth = v
+            .authorization(
+                "https://push.example.com/send/abc",
+                "mailto:ops@example.com",
+                1_700_000_000,
+            )
+            .unwrap();
         let (t, k) = auth.strip_prefix("vapid t=").unwrap().split_once(", k=").unwrap();
         assert_eq!(k, v.public_key());
         let parts: Vec<&str> = t.split('.').collect();
@@ -105,7 +112,10 @@ mod tests {
             URL_SAFE_NO_PAD.decode(k).unwrap(),
         );
         public
-            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &URL_SAFE_NO_PAD.decode(parts[2]).unwrap())
+            .verify(
+                format!("{}.{}", parts[0], parts[1]).as_bytes(),
+                &URL_SAFE_NO_PAD.decode(parts[2]).unwrap(),
+            )
             .unwrap();
         assert!(Vapid::from_pem("nope").is_err());
         assert!(Vapid::from_pem(include_str!("../tests/fixtures/rsa-private.pem")).is_err());

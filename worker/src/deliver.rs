@@ -11,6 +11,8 @@ use tidings_shared::notify::names::DEAD_PREFIX;
 use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus};
 use tidings_shared::store::Store;
 
+use tracing::Instrument as _;
+
 use crate::Ctx;
 use crate::error::Result;
 use crate::webhook::Outcome;
@@ -29,9 +31,12 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
             Ok(Disposition::Ack)
         }
         Ok(job) => {
+            // The ack timer starts again now: time spent queued in this worker does not count.
+            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                tracing::debug!(error = %e, "progress ack failed");
+            }
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
-            let _enter = span.enter();
-            process(ctx, &job).await
+            process(ctx, &job).instrument(span).await
         }
     };
     let acked = match disposition {

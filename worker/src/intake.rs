@@ -14,6 +14,7 @@ use tidings_shared::notify::{
 };
 use tidings_shared::prefs::Preferences;
 use tidings_shared::store::Store;
+use tracing::Instrument as _;
 
 use crate::Ctx;
 use crate::error::Result;
@@ -118,7 +119,12 @@ async fn process(ctx: &Ctx, payload: &[u8], seq: u64) -> Result<()> {
     };
     let id = notification_id(req.id.as_deref(), seq);
     let span = tracing::info_span!("notification", %id, user = %req.user, template = %req.template);
-    let _enter = span.enter();
+    plan(ctx, &req, &id).instrument(span).await
+}
+
+/// Plans and starts every channel of an accepted request.
+async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
+    let id = id.to_owned();
 
     let created_at = match ctx.store.status(&id).await? {
         // Already planned (a repeated id, or a redelivery after the work was done).
@@ -166,8 +172,18 @@ async fn process(ctx: &Ctx, payload: &[u8], seq: u64) -> Result<()> {
             match template.render(channel, &req.data) {
                 Err(e) => state(DeliveryStatus::Failed, Some(e.to_string()), None),
                 Ok(content) if channel == DeliveryChannel::InApp => {
-                    crate::inapp::deliver(ctx, &id, &req, &content, &created_at).await?;
-                    state(DeliveryStatus::Sent, None, None)
+                    // Recorded before the message goes out, so a client's quick `ack` finds it.
+                    let sent = state(DeliveryStatus::Sent, None, None);
+                    ctx.store
+                        .update_status(&id, |doc| {
+                            doc.channels
+                                .entry(DeliveryChannel::InApp)
+                                .or_insert_with(|| sent.clone());
+                            true
+                        })
+                        .await?;
+                    crate::inapp::deliver(ctx, &id, req, &content, &created_at).await?;
+                    sent
                 }
                 Ok(content) => {
                     let deferrable = matches!(

@@ -39,8 +39,6 @@ const DELIVERY_CONCURRENCY: usize = 64;
 /// How long a request may be in hand before JetStream gives it to another worker (a worker
 /// that died): planning takes milliseconds.
 const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
-/// Likewise for a delivery: longer than the webhook timeout (15 s).
-const DELIVERY_ACK_WAIT: Duration = Duration::from_secs(20);
 
 /// What the pipeline's steps share; cheap to clone.
 #[derive(Clone)]
@@ -211,7 +209,8 @@ async fn pipeline(
                 _ => "tidings-delivery-sms",
             },
             Some(format!("{DELIVERY_PREFIX}.{channel}")),
-            DELIVERY_ACK_WAIT,
+            // Counted from when the worker starts a job (it sends a progress ack then).
+            Duration::from_millis(config.delivery_ack_wait_ms),
             DELIVERY_CONCURRENCY,
             stop.clone(),
             |ctx, msg| async move { deliver::handle(&ctx, msg).await },
@@ -248,7 +247,10 @@ async fn consume<F, Fut>(
                     ack_policy: AckPolicy::Explicit,
                     ack_wait,
                     max_deliver: -1,
-                    max_ack_pending: (concurrency * 2) as i64,
+                    // Unlimited: jobs waiting out quiet hours or a retry delay (NAK'd with a
+                    // delay) stay in the ack-pending set, and must not stall the channel.
+                    // Concurrency is bounded locally instead.
+                    max_ack_pending: -1,
                     ..Default::default()
                 },
             )
@@ -256,7 +258,13 @@ async fn consume<F, Fut>(
             .map_err(tidings_shared::Error::nats)
         };
         let messages = match consumer.await {
-            Ok(c) => c.messages().await.map_err(tidings_shared::Error::nats),
+            // Fetch no more than can be worked on, so little waits in this worker's buffer.
+            Ok(c) => c
+                .stream()
+                .max_messages_per_batch(concurrency)
+                .messages()
+                .await
+                .map_err(tidings_shared::Error::nats),
             Err(e) => Err(e),
         };
         let messages = match messages {

@@ -76,6 +76,8 @@ impl WebhookSender {
         let client = reqwest::Client::builder()
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would do the DNS resolution the guard above must see.
+            .no_proxy()
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .user_agent("tidings-worker")

@@ -122,6 +122,7 @@ fn spawn_worker(nats_url: &str, extra: &[(&str, String)]) -> (Process, String) {
         ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
         ("TIDINGS_RETRY_BASE_MS", "50".to_owned()),
         ("TIDINGS_RETRY_MAX_ATTEMPTS", "3".to_owned()),
+        ("TIDINGS_DELIVERY_ACK_WAIT_MS", "5000".to_owned()),
         (
             "TIDINGS_SMTP_URL",
             format!("file://{}", std::env::temp_dir().join("tidings-test-mail").display()),
@@ -229,11 +230,18 @@ impl Env {
 
     /// Waits until channel `channel` of `id` has status `want`.
     async fn wait_channel(&self, id: &str, channel: &str, want: &str, timeout: Duration) -> Value {
-        eventually(timeout, &format!("{id}.{channel} == {want}"), || async {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
             let s = self.status(id).await;
-            (s["channels"][channel]["status"] == want).then_some(s)
-        })
-        .await
+            if s["channels"][channel]["status"] == want {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {id}.{channel} == {want}; status: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -509,7 +517,7 @@ async fn run_500(kill: bool) -> (HashMap<String, u32>, Env) {
     // Every notification reaches its final status (a killed worker's jobs come back after
     // the ack wait).
     for id in &ids {
-        let s = env.wait_channel(id, "webhook", "sent", Duration::from_secs(60)).await;
+        let s = env.wait_channel(id, "webhook", "sent", Duration::from_secs(90)).await;
         assert_eq!(s["status"], "sent", "{s}");
         if id != "dup" {
             assert_eq!(s["channels"]["in_app"]["status"], "sent", "{s}");
