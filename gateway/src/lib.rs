@@ -71,6 +71,8 @@ pub struct App {
     epoch: std::sync::RwLock<Option<String>>,
     /// The notification pipeline's state, opened on first use (NATS may be down at start).
     store: tokio::sync::OnceCell<tidings_shared::store::Store>,
+    /// The VAPID public key browsers subscribe with, when push is configured.
+    pub vapid_public_key: Option<String>,
 }
 
 impl App {
@@ -153,6 +155,10 @@ pub fn router(state: AppState) -> Router {
 pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     let node_id: Arc<str> = config.node_id().into();
     let verifier = Arc::new(config.verifier()?);
+    let vapid_public_key = match &config.common.vapid_private_key_file {
+        Some(path) => Some(tidings_shared::vapid::Vapid::from_file(path)?.public_key().to_owned()),
+        None => None,
+    };
     let metrics = Metrics::new()?;
     let on_connect = Arc::new(Notify::new());
     let client = nats::connect(
@@ -187,6 +193,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         presence,
         epoch: std::sync::RwLock::new(None),
         store: tokio::sync::OnceCell::new(),
+        vapid_public_key,
     }));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");

@@ -32,6 +32,24 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/templates/{name}", get(get_template).put(put_template))
         .route("/api/v1/users/{user}/inbox", get(inbox))
         .route("/api/v1/users/{user}/inbox/{id}/read", post(read))
+        .route("/api/v1/push/vapid-public-key", get(vapid_public_key))
+}
+
+/// Answer of `GET /api/v1/push/vapid-public-key`.
+#[derive(Debug, Serialize)]
+pub struct VapidKey {
+    /// Base64url of the uncompressed P-256 point, for `PushManager.subscribe`.
+    pub key: String,
+}
+
+async fn vapid_public_key(State(state): State<AppState>) -> Result<Json<VapidKey>> {
+    match &state.vapid_public_key {
+        Some(key) => Ok(Json(VapidKey { key: key.clone() })),
+        None => Err(Error::api(
+            ErrorCode::NotFound,
+            "push is not configured on this deployment",
+        )),
+    }
 }
 
 fn json_error(e: JsonRejection) -> Error {

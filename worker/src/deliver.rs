@@ -134,10 +134,8 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
             ),
             (Some(to), Some(sms)) => (sms.send(&to, &job.content.body).await, None),
         },
-        other => (
-            Outcome::Fail(format!("{} delivery is not available on this worker", other.as_str())),
-            None,
-        ),
+        DeliveryChannel::Push => (push(ctx, job, prefs.push_subscriptions).await?, None),
+        DeliveryChannel::InApp => (Outcome::Fail("in-app is not delivered through jobs".into()), None),
     };
     ctx.metrics
         .delivery_duration
@@ -174,6 +172,45 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
             Ok(Disposition::RetryIn(delay))
         }
     }
+}
+
+/// Sends to every subscription; those the push service reports gone are removed from the
+/// preferences. Delivered if any subscription took it (the others are not retried, so no
+/// device gets it twice); else retried if any failure was transient.
+async fn push(ctx: &Ctx, job: &DeliveryJob, subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
+    if subs.is_empty() {
+        return Ok(Outcome::Fail("no push subscription in preferences".into()));
+    }
+    let mut gone = Vec::new();
+    let mut delivered = false;
+    let mut retry: Option<Outcome> = None;
+    let mut errors = Vec::new();
+    for sub in &subs {
+        match ctx.push.send(sub, job).await {
+            crate::push::PushResult::Gone => gone.push(sub.endpoint.clone()),
+            crate::push::PushResult::Outcome(Outcome::Delivered) => delivered = true,
+            crate::push::PushResult::Outcome(o @ Outcome::Retry { .. }) => retry = Some(o),
+            crate::push::PushResult::Outcome(Outcome::Fail(e)) => errors.push(e),
+        }
+    }
+    if !gone.is_empty() {
+        let mut prefs = ctx.store.preferences(&job.user).await?;
+        prefs.push_subscriptions.retain(|s| !gone.contains(&s.endpoint));
+        ctx.store.put_preferences(&job.user, &prefs).await?;
+        tracing::info!(
+            removed = gone.len(),
+            "push subscriptions gone; removed from preferences"
+        );
+    }
+    Ok(if delivered {
+        Outcome::Delivered
+    } else if let Some(r) = retry {
+        r
+    } else if errors.is_empty() {
+        Outcome::Fail("every push subscription is gone (404/410)".into())
+    } else {
+        Outcome::Fail(errors.join("; "))
+    })
 }
 
 /// Copies a job given up on to `tidings.dead.<channel>` with its last error, where operators

@@ -11,6 +11,7 @@ pub mod error;
 pub mod inapp;
 pub mod intake;
 pub mod metrics;
+pub mod push;
 pub mod retry;
 pub mod sms;
 pub mod webhook;
@@ -57,6 +58,8 @@ pub struct Ctx {
     pub mailer: Arc<email::Mailer>,
     /// SMS provider, when configured.
     pub sms: Option<Arc<sms::SmsSender>>,
+    /// Web Push sender.
+    pub push: Arc<push::PushSender>,
     /// Attempts per channel before a dead letter.
     pub max_attempts: u32,
     /// First retry delay.
@@ -99,6 +102,21 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
         config.sms_from.as_deref(),
     )
     .map(Arc::new);
+    let vapid = match &config.common.vapid_private_key_file {
+        Some(path) => Some(Arc::new(tidings_shared::vapid::Vapid::from_file(path)?)),
+        None => {
+            tracing::info!("TIDINGS_VAPID_PRIVATE_KEY_FILE is not set: push deliveries will fail with that reason");
+            None
+        }
+    };
+    let push_client = webhook::guarded_client(config.common.webhook_allow_private)
+        .map_err(|e| tidings_shared::Error::Config(format!("HTTP client: {e}")))?;
+    let push = Arc::new(push::PushSender::new(
+        push_client,
+        vapid,
+        config.vapid_subject.clone(),
+        config.common.webhook_allow_private,
+    ));
     if sms.is_none() {
         tracing::info!("SMS is not configured: SMS deliveries will fail with that reason");
     }
@@ -109,7 +127,12 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
     tracing::info!(addr = %listener.local_addr()?, "worker metrics listening");
 
     let (stop_tx, stop) = watch::channel(false);
-    let senders = Senders { webhook, mailer, sms };
+    let senders = Senders {
+        webhook,
+        mailer,
+        sms,
+        push,
+    };
     let pipeline = tokio::spawn(pipeline(
         client.clone(),
         provisioner,
@@ -147,6 +170,7 @@ struct Senders {
     webhook: webhook::WebhookSender,
     mailer: Arc<email::Mailer>,
     sms: Option<Arc<sms::SmsSender>>,
+    push: Arc<push::PushSender>,
 }
 
 async fn pipeline(
@@ -183,6 +207,7 @@ async fn pipeline(
         webhook: senders.webhook,
         mailer: senders.mailer,
         sms: senders.sms,
+        push: senders.push,
         max_attempts: config.retry_max_attempts,
         retry_base: Duration::from_millis(config.retry_base_ms),
     };
@@ -198,15 +223,16 @@ async fn pipeline(
         |ctx, msg| async move { intake::handle(&ctx, msg).await },
     );
     // One consumer per channel, so a slow or failing provider never holds back another
-    // channel's deliveries. Push jobs wait in the stream for the push channel.
-    let deliveries = ["webhook", "email", "sms"].map(|channel| {
+    // channel's deliveries.
+    let deliveries = ["webhook", "email", "sms", "push"].map(|channel| {
         consume(
             ctx.clone(),
             DELIVERY_STREAM,
             match channel {
                 "webhook" => "tidings-delivery-webhook",
                 "email" => "tidings-delivery-email",
-                _ => "tidings-delivery-sms",
+                "sms" => "tidings-delivery-sms",
+                _ => "tidings-delivery-push",
             },
             Some(format!("{DELIVERY_PREFIX}.{channel}")),
             // Counted from when the worker starts a job (it sends a progress ack then).
@@ -216,8 +242,8 @@ async fn pipeline(
             |ctx, msg| async move { deliver::handle(&ctx, msg).await },
         )
     });
-    let [webhooks, emails, sms] = deliveries;
-    tokio::join!(intake, webhooks, emails, sms);
+    let [webhooks, emails, sms, pushes] = deliveries;
+    tokio::join!(intake, webhooks, emails, sms, pushes);
 }
 
 /// Runs a durable pull consumer shared by every worker, `concurrency` messages at a time,

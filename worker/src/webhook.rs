@@ -70,18 +70,24 @@ pub fn signature(key: &hmac::Key, t: i64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
+/// An HTTP client for user-supplied URLs (webhooks, push endpoints): internal addresses
+/// dropped after DNS unless allowed, no redirects, no proxy, bounded timeouts.
+pub fn guarded_client(allow_private: bool) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+        .redirect(reqwest::redirect::Policy::none())
+        // A proxy would do the DNS resolution the guard above must see.
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(15))
+        .user_agent("tidings-worker")
+        .build()
+}
+
 impl WebhookSender {
     /// A sender signing with `secret` (unsigned without one).
     pub fn new(secret: Option<&str>, allow_private: bool) -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would do the DNS resolution the guard above must see.
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(15))
-            .user_agent("tidings-worker")
-            .build()?;
+        let client = guarded_client(allow_private)?;
         Ok(WebhookSender {
             client,
             key: secret.map(|s| Arc::new(hmac::Key::new(hmac::HMAC_SHA256, s.as_bytes()))),

@@ -146,6 +146,11 @@ async fn start(workers: usize) -> Env {
     start_with(workers, &[]).await
 }
 
+/// The test VAPID key (a throw-away P-256 key).
+fn vapid_key_file() -> String {
+    format!("{}/../shared/tests/fixtures/ec-private.pem", env!("CARGO_MANIFEST_DIR"))
+}
+
 async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
     let nats = NatsServer::start().await.unwrap();
     let port = free_port();
@@ -159,6 +164,8 @@ async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
         SECRET,
         "--webhook-allow-private",
         "true",
+        "--vapid-private-key-file",
+        &vapid_key_file(),
     ])
     .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -807,4 +814,229 @@ async fn sms_through_a_twilio_compatible_api_retries_and_keeps_the_provider_erro
         .unwrap();
     assert_eq!(sent.get("From").map(String::as_str), Some("+15559999999"));
     assert_eq!(sent.get("Body").map(String::as_str), Some("PR 5 merged"));
+}
+
+/// A browser's push subscription: its ECDH key pair and auth secret.
+struct Browser {
+    private: aws_lc_rs::agreement::PrivateKey,
+    public: Vec<u8>,
+    auth: [u8; 16],
+}
+
+impl Browser {
+    fn new() -> Self {
+        use aws_lc_rs::rand::SecureRandom as _;
+        let private = aws_lc_rs::agreement::PrivateKey::generate(&aws_lc_rs::agreement::ECDH_P256).unwrap();
+        let public = private.compute_public_key().unwrap().as_ref().to_vec();
+        let mut auth = [0u8; 16];
+        aws_lc_rs::rand::SystemRandom::new().fill(&mut auth).unwrap();
+        Browser { private, public, auth }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8], len: usize) -> Vec<u8> {
+        struct L(usize);
+        impl aws_lc_rs::hkdf::KeyType for L {
+            fn len(&self) -> usize {
+                self.0
+            }
+        }
+        let prk = aws_lc_rs::hkdf::Salt::new(aws_lc_rs::hkdf::HKDF_SHA256, salt).extract(ikm);
+        let info = [info];
+        let okm = prk.expand(&info, L(len)).unwrap();
+        let mut out = vec![0u8; len];
+        okm.fill(&mut out).unwrap();
+        out
+    }
+
+    /// Decrypts an aes128gcm body as a browser does (RFC 8291 / RFC 8188).
+    fn decrypt(&self, body: &[u8]) -> Vec<u8> {
+        let salt = &body[..16];
+        let idlen = body[20] as usize;
+        let as_public = &body[21..21 + idlen];
+        let ciphertext = &body[21 + idlen..];
+        let shared = aws_lc_rs::agreement::agree(
+            &self.private,
+            aws_lc_rs::agreement::UnparsedPublicKey::new(&aws_lc_rs::agreement::ECDH_P256, as_public),
+            (),
+            |k| Ok(k.to_vec()),
+        )
+        .unwrap();
+        let mut info = b"WebPush: info\0".to_vec();
+        info.extend_from_slice(&self.public);
+        info.extend_from_slice(as_public);
+        let ikm = Self::hkdf(&self.auth, &shared, &info, 32);
+        let cek = Self::hkdf(salt, &ikm, b"Content-Encoding: aes128gcm\0", 16);
+        let nonce = Self::hkdf(salt, &ikm, b"Content-Encoding: nonce\0", 12);
+        let key = aws_lc_rs::aead::LessSafeKey::new(
+            aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &cek).unwrap(),
+        );
+        let mut buf = ciphertext.to_vec();
+        let plain = key
+            .open_in_place(
+                aws_lc_rs::aead::Nonce::try_assume_unique_for_key(&nonce).unwrap(),
+                aws_lc_rs::aead::Aad::empty(),
+                &mut buf,
+            )
+            .unwrap();
+        let end = plain.iter().rposition(|b| *b == 2).unwrap();
+        plain[..end].to_vec()
+    }
+}
+
+/// What the push service saw.
+#[derive(Default)]
+struct PushLog {
+    payloads: Vec<Value>,
+    headers: Vec<(String, String)>,
+}
+
+async fn start_push_service(browser: Arc<Browser>, vapid_public: String) -> (String, Arc<Mutex<PushLog>>) {
+    type S = (Arc<Browser>, String, Arc<Mutex<PushLog>>);
+    async fn push(
+        State((browser, vapid, log)): State<S>,
+        Path(mode): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        if mode == "gone" {
+            return StatusCode::GONE;
+        }
+        // VAPID: an ES256 JWT for this origin, signed by the key the gateway publishes.
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let Some((jwt, k)) = auth.strip_prefix("vapid t=").and_then(|r| r.split_once(", k=")) else {
+            return StatusCode::UNAUTHORIZED;
+        };
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let public = aws_lc_rs::signature::UnparsedPublicKey::new(
+            &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+            b64.decode(&vapid).unwrap(),
+        );
+        let signed = public.verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64.decode(parts[2]).unwrap_or_default(),
+        );
+        let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap_or_default()).unwrap_or_default();
+        let host = headers.get("host").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if k != vapid
+            || signed.is_err()
+            || claims["aud"] != format!("http://{host}")
+            || claims["exp"].as_u64().unwrap_or(0) <= now_unix()
+        {
+            return StatusCode::FORBIDDEN;
+        }
+        let payload: Value = serde_json::from_slice(&browser.decrypt(&body)).unwrap();
+        let mut log = log.lock().unwrap();
+        log.payloads.push(payload);
+        for h in ["ttl", "urgency", "content-encoding"] {
+            log.headers.push((
+                h.to_owned(),
+                headers
+                    .get(h)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+            ));
+        }
+        StatusCode::CREATED
+    }
+    let log: Arc<Mutex<PushLog>> = Arc::default();
+    let app = axum::Router::new()
+        .route("/push/{mode}", axum::routing::post(push))
+        .with_state((browser, vapid_public, log.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), log)
+}
+
+#[tokio::test]
+async fn web_push_is_encrypted_signed_and_gone_subscriptions_are_removed() {
+    let env = start_with(
+        1,
+        &[
+            ("TIDINGS_VAPID_PRIVATE_KEY_FILE", vapid_key_file()),
+            ("TIDINGS_VAPID_SUBJECT", "mailto:ops@example.com".into()),
+        ],
+    )
+    .await;
+    let key: Value = env
+        .http
+        .get(format!("{}/api/v1/push/vapid-public-key", env.gateway))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let vapid_public = key["key"].as_str().unwrap().to_owned();
+    let browser = Arc::new(Browser::new());
+    let (service, log) = start_push_service(browser.clone(), vapid_public).await;
+    env.put(
+        "/api/v1/templates/push_t",
+        json!({"in_app":{"title":"t","body":"b"},"push":{"title":"PR #{{ pr }}","body":"{{ title }}","url":"https://app.example/pr/{{ pr }}"}}),
+    )
+    .await;
+    let sub = |mode: &str| json!({"endpoint": format!("{service}/push/{mode}"), "keys": {"p256dh": Browser::b64(&browser.public), "auth": Browser::b64(&browser.auth)}});
+    let (code, body) = env
+        .put(
+            "/api/v1/users/ivy/preferences",
+            json!({"push_subscriptions":[sub("ok")]}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    env.put(
+        "/api/v1/users/jon/preferences",
+        json!({"push_subscriptions":[sub("gone")]}),
+    )
+    .await;
+
+    env.notify(json!({"id":"push-1","user":"ivy","template":"push_t","data":{"pr":4,"title":"Ship it"},"channels":["push"],"priority":"high"})).await;
+    env.wait_channel("push-1", "push", "sent", Duration::from_secs(20))
+        .await;
+    {
+        let log = log.lock().unwrap();
+        assert_eq!(
+            log.payloads,
+            vec![json!({"id":"push-1","title":"PR #4","body":"Ship it","url":"https://app.example/pr/4"})]
+        );
+        assert!(
+            log.headers.contains(&("urgency".into(), "high".into())),
+            "{:?}",
+            log.headers
+        );
+        assert!(log.headers.contains(&("content-encoding".into(), "aes128gcm".into())));
+        assert!(log.headers.contains(&("ttl".into(), "86400".into())));
+    }
+
+    env.notify(json!({"id":"push-2","user":"jon","template":"push_t","data":{"pr":5,"title":"x"},"channels":["push"]}))
+        .await;
+    let s = env
+        .wait_channel("push-2", "push", "failed", Duration::from_secs(20))
+        .await;
+    assert!(s["channels"]["push"]["error"].as_str().unwrap().contains("gone"), "{s}");
+    let prefs: Value = env
+        .http
+        .get(format!("{}/api/v1/users/jon/preferences", env.gateway))
+        .bearer_auth(&env.svc)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        prefs["push_subscriptions"],
+        json!([]),
+        "the gone subscription was removed: {prefs}"
+    );
 }
