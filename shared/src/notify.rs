@@ -189,6 +189,9 @@ pub struct ChannelState {
     /// Which provider or relay sent it (an extra field), e.g. `smtp://mail-2:25`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// The digest it went out in, when batched (an extra field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }
 
 /// The status of a notification (contract §6), one document per transition on
@@ -295,6 +298,32 @@ pub struct DeliveryJob {
     pub not_before_ms: Option<i64>,
     /// When the notification was created (RFC 3339).
     pub created_at: String,
+    /// Set on a digest's flush job: the batch to send as one message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<DigestRef>,
+}
+
+/// A batch of notifications waiting to go out as one digest: its KV entry (open while
+/// items may still join) and the subject its items are stored on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestRef {
+    /// KV key of the open batch in `TIDINGS_BATCHES`.
+    pub key: String,
+    /// Subject of the batch's items in `TIDINGS_BATCH_ITEMS`.
+    pub subject: String,
+    /// Template the digest is rendered with (`items` and `count` added to its data).
+    pub template: String,
+}
+
+/// One notification waiting in a batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// Notification id.
+    pub id: String,
+    /// The request's data.
+    pub data: serde_json::Value,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
 }
 
 /// JetStream and KV names of the notification pipeline.
@@ -319,6 +348,12 @@ pub mod names {
     pub const TEMPLATES_BUCKET: &str = "TIDINGS_TEMPLATES";
     /// KV bucket of inbox entries, key = `<user>.<notification id>`.
     pub const INBOX_BUCKET: &str = "TIDINGS_INBOX";
+    /// KV bucket of open batches, key = `<user>.<batch hash>.<channel>`.
+    pub const BATCHES_BUCKET: &str = "TIDINGS_BATCHES";
+    /// Stream of batched items, `tidings.batch.<user>.<batch hash>.<channel>`.
+    pub const BATCH_ITEMS_STREAM: &str = "TIDINGS_BATCH_ITEMS";
+    /// Subject prefix of batched items.
+    pub const BATCH_PREFIX: &str = "tidings.batch";
     /// Event name of in-app notification messages on `user:<id>`.
     pub const NOTIFICATION_EVENT: &str = "notification";
 }

@@ -59,6 +59,19 @@ pub fn dead_letter_stream_config(replicas: usize) -> stream::Config {
     }
 }
 
+/// Configuration of `TIDINGS_BATCH_ITEMS`: notifications waiting in a batch window.
+pub fn batch_items_stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: BATCH_ITEMS_STREAM.to_owned(),
+        description: Some("Tidings notifications waiting in a batch window".to_owned()),
+        subjects: vec![format!("{BATCH_PREFIX}.>")],
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 86_400),
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
 /// Gets a KV bucket, creating it if absent (safe when several processes race).
 pub async fn ensure_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<kv::Store> {
     if let Ok(s) = js.get_key_value(bucket).await {

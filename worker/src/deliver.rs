@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
 use tidings_shared::notify::names::DEAD_PREFIX;
-use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus};
+use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus, DigestRef};
 use tidings_shared::store::Store;
 
 use tracing::Instrument as _;
@@ -35,8 +35,9 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
             if let Err(e) = msg.ack_with(AckKind::Progress).await {
                 tracing::debug!(error = %e, "progress ack failed");
             }
+            let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
-            process(ctx, &job).instrument(span).await
+            process(ctx, &job, delivered).instrument(span).await
         }
     };
     let acked = match disposition {
@@ -60,6 +61,19 @@ async fn set_channel(
     error: Option<String>,
     via: Option<String>,
 ) -> Result<()> {
+    set_channel_digest(ctx, job, status, attempts, error, via, "").await
+}
+
+/// As [`set_channel`], recording the digest the notification went out in (unless empty).
+async fn set_channel_digest(
+    ctx: &Ctx,
+    job: &DeliveryJob,
+    status: DeliveryStatus,
+    attempts: u32,
+    error: Option<String>,
+    via: Option<String>,
+    digest: &str,
+) -> Result<()> {
     ctx.store
         .update_status(&job.id, |doc| {
             let c = doc
@@ -72,6 +86,7 @@ async fn set_channel(
                     until: None,
                     updated_at: Store::now(),
                     via: None,
+                    digest: None,
                 });
             c.status = status;
             c.attempts = attempts;
@@ -80,6 +95,9 @@ async fn set_channel(
             c.updated_at = Store::now();
             if via.is_some() {
                 c.via = via.clone();
+            }
+            if !digest.is_empty() {
+                c.digest = Some(digest.to_owned());
             }
             true
         })
@@ -93,13 +111,18 @@ async fn set_channel(
     Ok(())
 }
 
-async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
+async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposition> {
     if let Some(at) = job.not_before_ms {
         let wait = at - jiff::Timestamp::now().as_millisecond();
         if wait > 0 {
-            // Quiet hours: JetStream keeps the job and hands it out again at the end.
+            // Quiet hours, or a batch window: JetStream keeps the job and hands it out again
+            // when it is due.
             return Ok(Disposition::RetryIn(Duration::from_millis(wait as u64)));
         }
+    }
+    if let Some(d) = &job.digest {
+        // The first delivery of a flush job only waited for the window to close.
+        return digest(ctx, job, d, delivered.saturating_sub(1).max(1)).await;
     }
     let current = ctx.store.status(&job.id).await?;
     let previous = current
@@ -114,33 +137,7 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
         return Ok(Disposition::Ack);
     }
     let attempts = previous.map_or(0, |p| p.attempts) + 1;
-    let started = Instant::now();
-    // Addresses are read now, not when the job was queued: the user may have changed them.
-    let prefs = ctx.store.preferences(&job.user).await?;
-    let (outcome, via) = match job.channel {
-        DeliveryChannel::Webhook => match prefs.webhook_url {
-            None => (Outcome::Fail("no webhook_url in preferences".into()), None),
-            Some(url) => (ctx.webhook.send(&url, job).await, None),
-        },
-        DeliveryChannel::Email => match prefs.email {
-            None => (Outcome::Fail("no email address in preferences".into()), None),
-            Some(to) => ctx.mailer.send(&to, job).await,
-        },
-        DeliveryChannel::Sms => match (prefs.phone, &ctx.sms) {
-            (None, _) => (Outcome::Fail("no phone number in preferences".into()), None),
-            (_, None) => (
-                Outcome::Fail("SMS is not configured (TIDINGS_SMS_API_URL, _ACCOUNT_SID, _AUTH_TOKEN, _FROM)".into()),
-                None,
-            ),
-            (Some(to), Some(sms)) => (sms.send(&to, &job.content.body).await, None),
-        },
-        DeliveryChannel::Push => (push(ctx, job, prefs.push_subscriptions).await?, None),
-        DeliveryChannel::InApp => (Outcome::Fail("in-app is not delivered through jobs".into()), None),
-    };
-    ctx.metrics
-        .delivery_duration
-        .with_label_values(&[job.channel.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    let (outcome, via) = send(ctx, job).await?;
     match outcome {
         Outcome::Delivered => {
             set_channel(ctx, job, DeliveryStatus::Sent, attempts, None, via).await?;
@@ -172,6 +169,102 @@ async fn process(ctx: &Ctx, job: &DeliveryJob) -> Result<Disposition> {
             Ok(Disposition::RetryIn(delay))
         }
     }
+}
+
+/// One attempt on the job's channel, to the addresses the user has now (they may have
+/// changed since the job was queued). Returns the outcome and the relay that took it.
+async fn send(ctx: &Ctx, job: &DeliveryJob) -> Result<(Outcome, Option<String>)> {
+    let started = Instant::now();
+    // Addresses are read now, not when the job was queued: the user may have changed them.
+    let prefs = ctx.store.preferences(&job.user).await?;
+    let (outcome, via) = match job.channel {
+        DeliveryChannel::Webhook => match prefs.webhook_url {
+            None => (Outcome::Fail("no webhook_url in preferences".into()), None),
+            Some(url) => (ctx.webhook.send(&url, job).await, None),
+        },
+        DeliveryChannel::Email => match prefs.email {
+            None => (Outcome::Fail("no email address in preferences".into()), None),
+            Some(to) => ctx.mailer.send(&to, job).await,
+        },
+        DeliveryChannel::Sms => match (prefs.phone, &ctx.sms) {
+            (None, _) => (Outcome::Fail("no phone number in preferences".into()), None),
+            (_, None) => (
+                Outcome::Fail("SMS is not configured (TIDINGS_SMS_API_URL, _ACCOUNT_SID, _AUTH_TOKEN, _FROM)".into()),
+                None,
+            ),
+            (Some(to), Some(sms)) => (sms.send(&to, &job.content.body).await, None),
+        },
+        DeliveryChannel::Push => (push(ctx, job, prefs.push_subscriptions).await?, None),
+        DeliveryChannel::InApp => (Outcome::Fail("in-app is not delivered through jobs".into()), None),
+    };
+    ctx.metrics
+        .delivery_duration
+        .with_label_values(&[job.channel.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    Ok((outcome, via))
+}
+
+/// Sends a batch as one digest: closes the batch (later notifications open a new one),
+/// renders the template over `items` and `count`, sends once, and records the outcome on
+/// every notification in it.
+async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> Result<Disposition> {
+    if let Err(e) = ctx.batches.delete(&d.key).await {
+        tracing::debug!(error = %e, "closing the batch failed (already closed)");
+    }
+    let (items, last) = crate::batch::items(ctx, &d.subject).await?;
+    if items.is_empty() {
+        return Ok(Disposition::Ack);
+    }
+    let data = serde_json::json!({
+        "items": items.iter().map(|i| i.data.clone()).collect::<Vec<_>>(),
+        "count": items.len(),
+    });
+    let rendered = match ctx.store.template(&d.template).await? {
+        None => Err(format!("unknown template {:?}", d.template)),
+        Some(t) => t.render(job.channel, &data).map_err(|e| e.to_string()),
+    };
+    let (outcome, via) = match rendered {
+        Err(e) => (Outcome::Fail(e), None),
+        Ok(content) => {
+            let concrete = DeliveryJob {
+                content,
+                data,
+                digest: None,
+                ..job.clone()
+            };
+            send(ctx, &concrete).await?
+        }
+    };
+    let (status, error, done) = match outcome {
+        Outcome::Delivered => (DeliveryStatus::Sent, None, true),
+        Outcome::Fail(e) => (DeliveryStatus::Failed, Some(e), true),
+        Outcome::Retry { error, .. } if attempts >= ctx.max_attempts => {
+            dead_letter(ctx, job, &error, attempts).await?;
+            (
+                DeliveryStatus::Failed,
+                Some(format!("dead-lettered after {attempts} attempts: {error}")),
+                true,
+            )
+        }
+        Outcome::Retry { error, retry_after } => {
+            ctx.metrics.retries.with_label_values(&[job.channel.as_str()]).inc();
+            tracing::info!(%error, attempts, "digest will be retried");
+            let delay = retry_after.unwrap_or_else(|| crate::retry::backoff(attempts, ctx.retry_base));
+            return Ok(Disposition::RetryIn(delay));
+        }
+    };
+    for item in &items {
+        let item_job = DeliveryJob {
+            id: item.id.clone(),
+            ..job.clone()
+        };
+        set_channel_digest(ctx, &item_job, status, attempts, error.clone(), via.clone(), &job.id).await?;
+    }
+    if done {
+        crate::batch::clear(ctx, &d.subject, last).await?;
+        tracing::info!(digest = %job.id, items = items.len(), status = status.as_str(), "digest done");
+    }
+    Ok(Disposition::Ack)
 }
 
 /// Sends to every subscription; those the push service reports gone are removed from the

@@ -52,7 +52,7 @@ fn missing_target(prefs: &Preferences, channel: DeliveryChannel) -> Option<&'sta
     }
 }
 
-fn state(status: DeliveryStatus, error: Option<String>, until: Option<String>) -> ChannelState {
+pub(crate) fn state(status: DeliveryStatus, error: Option<String>, until: Option<String>) -> ChannelState {
     ChannelState {
         status,
         attempts: 0,
@@ -60,6 +60,7 @@ fn state(status: DeliveryStatus, error: Option<String>, until: Option<String>) -
         until,
         updated_at: Store::now(),
         via: None,
+        digest: None,
     }
 }
 
@@ -168,6 +169,19 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
             state(DeliveryStatus::Suppressed, None, None)
         } else if let Some(missing) = missing_target(&prefs, channel) {
             state(DeliveryStatus::Failed, Some(missing.to_owned()), None)
+        } else if let (Some(batch_key), true, false) = (
+            &req.batch_key,
+            matches!(req.priority, Priority::Low | Priority::Normal),
+            channel == DeliveryChannel::InApp,
+        ) {
+            // Rendered later, once, over the whole batch.
+            let deferrable = matches!(
+                channel,
+                DeliveryChannel::Email | DeliveryChannel::Sms | DeliveryChannel::Push
+            );
+            let until = quiet_until.filter(|_| deferrable);
+            crate::batch::add(ctx, req, &id, channel, batch_key, &created_at, until).await?;
+            state(DeliveryStatus::Batched, None, None)
         } else {
             match template.render(channel, &req.data) {
                 Err(e) => state(DeliveryStatus::Failed, Some(e.to_string()), None),
@@ -202,6 +216,7 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
                         data: req.data.clone(),
                         not_before_ms: until.map(|u| u.as_millisecond()),
                         created_at: created_at.clone(),
+                        digest: None,
                     };
                     queue(ctx, &job).await?;
                     match until {
@@ -234,7 +249,7 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
 
 /// Queues an external delivery; `Nats-Msg-Id` keeps a redelivered request from queueing it
 /// twice.
-async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
+pub(crate) async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{}.{}", job.id, job.channel.as_str()).as_str());
     let bytes = serde_json::to_vec(job).map_err(|e| SharedError::Encode(e.to_string()))?;

@@ -5,6 +5,7 @@
 //! delivery jobs, dead letters) and KV (preferences, templates, inbox). See `docs/NOTIFICATIONS.md`.
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod deliver;
 pub mod email;
 pub mod error;
@@ -64,6 +65,10 @@ pub struct Ctx {
     pub max_attempts: u32,
     /// First retry delay.
     pub retry_base: Duration,
+    /// Open batches (KV).
+    pub batches: async_nats::jetstream::kv::Store,
+    /// How long a batch stays open.
+    pub batch_window: Duration,
 }
 
 /// The streams a worker keeps in place: it owns `TIDINGS_NOTIFY` and the pipeline's own
@@ -80,6 +85,7 @@ pub fn streams(config: &WorkerConfig) -> Vec<(async_nats::jetstream::stream::Con
         (store::status_stream_config(replicas), Ownership::Owner),
         (store::delivery_stream_config(replicas), Ownership::Owner),
         (store::dead_letter_stream_config(replicas), Ownership::Owner),
+        (store::batch_items_stream_config(replicas), Ownership::Owner),
     ]
 }
 
@@ -184,12 +190,17 @@ async fn pipeline(
     let js = async_nats::jetstream::new(client.clone());
     let replicas = usize::from(config.common.stream_replicas);
     // Wait for NATS and the streams, then open the store.
-    let store = loop {
+    let (store, batches) = loop {
         if *stop.borrow() {
             return;
         }
         if provisioner.is_ready() {
-            match Store::open(js.clone(), replicas).await {
+            let opened = async {
+                let store = Store::open(js.clone(), replicas).await?;
+                let batches = store::ensure_kv(&js, tidings_shared::notify::names::BATCHES_BUCKET, replicas).await?;
+                Ok::<_, tidings_shared::Error>((store, batches))
+            };
+            match opened.await {
                 Ok(s) => break s,
                 Err(e) => tracing::warn!(error = %e, "opening the notification store failed; retrying"),
             }
@@ -210,6 +221,8 @@ async fn pipeline(
         push: senders.push,
         max_attempts: config.retry_max_attempts,
         retry_base: Duration::from_millis(config.retry_base_ms),
+        batches,
+        batch_window: Duration::from_millis(config.batch_window_ms),
     };
     tokio::spawn(inapp::ack_loop(ctx.clone(), store));
     let intake = consume(

@@ -1040,3 +1040,64 @@ async fn web_push_is_encrypted_signed_and_gone_subscriptions_are_removed() {
         "the gone subscription was removed: {prefs}"
     );
 }
+
+#[tokio::test]
+async fn a_batch_becomes_one_digest_even_across_a_worker_restart() {
+    let smtp = tidings_tests::smtp::SmtpServer::start().await.unwrap();
+    let worker_env = [
+        ("TIDINGS_SMTP_URL", smtp.url()),
+        ("TIDINGS_BATCH_WINDOW_MS", "3000".to_owned()),
+    ];
+    let mut env = start_with(1, &worker_env).await;
+    env.put(
+        "/api/v1/templates/review",
+        json!({"in_app":{"title":"Review {{ n }}","body":"b"},
+               "email":{"subject":"{{ count }} reviews","text":"{% for i in items %}- review {{ i.n }}\n{% endfor %}"}}),
+    )
+    .await;
+    env.put("/api/v1/users/kim/preferences", json!({"email":"kim@example.com"}))
+        .await;
+    for n in 0..20 {
+        let (code, _) = env
+            .notify(
+                json!({"id":format!("b{n}"),"user":"kim","template":"review","data":{"n":n},
+                "priority":"low","batch_key":"p1-reviews","channels":["in_app","email"]}),
+            )
+            .await;
+        assert_eq!(code, 202);
+    }
+    for n in 0..20 {
+        let s = env
+            .wait_channel(&format!("b{n}"), "email", "batched", Duration::from_secs(10))
+            .await;
+        assert_eq!(
+            s["channels"]["in_app"]["status"], "sent",
+            "in-app items still arrive one by one: {s}"
+        );
+    }
+    // The worker dies inside the window; a new one takes over and still sends the digest.
+    env.workers[0].0.signal("KILL").unwrap();
+    env.workers[0] = spawn_worker(&env.nats.url(), &worker_env);
+    let mut digests = std::collections::HashSet::new();
+    for n in 0..20 {
+        let s = env
+            .wait_channel(&format!("b{n}"), "email", "sent", Duration::from_secs(30))
+            .await;
+        digests.insert(s["channels"]["email"]["digest"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(digests.len(), 1, "one digest for the whole batch: {digests:?}");
+    let mails = smtp.received.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1, "the digest went out once");
+    let data = mails[0].data.replace("\r\n", "\n");
+    assert!(data.contains("Subject: 20 reviews"), "{data}");
+    for n in 0..20 {
+        assert!(data.contains(&format!("- review {n}\n")), "item {n} missing: {data}");
+    }
+    // 20 in-app messages, one per request.
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let events = js.get_stream("TIDINGS_EVENTS").await.unwrap();
+    let info = events.info_with_subjects("tidings.events.user.kim").await.unwrap();
+    use futures::TryStreamExt as _;
+    let subjects: HashMap<String, usize> = info.try_collect().await.unwrap();
+    assert_eq!(subjects.get("tidings.events.user.kim"), Some(&20));
+}
