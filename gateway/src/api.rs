@@ -76,22 +76,12 @@ pub struct Published {
     pub seq: u64,
 }
 
-/// Maps axum's JSON rejections to the contract's error body (413 for an oversized body).
-fn json_error(e: JsonRejection) -> Error {
-    let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ErrorCode::TooLarge
-    } else {
-        ErrorCode::BadRequest
-    };
-    Error::api(code, e.body_text())
-}
-
 async fn publish(
     State(state): State<AppState>,
     Caller(claims): Caller,
     body: std::result::Result<Json<PublishRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Published>)> {
-    let Json(req) = body.map_err(json_error)?;
+    let Json(req) = body?;
     let channel = Channel::parse(&req.channel)?;
     if !claims.can_publish(&channel) {
         return Err(Error::api(

@@ -47,6 +47,19 @@ impl Error {
     }
 }
 
+impl From<axum::extract::rejection::JsonRejection> for Error {
+    /// A body that is not the expected JSON: 413 when over the size limit, else 400 with
+    /// serde's message (which names the field at fault).
+    fn from(e: axum::extract::rejection::JsonRejection) -> Self {
+        let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ErrorCode::TooLarge
+        } else {
+            ErrorCode::BadRequest
+        };
+        Error::api(code, e.body_text())
+    }
+}
+
 /// Result with the gateway's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -52,15 +52,6 @@ async fn vapid_public_key(State(state): State<AppState>) -> Result<Json<VapidKey
     }
 }
 
-fn json_error(e: JsonRejection) -> Error {
-    let code = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ErrorCode::TooLarge
-    } else {
-        ErrorCode::BadRequest
-    };
-    Error::api(code, e.body_text())
-}
-
 /// Answer of `POST /api/v1/notifications`.
 #[derive(Debug, Serialize)]
 pub struct Accepted {
@@ -73,7 +64,7 @@ async fn create(
     _service: Service,
     body: std::result::Result<Json<NotificationRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>)> {
-    let Json(mut req) = body.map_err(json_error)?;
+    let Json(mut req) = body?;
     req.validate()?;
     let store = state.store().await?;
     if store.template(&req.template).await?.is_none() {
@@ -159,7 +150,7 @@ async fn put_preferences(
     body: std::result::Result<Json<Preferences>, JsonRejection>,
 ) -> Result<Json<Preferences>> {
     for_user(&claims, &user)?;
-    let Json(prefs) = body.map_err(json_error)?;
+    let Json(prefs) = body?;
     prefs.validate(state.config.common.webhook_allow_private)?;
     state.store().await?.put_preferences(&user, &prefs).await?;
     Ok(Json(prefs))
@@ -194,7 +185,7 @@ async fn put_template(
             "name: must match [A-Za-z0-9_-]{1,128}",
         ));
     }
-    let Json(template) = body.map_err(json_error)?;
+    let Json(template) = body?;
     template.validate()?;
     state.store().await?.put_template(&name, &template).await?;
     Ok(Json(template))

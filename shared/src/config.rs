@@ -163,6 +163,11 @@ pub struct WorkerConfig {
     )]
     pub smtp_url: String,
 
+    /// PEM file of an extra CA to trust for the SMTP relays' TLS (a private relay with its
+    /// own certificate authority); the system's roots are trusted as well.
+    #[arg(long, env = "TIDINGS_SMTP_CA_FILE")]
+    pub smtp_ca_file: Option<PathBuf>,
+
     /// From address of emails.
     #[arg(long, env = "TIDINGS_EMAIL_FROM", default_value = "Tidings <tidings@localhost>")]
     pub email_from: String,

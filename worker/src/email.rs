@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tidings_shared::Error as SharedError;
 use tidings_shared::notify::DeliveryJob;
@@ -38,7 +40,60 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn relay(url: &str) -> Result<Relay, SharedError> {
+/// A TLS relay (`smtp+starttls://` or `smtps://`) trusting `ca` in addition to the system's
+/// roots.
+fn tls_relay(url: &str, ca: &Certificate, implicit: bool) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+    let parsed = url::Url::parse(url).map_err(|e| e.to_string())?;
+    let host = parsed.host_str().ok_or("no host")?.to_owned();
+    let port = parsed.port().unwrap_or(if implicit { 465 } else { 587 });
+    let params = TlsParameters::builder(host.clone())
+        .add_root_certificate(ca.clone())
+        .build_rustls()
+        .map_err(|e| e.to_string())?;
+    let tls = if implicit {
+        Tls::Wrapper(params)
+    } else {
+        Tls::Required(params)
+    };
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)
+        .port(port)
+        .tls(tls)
+        .timeout(Some(std::time::Duration::from_secs(15)));
+    if !parsed.username().is_empty() {
+        builder = builder.credentials(Credentials::new(
+            percent_decode(parsed.username()),
+            percent_decode(parsed.password().unwrap_or_default()),
+        ));
+    }
+    Ok(builder.build())
+}
+
+/// `%XX` decoding of URL user info.
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push(h * 16 + l);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn relay(url: &str, ca: Option<&Certificate>) -> Result<Relay, SharedError> {
     let bad = |e: &dyn std::fmt::Display| SharedError::Config(format!("TIDINGS_SMTP_URL entry {}: {e}", redact(url)));
     let name = redact(url);
     if let Some(dir) = url.strip_prefix("file://") {
@@ -48,6 +103,16 @@ fn relay(url: &str) -> Result<Relay, SharedError> {
             name,
             transport: Transport::File(AsyncFileTransport::new(dir)),
         });
+    }
+    if let Some(ca) = ca {
+        let implicit = url.starts_with("smtps://");
+        if implicit || url.starts_with("smtp+starttls://") {
+            let transport = tls_relay(url, ca, implicit).map_err(|e| bad(&e))?;
+            return Ok(Relay {
+                name,
+                transport: Transport::Smtp(transport),
+            });
+        }
     }
     // lettre reads smtp:// (no TLS), smtps:// (implicit TLS) and smtp://…?tls=required
     // (STARTTLS); the contract's smtp+starttls:// is the last.
@@ -68,13 +133,25 @@ fn relay(url: &str) -> Result<Relay, SharedError> {
 }
 
 impl Mailer {
-    /// Parses `TIDINGS_SMTP_URL` (comma-separated, tried in order) and `TIDINGS_EMAIL_FROM`.
-    pub fn new(urls: &str, from: &str) -> Result<Self, SharedError> {
+    /// Parses `TIDINGS_SMTP_URL` (comma-separated, tried in order), `TIDINGS_EMAIL_FROM` and
+    /// the optional extra CA (`TIDINGS_SMTP_CA_FILE`).
+    pub fn new(urls: &str, from: &str, ca_file: Option<&std::path::Path>) -> Result<Self, SharedError> {
+        let ca = match ca_file {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| SharedError::Config(format!("TIDINGS_SMTP_CA_FILE {}: {e}", path.display())))?;
+                Some(
+                    Certificate::from_pem(&pem)
+                        .map_err(|e| SharedError::Config(format!("TIDINGS_SMTP_CA_FILE {}: {e}", path.display())))?,
+                )
+            }
+        };
         let relays = urls
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(relay)
+            .map(|u| relay(u, ca.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
         if relays.is_empty() {
             return Err(SharedError::Config("TIDINGS_SMTP_URL is empty".into()));
@@ -162,10 +239,12 @@ mod tests {
                 dir.display()
             ),
             "Tidings <t@example.com>",
+            None,
         );
         assert_eq!(m.map(|m| m.relays.len()).ok(), Some(4));
-        assert!(Mailer::new("ftp://x", "a@b.c").is_err());
-        assert!(Mailer::new("", "a@b.c").is_err());
-        assert!(Mailer::new("smtp://x:25", "not an address").is_err());
+        assert!(Mailer::new("ftp://x", "a@b.c", None).is_err());
+        assert!(Mailer::new("", "a@b.c", None).is_err());
+        assert!(Mailer::new("smtp://x:25", "not an address", None).is_err());
+        assert_eq!(percent_decode("p%40ss%3Aw"), "p@ss:w");
     }
 }

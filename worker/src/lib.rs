@@ -100,7 +100,11 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
     let health = Health::new(client.clone(), provisioner.clone(), metrics.registry.clone());
     let webhook = webhook::WebhookSender::new(config.webhook_secret.as_deref(), config.common.webhook_allow_private)
         .map_err(|e| tidings_shared::Error::Config(format!("HTTP client: {e}")))?;
-    let mailer = Arc::new(email::Mailer::new(&config.smtp_url, &config.email_from)?);
+    let mailer = Arc::new(email::Mailer::new(
+        &config.smtp_url,
+        &config.email_from,
+        config.smtp_ca_file.as_deref(),
+    )?);
     let sms = sms::SmsSender::new(
         config.sms_api_url.as_deref(),
         config.sms_account_sid.as_deref(),

@@ -179,27 +179,9 @@ impl PushSender {
             .send()
             .await;
         match resp {
-            Err(e) => PushResult::Outcome(Outcome::Retry {
-                error: format!("connection: {e}"),
-                retry_after: None,
-            }),
-            Ok(r) if r.status().is_success() => PushResult::Outcome(Outcome::Delivered),
+            Err(e) => PushResult::Outcome(crate::webhook::connection_error(&e)),
             Ok(r) if matches!(r.status().as_u16(), 404 | 410) => PushResult::Gone,
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let retry_after = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::retry::retry_after(v, jiff::Timestamp::now()));
-                let text: String = r.text().await.unwrap_or_default().chars().take(300).collect();
-                let error = format!("HTTP {status}: {}", text.trim());
-                PushResult::Outcome(if status >= 500 || status == 429 {
-                    Outcome::Retry { error, retry_after }
-                } else {
-                    Outcome::Fail(error)
-                })
-            }
+            Ok(r) => PushResult::Outcome(crate::webhook::classify(r).await),
         }
     }
 }

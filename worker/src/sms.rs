@@ -44,30 +44,8 @@ impl SmsSender {
             .send()
             .await;
         match resp {
-            Err(e) => Outcome::Retry {
-                error: format!("connection: {e}"),
-                retry_after: None,
-            },
-            Ok(r) if r.status().is_success() => Outcome::Delivered,
-            Ok(r) => {
-                let status = r.status().as_u16();
-                let retry_after = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::retry::retry_after(v, jiff::Timestamp::now()));
-                let text = r.text().await.unwrap_or_default();
-                let message = serde_json::from_str::<serde_json::Value>(&text)
-                    .ok()
-                    .and_then(|v| v["message"].as_str().map(str::to_owned))
-                    .unwrap_or_else(|| text.chars().take(500).collect());
-                let error = format!("HTTP {status}: {message}");
-                if status >= 500 || status == 429 {
-                    Outcome::Retry { error, retry_after }
-                } else {
-                    Outcome::Fail(error)
-                }
-            }
+            Err(e) => crate::webhook::connection_error(&e),
+            Ok(r) => crate::webhook::classify(r).await,
         }
     }
 }

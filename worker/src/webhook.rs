@@ -133,29 +133,43 @@ impl WebhookSender {
             );
         }
         match req.body(body).send().await {
-            Err(e) => Outcome::Retry {
-                error: format!("connection: {}", error_chain(&e)),
-                retry_after: None,
-            },
-            Ok(resp) => {
-                let status = resp.status();
-                if status.is_success() {
-                    return Outcome::Delivered;
-                }
-                let retry_after = resp
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| crate::retry::retry_after(v, jiff::Timestamp::now()));
-                let text: String = resp.text().await.unwrap_or_default().chars().take(500).collect();
-                let error = format!("HTTP {}: {}", status.as_u16(), text.trim());
-                if status.is_server_error() || status.as_u16() == 429 {
-                    Outcome::Retry { error, retry_after }
-                } else {
-                    Outcome::Fail(error)
-                }
-            }
+            Err(e) => connection_error(&e),
+            Ok(resp) => classify(resp).await,
         }
+    }
+}
+
+/// Classifies a provider's HTTP answer the same way for every channel: 2xx delivered;
+/// 5xx and 429 retried (after `Retry-After` if given); anything else failed at once. The
+/// error keeps the provider's message (`message` of a JSON body, else the body's start).
+pub async fn classify(resp: reqwest::Response) -> Outcome {
+    let status = resp.status().as_u16();
+    if resp.status().is_success() {
+        return Outcome::Delivered;
+    }
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| crate::retry::retry_after(v, jiff::Timestamp::now()));
+    let text = resp.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| text.chars().take(500).collect::<String>().trim().to_owned());
+    let error = format!("HTTP {status}: {message}");
+    if status >= 500 || status == 429 {
+        Outcome::Retry { error, retry_after }
+    } else {
+        Outcome::Fail(error)
+    }
+}
+
+/// A connection-level failure: always worth another attempt.
+pub fn connection_error(e: &reqwest::Error) -> Outcome {
+    Outcome::Retry {
+        error: format!("connection: {}", error_chain(e)),
+        retry_after: None,
     }
 }
 

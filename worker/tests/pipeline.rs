@@ -1101,3 +1101,34 @@ async fn a_batch_becomes_one_digest_even_across_a_worker_restart() {
     let subjects: HashMap<String, usize> = info.try_collect().await.unwrap();
     assert_eq!(subjects.get("tidings.events.user.kim"), Some(&20));
 }
+
+#[tokio::test]
+async fn email_over_starttls_to_a_relay_with_its_own_ca() {
+    let relay = tidings_tests::smtp::SmtpServer::start_tls().await.unwrap();
+    let ca = std::env::temp_dir().join(format!("tidings-smtp-ca-{}-{}.pem", std::process::id(), now_unix()));
+    std::fs::write(&ca, relay.cert_pem.as_deref().unwrap()).unwrap();
+    let port = relay.addr.rsplit(':').next().unwrap().to_owned();
+    let env = start_with(
+        1,
+        &[
+            ("TIDINGS_SMTP_URL", format!("smtp+starttls://localhost:{port}")),
+            ("TIDINGS_SMTP_CA_FILE", ca.display().to_string()),
+        ],
+    )
+    .await;
+    env.put("/api/v1/users/lea/preferences", json!({"email":"lea@example.com"}))
+        .await;
+    env.notify(
+        json!({"id":"tls-1","user":"lea","template":"pr_merged","data":{"pr":1,"title":"t"},"channels":["email"]}),
+    )
+    .await;
+    env.wait_channel("tls-1", "email", "sent", Duration::from_secs(20))
+        .await;
+    assert_eq!(*relay.tls_used.lock().unwrap(), vec![true], "the email went over TLS");
+    assert!(
+        relay.received.lock().unwrap()[0]
+            .data
+            .contains("Message-ID: <tls-1.email@tidings>")
+    );
+    let _ = std::fs::remove_file(&ca);
+}
