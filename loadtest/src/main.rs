@@ -4,6 +4,7 @@
 //! `token` mints HS256 tokens for local use (the quick start prints one, and scenarios mint
 //! their clients' tokens the same way).
 
+mod fanout;
 mod idle;
 mod notify;
 mod recovery;
@@ -32,6 +33,10 @@ enum Command {
     Token(TokenArgs),
     /// Open N idle connections and report the gateway's memory per connection.
     Idle(idle::IdleArgs),
+    /// N clients over K channels; stepped publish rate; deliveries/s, latency, loss, CPU.
+    Fanout(fanout::FanoutArgs),
+    /// Every client in one channel (fanout with --channels 1); stepped publish rate.
+    Broadcast(fanout::FanoutArgs),
     /// Time how long a client takes to recover N messages it missed.
     Recovery(recovery::RecoveryArgs),
     /// Notifications per second through the worker to in-app and a local webhook.
@@ -113,6 +118,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Idle(a) => {
             let out = a.out.clone();
             let result = idle::run(a).await?;
+            report(&result, out.as_deref())?;
+        }
+        Command::Fanout(a) => {
+            let out = a.out.clone();
+            let result = fanout::run(a, "fanout").await?;
+            report(&result, out.as_deref())?;
+        }
+        Command::Broadcast(mut a) => {
+            a.channels = 1;
+            let out = a.out.clone();
+            let result = fanout::run(a, "broadcast").await?;
             report(&result, out.as_deref())?;
         }
         Command::Notify(a) => {
