@@ -99,7 +99,10 @@ struct Data {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// What one client saw.
@@ -109,7 +112,12 @@ struct ClientStats {
     duplicates: AtomicU64,
 }
 
-async fn open_client(addr: std::net::SocketAddr, url: String, channel: String, stats: Arc<ClientStats>) -> anyhow::Result<()> {
+async fn open_client(
+    addr: std::net::SocketAddr,
+    url: String,
+    channel: String,
+    stats: Arc<ClientStats>,
+) -> anyhow::Result<()> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
@@ -124,11 +132,15 @@ async fn open_client(addr: std::net::SocketAddr, url: String, channel: String, s
         let mut last = 0u64;
         while let Some(Ok(msg)) = ws.next().await {
             let Message::Text(t) = msg else { continue };
-            let Ok(f) = serde_json::from_str::<Frame>(t.as_str()) else { continue };
+            let Ok(f) = serde_json::from_str::<Frame>(t.as_str()) else {
+                continue;
+            };
             if f.kind != "message" {
                 continue;
             }
-            let (Some(seq), Some(d)) = (f.seq, f.data) else { continue };
+            let (Some(seq), Some(d)) = (f.seq, f.data) else {
+                continue;
+            };
             if seq <= last {
                 stats.duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -148,7 +160,11 @@ async fn open_client(addr: std::net::SocketAddr, url: String, channel: String, s
 pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<FanoutResult> {
     let addr = crate::ensure_loopback(&args.url).await?;
     let limit = sysinfo::raise_nofile();
-    anyhow::ensure!((args.connections as u64) + 100 < limit, "{} connections exceed the open-file limit {limit}", args.connections);
+    anyhow::ensure!(
+        (args.connections as u64) + 100 < limit,
+        "{} connections exceed the open-file limit {limit}",
+        args.connections
+    );
     let k = args.channels.max(1);
     let run_id = std::process::id();
     let host = args.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
@@ -197,7 +213,10 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
             let c = (n as usize) % k;
             per_channel[c] += 1;
             let body = format!(r#"{{"event":"lt","data":{{"t":{},"pad":"{pad}"}}}}"#, now_us());
-            acks.push(js.publish(format!("tidings.events.project.lt{run_id}-{c}"), body.into()).await?);
+            acks.push(
+                js.publish(format!("tidings.events.project.lt{run_id}-{c}"), body.into())
+                    .await?,
+            );
             if acks.len() >= 256 {
                 for a in acks.drain(..) {
                     a.await?;
@@ -207,20 +226,34 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
         for a in acks.drain(..) {
             a.await?;
         }
-        let subscribers: Vec<u64> = (0..k).map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64).collect();
+        let subscribers: Vec<u64> = (0..k)
+            .map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64)
+            .collect();
         let expected: u64 = (0..k).map(|c| per_channel[c] * subscribers[c]).sum();
         // Let the last deliveries arrive (bounded).
         let settle = Instant::now() + Duration::from_secs(10);
         loop {
-            let got: u64 = clients.iter().map(|(_, s)| s.received.load(Ordering::Relaxed)).sum::<u64>() - received0;
+            let got: u64 = clients
+                .iter()
+                .map(|(_, s)| s.received.load(Ordering::Relaxed))
+                .sum::<u64>()
+                - received0;
             if got >= expected || Instant::now() > settle {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let elapsed = start.elapsed().as_secs_f64();
-        let received = clients.iter().map(|(_, s)| s.received.load(Ordering::Relaxed)).sum::<u64>() - received0;
-        let duplicates = clients.iter().map(|(_, s)| s.duplicates.load(Ordering::Relaxed)).sum::<u64>() - dups0;
+        let received = clients
+            .iter()
+            .map(|(_, s)| s.received.load(Ordering::Relaxed))
+            .sum::<u64>()
+            - received0;
+        let duplicates = clients
+            .iter()
+            .map(|(_, s)| s.duplicates.load(Ordering::Relaxed))
+            .sum::<u64>()
+            - dups0;
         let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         for (_, s) in &clients {
             if let Ok(mut h) = s.histogram.lock() {
@@ -246,7 +279,9 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
             latency_ms_p999: ms(0.999),
             latency_ms_max: merged.max() as f64 / 1000.0,
             gateway_cpu_seconds: gw_cpu,
-            generator_cpu_seconds: sysinfo::cpu_time(std::process::id())?.saturating_sub(me_cpu0).as_secs_f64(),
+            generator_cpu_seconds: sysinfo::cpu_time(std::process::id())?
+                .saturating_sub(me_cpu0)
+                .as_secs_f64(),
             gateway_cpu_us_per_delivery: gw_cpu.map(|c| c * 1e6 / received.max(1) as f64),
         };
         eprintln!(
