@@ -240,12 +240,20 @@ impl Hub {
         handle: ConnHandle,
         hold: bool,
     ) -> Result<u64, SubscribeError> {
+        // A channel is opened at a known stream position, found before anyone registers on
+        // it: whatever is stored after it reaches every subscriber (live, or repaired as a
+        // gap), so the position a subscriber is given is never ahead of what it gets.
+        let opening = if lock(&self.channels).contains_key(channel) {
+            None
+        } else {
+            Some(opening_position(&async_nats::jetstream::new(self.nats.clone()), channel).await)
+        };
         let position;
         let mut ready = {
             let mut channels = lock(&self.channels);
             let entry = channels
                 .entry(channel.clone())
-                .or_insert_with(|| self.open_channel(channel));
+                .or_insert_with(|| self.open_channel(channel, opening));
             let user = handle.user.clone();
             let mut guard = write(&entry.subscribers);
             position = guard.position.load(Ordering::Acquire);
@@ -388,13 +396,21 @@ impl Hub {
         }
     }
 
-    fn open_channel(self: &Arc<Self>, channel: &Channel) -> ChannelEntry {
+    /// Opens a channel at `opening` (see [`opening_position`]); `None` (a channel reopened
+    /// while it was being looked up) lets its task find the position itself.
+    fn open_channel(self: &Arc<Self>, channel: &Channel, opening: Option<(Option<u64>, u64)>) -> ChannelEntry {
         let subscribers: Subscribers = Arc::default();
+        if let Some((Some(position), _)) = opening {
+            let guard = read(&subscribers);
+            guard.opening.store(position, Ordering::Release);
+            guard.position.store(position, Ordering::Release);
+        }
         let (ready_tx, ready) = watch::channel(false);
         let span = tracing::info_span!("channel", %channel);
-        let task =
-            tokio::spawn(channel_task(self.clone(), channel.clone(), subscribers.clone(), ready_tx).instrument(span))
-                .abort_handle();
+        let task = tokio::spawn(
+            channel_task(self.clone(), channel.clone(), subscribers.clone(), ready_tx, opening).instrument(span),
+        )
+        .abort_handle();
         ChannelEntry {
             subscribers,
             users: HashMap::new(),
@@ -448,15 +464,24 @@ impl Hub {
 /// seen is a duplicate and dropped. `prev` is always the previous message this node
 /// delivered on the channel, so clients see an unbroken chain even when a malformed message
 /// in between was dropped.
-async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers, ready: watch::Sender<bool>) {
+async fn channel_task(
+    hub: Arc<Hub>,
+    channel: Channel,
+    subscribers: Subscribers,
+    ready: watch::Sender<bool>,
+    opening: Option<(Option<u64>, u64)>,
+) {
     let js = async_nats::jetstream::new(hub.nats.clone());
     // Where the channel stands before the subscription exists: anything stored after this
     // and before the subscription is active shows up as a gap and is repaired.
-    let (opening, channel_last) = opening_position(&js, &channel).await;
+    let (opening, channel_last) = match opening {
+        Some(known) => known,
+        None => opening_position(&js, &channel).await,
+    };
     {
         let guard = read(&subscribers);
-        guard.opening.store(opening, Ordering::Release);
-        guard.position.store(opening, Ordering::Release);
+        guard.opening.store(opening.unwrap_or(0), Ordering::Release);
+        guard.position.store(opening.unwrap_or(0), Ordering::Release);
     }
     let (stored, live) = match (
         hub.nats.subscribe(channel.stored_subject()).await,
@@ -477,6 +502,7 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
     // Log a bad publisher once per subject (durable, live), not once per message.
     let mut logged = [false; 2];
     // Last sequence seen (delivered or dropped) and last delivered; 0 when unknown.
+    // `None` until this node knows where the channel stands (NATS could not tell at open).
     let mut last_seen = opening;
     let mut last_delivered = channel_last;
     let mut generation = hub.generation.load(Ordering::Acquire);
@@ -485,7 +511,7 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
         if current != generation {
             // TIDINGS_EVENTS was recreated: sequences start again from 1.
             generation = current;
-            last_seen = 0;
+            last_seen = Some(0);
             last_delivered = 0;
             read(&subscribers).position.store(0, Ordering::Release);
         }
@@ -494,19 +520,19 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
                 hub.metrics.rejected_messages.with_label_values(&["invalid"]).inc();
                 continue;
             };
-            if seq <= last_seen {
+            if last_seen.is_some_and(|l| seq <= l) {
                 continue;
             }
-            if last_seen > 0 && prev > last_seen {
-                match repair_gap(&hub, &js, &channel, &subscribers, last_seen, seq, last_delivered).await {
+            if let Some(after) = last_seen.filter(|l| prev > *l) {
+                match repair_gap(&hub, &js, &channel, &subscribers, after, seq, last_delivered).await {
                     Some(last) => last_delivered = last,
                     // Not repaired: show the real `prev`, so clients see the gap and recover
                     // with `since` themselves.
                     None => last_delivered = prev,
                 }
             }
-            let shown_prev = if last_seen > 0 { last_delivered } else { prev };
-            last_seen = seq;
+            let shown_prev = if last_seen.is_some() { last_delivered } else { prev };
+            last_seen = Some(seq);
             Some((seq, shown_prev))
         } else {
             None
@@ -535,14 +561,17 @@ async fn channel_task(hub: Arc<Hub>, channel: Channel, subscribers: Subscribers,
 /// The channel's last stored sequence, or (if it has none) the stream's: the position from
 /// which everything of the channel is still to come; and the channel's own last sequence
 /// (0 if none), which the next message's `prev` names. Zeros if NATS cannot tell right now.
-async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel) -> (u64, u64) {
+async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel) -> (Option<u64>, u64) {
     let Ok(mut stream) = js.get_stream(tidings_shared::subject::EVENTS_STREAM).await else {
-        return (0, 0);
+        return (None, 0);
     };
     match stream.direct_get_last_for_subject(channel.durable_subject()).await {
-        Ok(m) => (m.sequence, m.sequence),
+        Ok(m) => (Some(m.sequence), m.sequence),
         // No message of the channel yet: its next one has `prev` 0.
-        Err(_) => (stream.info().await.map(|i| i.state.last_sequence).unwrap_or(0), 0),
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+            (stream.info().await.ok().map(|i| i.state.last_sequence), 0)
+        }
+        Err(_) => (None, 0),
     }
 }
 

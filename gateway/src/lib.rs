@@ -131,9 +131,23 @@ async fn watch_stream_recreation(client: async_nats::Client, hub: Arc<hub::Hub>)
         tracing::warn!("cannot watch for stream recreation");
         return;
     };
+    let js = async_nats::jetstream::new(client);
+    let epoch_now = || async {
+        let mut stream = js.get_stream(tidings_shared::subject::EVENTS_STREAM).await.ok()?;
+        stream.info().await.ok().map(nats::epoch_of)
+    };
+    // The creation this node may itself have caused at startup is not a recreation: only a
+    // change of epoch from one this node already saw is.
+    let mut known = epoch_now().await;
     while advisories.next().await.is_some() {
-        tracing::warn!("TIDINGS_EVENTS was (re)created: sequences start again");
-        hub.stream_recreated();
+        let current = epoch_now().await;
+        if known.is_some() && current.is_some() && current != known {
+            tracing::warn!("TIDINGS_EVENTS was recreated: sequences start again");
+            hub.stream_recreated();
+        }
+        if current.is_some() {
+            known = current;
+        }
     }
 }
 

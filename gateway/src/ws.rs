@@ -505,8 +505,8 @@ impl Session {
             .await;
             return;
         };
-        self.channels.entry(c.clone()).or_insert(0);
         let Some(since) = since else {
+            self.channels.entry(c.clone()).or_insert(0);
             // `seq` (an extra field): the stream position from which this subscription
             // delivers every durable message of the channel. A client that has received
             // nothing yet recovers from there after a disconnect.
@@ -520,6 +520,9 @@ impl Session {
             };
             return self.reply(reply).await;
         };
+        // The client asks for everything after `since` (it may have dropped messages this
+        // session already wrote, on seeing a gap): that is the floor now.
+        self.channels.insert(c.clone(), since);
         let cap = self.state.config.replay_max as usize;
         let replay = match crate::history::replay(&self.state, &c, since, epoch.as_deref(), cap).await {
             Ok(r) => r,

@@ -93,6 +93,29 @@ fn start_client(urls: Vec<String>, token: &str, ch: Channel) -> (Received, tokio
     (received, task)
 }
 
+/// Starts `n` clients over the channels, half preferring gateway `a` and half `b`, and
+/// waits until all are subscribed.
+async fn spread_clients(n: usize, a: &Gateway, b: &Gateway, token: &str) -> Vec<(Channel, Received)> {
+    let clients: Vec<(Channel, Received)> = (0..n)
+        .map(|i| {
+            let ch = channel(i % CHANNELS);
+            let urls = if i % 2 == 0 {
+                vec![a.base.clone(), b.base.clone()]
+            } else {
+                vec![b.base.clone(), a.base.clone()]
+            };
+            let (r, _task) = start_client(urls, token, ch.clone());
+            (ch, r)
+        })
+        .collect();
+    eventually(Duration::from_secs(20), "all subscribed", || async {
+        let subs = a.metric("tidings_gateway_subscriptions").await + b.metric("tidings_gateway_subscriptions").await;
+        (subs == n as f64).then_some(())
+    })
+    .await;
+    clients
+}
+
 /// Waits until every client holds exactly the published sequences of its channel, in order.
 async fn assert_everyone_has_everything(clients: &[(Channel, Received)], published: &Published, timeout: Duration) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -119,16 +142,20 @@ async fn assert_everyone_has_everything(clients: &[(Channel, Received)], publish
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
     let done = tokio::time::timeout(
         remaining,
-        eventually(timeout, "every client has every message", || async {
-            let p = published.lock().unwrap();
-            clients
-                .iter()
-                .all(|(ch, r)| {
-                    let got: Vec<u64> = r.lock().unwrap().iter().filter_map(|m| m.seq).collect();
-                    got.len() >= p.get(ch).map_or(0, Vec::len)
-                })
-                .then_some(())
-        }),
+        eventually(
+            timeout + Duration::from_secs(5),
+            "every client has every message",
+            || async {
+                let p = published.lock().unwrap();
+                clients
+                    .iter()
+                    .all(|(ch, r)| {
+                        let got: Vec<u64> = r.lock().unwrap().iter().filter_map(|m| m.seq).collect();
+                        got.len() >= p.get(ch).map_or(0, Vec::len)
+                    })
+                    .then_some(())
+            },
+        ),
     )
     .await;
     assert!(done.is_ok(), "not everyone has everything: {:?}", summary());
@@ -279,23 +306,7 @@ async fn a_rolling_restart_of_both_gateways_loses_nothing() {
     let mut a = Gateway::start(&nats.url(), &drain).await;
     let mut b = Gateway::start(&nats.url(), &drain).await;
     let token = user_token("u1", &["*"], &[]);
-    let clients: Vec<(Channel, Received)> = (0..100)
-        .map(|i| {
-            let ch = channel(i % CHANNELS);
-            let urls = if i % 2 == 0 {
-                vec![a.base.clone(), b.base.clone()]
-            } else {
-                vec![b.base.clone(), a.base.clone()]
-            };
-            let (r, _task) = start_client(urls, &token, ch.clone());
-            (ch, r)
-        })
-        .collect();
-    eventually(Duration::from_secs(20), "all subscribed", || async {
-        let n = a.metric("tidings_gateway_subscriptions").await + b.metric("tidings_gateway_subscriptions").await;
-        (n == 100.0).then_some(())
-    })
-    .await;
+    let clients = spread_clients(100, &a, &b, &token).await;
     let (published, publisher) = start_publisher(nats.url(), 1000, Duration::from_secs(4));
 
     for gw in [&mut a, &mut b] {
@@ -318,23 +329,7 @@ async fn losing_a_nats_node_of_three_loses_nothing() {
     let a = Gateway::start(&urls, &replicas).await;
     let b = Gateway::start(&urls, &replicas).await;
     let token = user_token("u1", &["*"], &[]);
-    let clients: Vec<(Channel, Received)> = (0..40)
-        .map(|i| {
-            let ch = channel(i % CHANNELS);
-            let urls = if i % 2 == 0 {
-                vec![a.base.clone(), b.base.clone()]
-            } else {
-                vec![b.base.clone(), a.base.clone()]
-            };
-            let (r, _task) = start_client(urls, &token, ch.clone());
-            (ch, r)
-        })
-        .collect();
-    eventually(Duration::from_secs(20), "all subscribed", || async {
-        let n = a.metric("tidings_gateway_subscriptions").await + b.metric("tidings_gateway_subscriptions").await;
-        (n == 40.0).then_some(())
-    })
-    .await;
+    let clients = spread_clients(40, &a, &b, &token).await;
     let (published, publisher) = start_publisher(urls.clone(), 500, Duration::from_secs(6));
     eventually(Duration::from_secs(10), "publishing under way", || async {
         (published.lock().unwrap().values().map(Vec::len).sum::<usize>() >= 500).then_some(())
@@ -393,8 +388,10 @@ async fn a_client_kicked_as_slow_consumer_recovers_everything() {
         match tokio::time::timeout(Duration::from_secs(30), client.next()).await {
             Ok(Some(Event::Message(m))) => got.extend(m.seq),
             other => panic!(
-                "after {} messages: {other:?}\ngateway log:\n{}",
+                "after {} messages: {other:?}; missing {:?}; last got {:?}\ngateway log:\n{}",
                 got.len(),
+                want.iter().filter(|s| !got.contains(s)).collect::<Vec<_>>(),
+                got.iter().rev().take(3).collect::<Vec<_>>(),
                 gw.process.log()
             ),
         }

@@ -20,15 +20,9 @@ use crate::sysinfo;
 /// Settings of one run.
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
-    /// Gateway base URL (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// NATS URL the publisher uses.
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// The gateway's TIDINGS_JWT_SECRET.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// Where the gateway and NATS are.
+    #[command(flatten)]
+    pub target: crate::Target,
     /// Client connections.
     #[arg(long, default_value_t = 5_000)]
     pub connections: usize,
@@ -158,7 +152,7 @@ async fn open_client(
 
 /// Runs the scenario (`broadcast` when `channels` is 1).
 pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<FanoutResult> {
-    let addr = crate::ensure_loopback(&args.url).await?;
+    let addr = crate::ensure_loopback(&args.target.url).await?;
     let limit = sysinfo::raise_nofile();
     anyhow::ensure!(
         (args.connections as u64) + 100 < limit,
@@ -167,8 +161,13 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
     );
     let k = args.channels.max(1);
     let run_id = std::process::id();
-    let host = args.url.trim_start_matches("http://").trim_end_matches('/').to_owned();
-    let token = crate::mint(&args.secret, "loadtest-fanout", &["*"], None)?;
+    let host = args
+        .target
+        .url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let token = crate::mint(&args.target.secret, "loadtest-fanout", &["*"], None)?;
     let mut clients = Vec::with_capacity(args.connections);
     let gate = Arc::new(tokio::sync::Semaphore::new(200));
     let mut setups = Vec::new();
@@ -191,7 +190,7 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
     for s in setups {
         s.await??;
     }
-    let nats = async_nats::connect(&args.nats_url).await?;
+    let nats = async_nats::connect(&args.target.nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let pad = "x".repeat(args.payload);
     let mut steps = Vec::new();

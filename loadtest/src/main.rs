@@ -65,6 +65,20 @@ struct TokenArgs {
     ttl: Duration,
 }
 
+/// The gateway and NATS a scenario drives (loopback only), and the secret to mint tokens.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Gateway base URL (loopback only).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// NATS URL the scenario publishes to.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The gateway's TIDINGS_JWT_SECRET.
+    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
+    pub secret: String,
+}
+
 /// A one-hour token for load clients.
 fn mint(secret: &str, sub: &str, projects: &[&str], role: Option<&str>) -> anyhow::Result<String> {
     let claims = Claims {

@@ -14,15 +14,9 @@ use crate::sysinfo;
 /// Settings of one `notify` run.
 #[derive(Debug, clap::Args)]
 pub struct NotifyArgs {
-    /// Gateway base URL (used to store the template and the user's preferences).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// NATS URL the requests are published to (`tidings.notify`).
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// The gateway's TIDINGS_JWT_SECRET.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// Where the gateway and NATS are.
+    #[command(flatten)]
+    pub target: crate::Target,
     /// Notifications to send.
     #[arg(long, default_value_t = 5_000)]
     pub count: usize,
@@ -89,14 +83,17 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the scenario.
 pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
-    crate::ensure_loopback(&args.url).await?;
+    crate::ensure_loopback(&args.target.url).await?;
     let user = format!("load-{}", std::process::id());
-    let svc = crate::mint(&args.secret, "loadtest-ops", &[], Some("service"))?;
+    let svc = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
     let http = reqwest::Client::new();
     let seen: Seen = Arc::default();
     let hook = receiver(seen.clone()).await?;
     let put = |path: String, body: serde_json::Value| {
-        let req = http.put(format!("{}{path}", args.url)).bearer_auth(&svc).json(&body);
+        let req = http
+            .put(format!("{}{path}", args.target.url))
+            .bearer_auth(&svc)
+            .json(&body);
         async move {
             let r = req.send().await?;
             anyhow::ensure!(
@@ -118,7 +115,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
     )
     .await?;
 
-    let nats = async_nats::connect(&args.nats_url).await?;
+    let nats = async_nats::connect(&args.target.nats_url).await?;
     let mut stored = nats.subscribe(format!("tidings.stored.user.{user}")).await?;
     let in_app = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = in_app.clone();

@@ -14,15 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// Settings of one `recovery` run.
 #[derive(Debug, clap::Args)]
 pub struct RecoveryArgs {
-    /// Gateway base URL (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// NATS URL the messages are published to.
-    #[arg(long, default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
-    /// The gateway's TIDINGS_JWT_SECRET.
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// Where the gateway and NATS are.
+    #[command(flatten)]
+    pub target: crate::Target,
     /// Messages missed while away.
     #[arg(long, default_value_t = 10_000)]
     pub missed: usize,
@@ -69,11 +63,11 @@ async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
 
 /// Runs the scenario.
 pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
-    crate::ensure_loopback(&args.url).await?;
+    crate::ensure_loopback(&args.target.url).await?;
     let channel = format!("project:recovery-{}", std::process::id());
-    let token = crate::mint(&args.secret, "loadtest-recovery", &["*"], None)?;
+    let token = crate::mint(&args.target.secret, "loadtest-recovery", &["*"], None)?;
 
-    let mut ws = connect(&args.url, &token).await?;
+    let mut ws = connect(&args.target.url, &token).await?;
     let sub = json!({"type":"subscribe","id":1,"channel":channel}).to_string();
     ws.send(Message::Text(sub.into())).await?;
     let reply = next_json(&mut ws).await?;
@@ -83,7 +77,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
     let epoch = reply["epoch"].clone();
     ws.close(None).await?;
 
-    let nats = async_nats::connect(&args.nats_url).await?;
+    let nats = async_nats::connect(&args.target.nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let subject = format!("tidings.events.{}", channel.replacen(':', ".", 1));
     let pad = "x".repeat(args.payload);
@@ -102,7 +96,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
         want.push(a.await?.sequence);
     }
 
-    let mut ws = connect(&args.url, &token).await?;
+    let mut ws = connect(&args.target.url, &token).await?;
     let start = Instant::now();
     let sub = json!({"type":"subscribe","id":2,"channel":channel,"since":since,"epoch":epoch}).to_string();
     ws.send(Message::Text(sub.into())).await?;

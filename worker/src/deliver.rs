@@ -79,15 +79,7 @@ async fn set_channel_digest(
             let c = doc
                 .channels
                 .entry(job.channel)
-                .or_insert_with(|| tidings_shared::notify::ChannelState {
-                    status,
-                    attempts: 0,
-                    error: None,
-                    until: None,
-                    updated_at: Store::now(),
-                    via: None,
-                    digest: None,
-                });
+                .or_insert_with(|| crate::intake::state(status, None, None));
             c.status = status;
             c.attempts = attempts;
             c.error = error.clone();

@@ -165,6 +165,12 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
         if plan.contains_key(&channel) {
             continue;
         }
+        // Quiet hours hold email, SMS and push; in-app and webhooks are never deferred.
+        let deferrable = matches!(
+            channel,
+            DeliveryChannel::Email | DeliveryChannel::Sms | DeliveryChannel::Push
+        );
+        let until = quiet_until.filter(|_| deferrable);
         let outcome = if !prefs.allows(channel, req.category.as_deref()) {
             state(DeliveryStatus::Suppressed, None, None)
         } else if let Some(missing) = missing_target(&prefs, channel) {
@@ -175,11 +181,6 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
             channel == DeliveryChannel::InApp,
         ) {
             // Rendered later, once, over the whole batch.
-            let deferrable = matches!(
-                channel,
-                DeliveryChannel::Email | DeliveryChannel::Sms | DeliveryChannel::Push
-            );
-            let until = quiet_until.filter(|_| deferrable);
             crate::batch::add(ctx, req, &id, channel, batch_key, &created_at, until).await?;
             state(DeliveryStatus::Batched, None, None)
         } else {
@@ -200,11 +201,6 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
                     sent
                 }
                 Ok(content) => {
-                    let deferrable = matches!(
-                        channel,
-                        DeliveryChannel::Email | DeliveryChannel::Sms | DeliveryChannel::Push
-                    );
-                    let until = quiet_until.filter(|_| deferrable);
                     let job = DeliveryJob {
                         id: id.clone(),
                         user: req.user.clone(),

@@ -224,15 +224,15 @@ impl Env {
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
-    async fn status(&self, id: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}/api/v1/notifications/{id}", self.gateway))
-            .bearer_auth(&self.svc)
-            .send()
-            .await
-            .unwrap();
+    /// `GET url` with `token`, as JSON.
+    async fn get_json(&self, url: &str, token: &str) -> Value {
+        let r = self.http.get(url).bearer_auth(token).send().await.unwrap();
         r.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        self.get_json(&format!("{}/api/v1/notifications/{id}", self.gateway), &self.svc)
+            .await
     }
 
     /// Waits until channel `channel` of `id` has status `want`.
@@ -592,16 +592,7 @@ async fn end_to_end_in_app_delivered_then_read() {
         .await;
 
     let inbox_url = format!("{}/api/v1/users/carol/inbox?unread=true", env.gateway);
-    let inbox: Value = env
-        .http
-        .get(&inbox_url)
-        .bearer_auth(token("carol", false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let inbox = env.get_json(&inbox_url, &token("carol", false)).await;
     assert_eq!(inbox["unread"], 1, "{inbox}");
     assert_eq!(inbox["items"][0]["id"], id.as_str());
     assert_eq!(inbox["items"][0]["read"], false);
@@ -623,16 +614,7 @@ async fn end_to_end_in_app_delivered_then_read() {
     assert_eq!(read.status(), 200);
     let s = env.wait_channel(&id, "in_app", "read", Duration::from_secs(10)).await;
     assert_eq!(s["status"], "read");
-    let inbox: Value = env
-        .http
-        .get(&inbox_url)
-        .bearer_auth(token("carol", false))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let inbox = env.get_json(&inbox_url, &token("carol", false)).await;
     assert_eq!(inbox["unread"], 0, "{inbox}");
 }
 
@@ -1024,16 +1006,9 @@ async fn web_push_is_encrypted_signed_and_gone_subscriptions_are_removed() {
         .wait_channel("push-2", "push", "failed", Duration::from_secs(20))
         .await;
     assert!(s["channels"]["push"]["error"].as_str().unwrap().contains("gone"), "{s}");
-    let prefs: Value = env
-        .http
-        .get(format!("{}/api/v1/users/jon/preferences", env.gateway))
-        .bearer_auth(&env.svc)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let prefs = env
+        .get_json(&format!("{}/api/v1/users/jon/preferences", env.gateway), &env.svc)
+        .await;
     assert_eq!(
         prefs["push_subscriptions"],
         json!([]),
