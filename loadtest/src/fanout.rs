@@ -1,11 +1,14 @@
-//! `fanout` and `broadcast`: deliveries per second and latency through one gateway.
+//! `fanout` and `broadcast`: deliveries per second and latency through one gateway, and the
+//! same load on nats-server's own WebSocket listener (`--baseline nats-ws`).
 //!
 //! N WebSocket clients over K channels (`broadcast` is K = 1); a publisher sends durable
 //! messages carrying their publish time at a stepped total rate; per step the report gives
 //! deliveries per second actually received, latency percentiles (publish → client receive),
-//! loss and duplicates (by `seq`), and both processes' CPU seconds, so a run limited by the
-//! generator itself is visible. Stepping stops when p99 > 50 ms or anything was lost.
+//! loss and duplicates (by `seq`), and the CPU seconds of the server, of NATS and of the
+//! generator, so a run limited by the generator itself is visible. Stepping stops when
+//! p99 > 50 ms or anything was lost.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -13,9 +16,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::{SinkExt as _, StreamExt as _};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::sysinfo;
+use crate::chart::{self, Line, Panel};
+use crate::{BaselineArgs, System, natsws, sysinfo};
+
+/// Stepping stops past this p99.
+const P99_LIMIT_MS: f64 = 50.0;
 
 /// Settings of one run.
 #[derive(Debug, clap::Args)]
@@ -23,6 +31,9 @@ pub struct FanoutArgs {
     /// Where the gateway and NATS are.
     #[command(flatten)]
     pub target: crate::Target,
+    /// The same scenario against a baseline.
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
     /// Client connections.
     #[arg(long, default_value_t = 5_000)]
     pub connections: usize,
@@ -47,12 +58,16 @@ pub struct FanoutArgs {
     /// Write the JSON result here too.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Write an SVG chart here.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
 }
 
 /// One step's figures.
 #[derive(Debug, Serialize)]
 pub struct Step {
     pub offered_messages_per_second: u64,
+    pub offered_deliveries_per_second: f64,
     pub expected_deliveries: u64,
     pub received: u64,
     pub deliveries_per_second: f64,
@@ -63,18 +78,36 @@ pub struct Step {
     pub latency_ms_p99: f64,
     pub latency_ms_p999: f64,
     pub latency_ms_max: f64,
-    pub gateway_cpu_seconds: Option<f64>,
+    /// The process the clients are connected to: the gateway, or nats-server for the baseline.
+    pub server_cpu_seconds: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// nats-server's CPU (in Tidings runs the gateway's NATS; in baseline runs the same as
+    /// the server's).
+    pub nats_cpu_seconds: Option<f64>,
     pub generator_cpu_seconds: f64,
-    pub gateway_cpu_us_per_delivery: Option<f64>,
+}
+
+/// One system's run.
+#[derive(Debug, Serialize)]
+pub struct SystemRun {
+    pub system: System,
+    pub steps: Vec<Step>,
+    /// The highest deliveries/s of a step with p99 < 50 ms and nothing lost.
+    pub max_deliveries_per_second_p99_under_50ms: f64,
 }
 
 /// The whole run.
 #[derive(Debug, Serialize)]
 pub struct FanoutResult {
     pub scenario: &'static str,
+    pub machine: sysinfo::Machine,
     pub connections: usize,
     pub channels: usize,
-    pub steps: Vec<Step>,
+    pub runs: Vec<SystemRun>,
+    /// Tidings ÷ baseline, max deliveries/s at p99 < 50 ms (with `--baseline`).
+    pub ratio_to_baseline: Option<f64>,
+    /// Nothing lost and nothing duplicated in any step of any run.
+    pub clean: bool,
 }
 
 #[derive(Deserialize)]
@@ -88,11 +121,17 @@ struct Frame {
 }
 
 #[derive(Deserialize)]
+struct Body {
+    data: Data,
+}
+
+#[derive(Deserialize)]
 struct Data {
     t: u64,
 }
 
-fn now_us() -> u64 {
+/// Microseconds since the epoch: the publish time stamped in every message.
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -106,53 +145,116 @@ struct ClientStats {
     duplicates: AtomicU64,
 }
 
-async fn open_client(
-    addr: std::net::SocketAddr,
+impl ClientStats {
+    fn new() -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(ClientStats {
+            histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
+            received: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+        }))
+    }
+
+    /// Counts message `seq` published at `t` (µs); `last` is the client's last seq.
+    fn record(&self, last: &mut u64, seq: u64, t: u64) {
+        if seq <= *last {
+            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        *last = seq;
+        self.received.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut h) = self.histogram.lock() {
+            let _ = h.record(now_us().saturating_sub(t).max(1));
+        }
+    }
+}
+
+/// A Tidings client: WebSocket, `subscribe`, then count messages until aborted.
+async fn open_tidings(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
     url: String,
     channel: String,
     stats: Arc<ClientStats>,
-) -> anyhow::Result<()> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
+) -> anyhow::Result<JoinHandle<()>> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(source, 0))?;
+    let stream = sock.connect(addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
     ws.send(Message::Text(sub.into())).await?;
     for _ in 0..2 {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ok\":false") => anyhow::bail!("refused: {t}"),
             Ok(Some(Ok(Message::Text(_)))) => {}
             other => anyhow::bail!("unexpected answer during setup: {other:?}"),
         }
     }
-    tokio::spawn(async move {
+    Ok(tokio::spawn(async move {
         let mut last = 0u64;
         while let Some(Ok(msg)) = ws.next().await {
             let Message::Text(t) = msg else { continue };
             let Ok(f) = serde_json::from_str::<Frame>(t.as_str()) else {
                 continue;
             };
-            if f.kind != "message" {
-                continue;
-            }
-            let (Some(seq), Some(d)) = (f.seq, f.data) else {
-                continue;
-            };
-            if seq <= last {
-                stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            last = seq;
-            stats.received.fetch_add(1, Ordering::Relaxed);
-            let latency = now_us().saturating_sub(d.t).max(1);
-            if let Ok(mut h) = stats.histogram.lock() {
-                let _ = h.record(latency);
+            if let ("message", Some(seq), Some(d)) = (f.kind.as_str(), f.seq, f.data) {
+                stats.record(&mut last, seq, d.t);
             }
         }
-    });
-    Ok(())
+    }))
 }
 
-/// Runs the scenario (`broadcast` when `channels` is 1).
+/// A baseline client: NATS over WebSocket, `SUB` to the channel's stored subject.
+async fn open_nats_ws(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    channel: String,
+    stats: Arc<ClientStats>,
+) -> anyhow::Result<JoinHandle<()>> {
+    let (ws, parser) = natsws::open_subscribed(addr, source, &natsws::stored_subject(&channel)?).await?;
+    Ok(tokio::spawn(async move {
+        let mut last = 0u64;
+        natsws::read_loop(ws, parser, |headers, payload| {
+            let seq = natsws::header(headers, "Nats-Sequence").and_then(|s| s.parse().ok());
+            if let (Some(seq), Ok(b)) = (seq, serde_json::from_slice::<Body>(payload)) {
+                stats.record(&mut last, seq, b.data.t);
+            }
+        })
+        .await;
+    }))
+}
+
+/// Runs the scenario (`broadcast` when `channels` is 1) on Tidings, then on the baseline.
 pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<FanoutResult> {
-    let addr = crate::ensure_loopback(&args.target.url).await?;
+    let machine = sysinfo::machine();
+    let mut runs = vec![run_system(&args, System::Tidings).await?];
+    if args.baseline.baseline.is_some() {
+        runs.push(run_system(&args, System::NatsWs).await?);
+    }
+    let ratio = match runs.as_slice() {
+        [t, b] if b.max_deliveries_per_second_p99_under_50ms > 0.0 => {
+            Some(t.max_deliveries_per_second_p99_under_50ms / b.max_deliveries_per_second_p99_under_50ms)
+        }
+        _ => None,
+    };
+    let clean = runs
+        .iter()
+        .all(|r| r.steps.iter().all(|s| s.lost == 0 && s.duplicates == 0));
+    let result = FanoutResult {
+        scenario,
+        machine,
+        connections: args.connections,
+        channels: args.channels.max(1),
+        runs,
+        ratio_to_baseline: ratio,
+        clean,
+    };
+    if let Some(path) = &args.chart {
+        chart::write(path, &render_chart(&result))?;
+    }
+    Ok(result)
+}
+
+async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemRun> {
     let limit = sysinfo::raise_nofile();
     anyhow::ensure!(
         (args.connections as u64) + 100 < limit,
@@ -160,7 +262,20 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
         args.connections
     );
     let k = args.channels.max(1);
-    let run_id = std::process::id();
+    // Fresh channels per run and system, so nothing else is subscribed to them.
+    let tag = match system {
+        System::Tidings => "t",
+        System::NatsWs => "n",
+    };
+    let prefix = format!("lt{}{tag}", std::process::id());
+    let (addr, server_pid, offset) = match system {
+        System::Tidings => (crate::ensure_loopback(&args.target.url).await?, args.gateway_pid, 0),
+        System::NatsWs => (
+            crate::ensure_loopback(&args.baseline.nats_ws_url).await?,
+            args.baseline.nats_pid,
+            crate::BASELINE_SOURCE_OFFSET,
+        ),
+    };
     let host = args
         .target
         .url
@@ -172,31 +287,35 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
     let gate = Arc::new(tokio::sync::Semaphore::new(200));
     let mut setups = Vec::new();
     for i in 0..args.connections {
-        let stats = Arc::new(ClientStats {
-            histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-            received: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
-        });
+        let stats = ClientStats::new()?;
         clients.push((i % k, stats.clone()));
         let permit = gate.clone().acquire_owned().await?;
+        let channel = format!("project:{prefix}-{}", i % k);
+        let source = crate::source_for(i + offset);
         let url = format!("ws://{host}/ws?token={token}");
-        let channel = format!("project:lt{run_id}-{}", i % k);
         setups.push(tokio::spawn(async move {
-            let r = open_client(addr, url, channel, stats).await;
+            let r = match system {
+                System::Tidings => open_tidings(addr, source, url, channel, stats).await,
+                System::NatsWs => open_nats_ws(addr, source, channel, stats).await,
+            };
             drop(permit);
             r
         }));
     }
+    let mut readers = Vec::with_capacity(args.connections);
     for s in setups {
-        s.await??;
+        readers.push(s.await??);
     }
+    let _close = crate::AbortOnDrop(readers);
     let nats = async_nats::connect(&args.target.nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let pad = "x".repeat(args.payload);
+    let subscribers: Vec<u64> = (0..k)
+        .map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64)
+        .collect();
     let mut steps = Vec::new();
     for &rate in &args.rates {
-        let gw_cpu0 = args.gateway_pid.map(sysinfo::cpu_time).transpose()?;
-        let me_cpu0 = sysinfo::cpu_time(std::process::id())?;
+        let cpu0 = Cpu::sample(server_pid, args.baseline.nats_pid)?;
         let received0: u64 = clients.iter().map(|(_, s)| s.received.load(Ordering::Relaxed)).sum();
         let dups0: u64 = clients.iter().map(|(_, s)| s.duplicates.load(Ordering::Relaxed)).sum();
         let total = (rate as f64 * args.step.as_secs_f64()) as u64;
@@ -213,7 +332,7 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
             per_channel[c] += 1;
             let body = format!(r#"{{"event":"lt","data":{{"t":{},"pad":"{pad}"}}}}"#, now_us());
             acks.push(
-                js.publish(format!("tidings.events.project.lt{run_id}-{c}"), body.into())
+                js.publish(format!("tidings.events.project.{prefix}-{c}"), body.into())
                     .await?,
             );
             if acks.len() >= 256 {
@@ -225,9 +344,6 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
         for a in acks.drain(..) {
             a.await?;
         }
-        let subscribers: Vec<u64> = (0..k)
-            .map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64)
-            .collect();
         let expected: u64 = (0..k).map(|c| per_channel[c] * subscribers[c]).sum();
         // Let the last deliveries arrive (bounded).
         let settle = Instant::now() + Duration::from_secs(10);
@@ -243,6 +359,7 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let elapsed = start.elapsed().as_secs_f64();
+        let cpu = Cpu::sample(server_pid, args.baseline.nats_pid)?.since(&cpu0);
         let received = clients
             .iter()
             .map(|(_, s)| s.received.load(Ordering::Relaxed))
@@ -261,12 +378,9 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
             }
         }
         let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
-        let gw_cpu = match (args.gateway_pid, gw_cpu0) {
-            (Some(pid), Some(c0)) => Some(sysinfo::cpu_time(pid)?.saturating_sub(c0).as_secs_f64()),
-            _ => None,
-        };
         let step = Step {
             offered_messages_per_second: rate,
+            offered_deliveries_per_second: expected as f64 / args.step.as_secs_f64().max(1e-9),
             expected_deliveries: expected,
             received,
             deliveries_per_second: received as f64 / elapsed.max(1e-9),
@@ -277,26 +391,113 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
             latency_ms_p99: ms(0.99),
             latency_ms_p999: ms(0.999),
             latency_ms_max: merged.max() as f64 / 1000.0,
-            gateway_cpu_seconds: gw_cpu,
-            generator_cpu_seconds: sysinfo::cpu_time(std::process::id())?
-                .saturating_sub(me_cpu0)
-                .as_secs_f64(),
-            gateway_cpu_us_per_delivery: gw_cpu.map(|c| c * 1e6 / received.max(1) as f64),
+            server_cpu_seconds: cpu.server,
+            server_cpu_us_per_delivery: cpu.server.map(|c| c * 1e6 / received.max(1) as f64),
+            nats_cpu_seconds: cpu.nats,
+            generator_cpu_seconds: cpu.generator,
         };
         eprintln!(
-            "{scenario}: {rate} msg/s → {:.0} deliveries/s, p99 {:.1} ms, lost {}, duplicates {}",
+            "{system:?}: {rate} msg/s → {:.0} deliveries/s, p99 {:.1} ms, lost {}, duplicates {}",
             step.deliveries_per_second, step.latency_ms_p99, step.lost, step.duplicates
         );
-        let stop = !args.all_steps && (step.latency_ms_p99 > 50.0 || step.lost > 0);
+        let stop = !args.all_steps && (step.latency_ms_p99 > P99_LIMIT_MS || step.lost > 0);
         steps.push(step);
         if stop {
             break;
         }
     }
-    Ok(FanoutResult {
-        scenario,
-        connections: args.connections,
-        channels: k,
+    let max = steps
+        .iter()
+        .filter(|s| s.latency_ms_p99 < P99_LIMIT_MS && s.lost == 0)
+        .map(|s| s.deliveries_per_second)
+        .fold(0.0, f64::max);
+    Ok(SystemRun {
+        system,
         steps,
+        max_deliveries_per_second_p99_under_50ms: max,
     })
+}
+
+/// CPU seconds of the server, NATS and this generator.
+struct Cpu {
+    server: Option<f64>,
+    nats: Option<f64>,
+    generator: f64,
+}
+
+impl Cpu {
+    fn sample(server: Option<u32>, nats: Option<u32>) -> anyhow::Result<Cpu> {
+        let secs = |pid: u32| sysinfo::cpu_time(pid).map(|d| d.as_secs_f64());
+        Ok(Cpu {
+            server: server.map(secs).transpose()?,
+            nats: nats.map(secs).transpose()?,
+            generator: secs(std::process::id())?,
+        })
+    }
+
+    fn since(&self, before: &Cpu) -> Cpu {
+        let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b).max(0.0));
+        Cpu {
+            server: diff(self.server, before.server),
+            nats: diff(self.nats, before.nats),
+            generator: (self.generator - before.generator).max(0.0),
+        }
+    }
+}
+
+/// Latency, throughput and cost against offered deliveries/s, every system on one chart.
+fn render_chart(r: &FanoutResult) -> String {
+    let mut latency = Vec::new();
+    let mut throughput = Vec::new();
+    let mut cost = Vec::new();
+    for run in &r.runs {
+        let (colors, dashed, name) = match run.system {
+            System::Tidings => (chart::TIDINGS, false, "Tidings"),
+            System::NatsWs => (chart::BASELINE, true, "nats-server ws"),
+        };
+        let x = |s: &Step| s.offered_deliveries_per_second;
+        let line = |label: String, color, f: &dyn Fn(&Step) -> Option<f64>| Line {
+            label,
+            color,
+            dashed,
+            points: run.steps.iter().filter_map(|s| f(s).map(|y| (x(s), y))).collect(),
+        };
+        latency.push(line(format!("{name} p50"), colors[0], &|s| Some(s.latency_ms_p50)));
+        latency.push(line(format!("{name} p99"), colors[1], &|s| Some(s.latency_ms_p99)));
+        throughput.push(line(format!("{name} received"), colors[0], &|s| {
+            Some(s.deliveries_per_second)
+        }));
+        cost.push(line(format!("{name} server"), colors[0], &|s| s.server_cpu_us_per_delivery));
+        cost.push(line(format!("{name} generator"), colors[2], &|s| {
+            Some(s.generator_cpu_seconds * 1e6 / s.received.max(1) as f64)
+        }));
+    }
+    let x_label = "offered deliveries/s".to_owned();
+    let title = format!(
+        "{}: {} clients over {} channel(s), {} ({} cores)",
+        r.scenario, r.connections, r.channels, r.machine.date, r.machine.cpus
+    );
+    chart::render(
+        &title,
+        &[
+            Panel {
+                title: "latency publish → client".into(),
+                x_label: x_label.clone(),
+                y_label: "ms".into(),
+                lines: latency,
+            },
+            Panel {
+                title: "deliveries received".into(),
+                x_label: x_label.clone(),
+                y_label: "deliveries/s".into(),
+                lines: throughput,
+            },
+            Panel {
+                title: "CPU per delivery".into(),
+                x_label,
+                y_label: "µs".into(),
+                lines: cost,
+            },
+        ],
+    )
 }

@@ -1,11 +1,12 @@
-//! `idle`: how much memory a gateway needs per idle connection.
+//! `idle`: how much memory a server needs per idle connection, and how fast it accepts them.
 //!
 //! Opens N WebSocket connections (each subscribed to one of K channels), spreading source
 //! addresses over 127.0.0.2–127.0.0.9 once one address's ports would run out, then reads the
-//! gateway's RSS growth from `/proc`. Every connection keeps reading, so it answers the
-//! gateway's heartbeats like a real browser would.
+//! server's RSS growth from `/proc`. Every connection keeps reading, so it answers the
+//! server's heartbeats like a real browser would. With `--baseline nats-ws` the same is done
+//! against nats-server's WebSocket listener (its RSS), right after.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -13,22 +14,21 @@ use std::time::{Duration, Instant};
 use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::sysinfo;
-
-/// Connections per source address before moving to the next one.
-const PER_SOURCE: usize = 25_000;
+use crate::chart::{self, Line, Panel};
+use crate::{BaselineArgs, System, natsws, sysinfo};
 
 /// Settings of one `idle` run.
 #[derive(Debug, clap::Args)]
 pub struct IdleArgs {
-    /// Gateway base URL (loopback only).
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// The gateway's TIDINGS_JWT_SECRET (tokens are minted per connection).
-    #[arg(long, env = "TIDINGS_JWT_SECRET", hide_env_values = true)]
-    pub secret: String,
+    /// Where the gateway is (and the secret to mint tokens with).
+    #[command(flatten)]
+    pub target: crate::Target,
+    /// The same scenario against a baseline.
+    #[command(flatten)]
+    pub baseline: BaselineArgs,
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
@@ -47,37 +47,48 @@ pub struct IdleArgs {
     /// Write the JSON result here too.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Write an SVG chart (server RSS against connections) here.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
 }
 
-/// The result of one run.
+/// One system's figures.
 #[derive(Debug, Serialize)]
-pub struct IdleResult {
-    pub scenario: &'static str,
+pub struct IdleRun {
+    pub system: System,
     pub connections: usize,
-    pub channels: usize,
     pub failed: usize,
     pub setup_seconds: f64,
     pub setup_per_second: f64,
-    pub gateway_rss_before_bytes: u64,
-    pub gateway_rss_after_bytes: u64,
+    pub server_rss_before_bytes: u64,
+    pub server_rss_after_bytes: u64,
     pub rss_per_connection_bytes: f64,
-    pub gateway_cpu_seconds: f64,
-    pub open_file_limit: u64,
+    pub server_cpu_seconds: f64,
+    pub generator_cpu_seconds: f64,
+    /// (connections up, server RSS bytes) sampled while connecting.
+    pub rss_curve: Vec<(usize, u64)>,
 }
 
-fn source_for(i: usize) -> IpAddr {
-    // 127.0.0.1 first, then .2 … .9 as each runs out of ephemeral ports.
-    let n = (i / PER_SOURCE) as u8;
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n.min(8)))
+/// The result of one invocation.
+#[derive(Debug, Serialize)]
+pub struct IdleResult {
+    pub scenario: &'static str,
+    pub machine: sysinfo::Machine,
+    pub channels: usize,
+    pub runs: Vec<IdleRun>,
+    /// Tidings ÷ baseline RSS per connection (with `--baseline`).
+    pub rss_ratio_to_baseline: Option<f64>,
+    /// Tidings ÷ baseline connections set up per second (with `--baseline`).
+    pub setup_rate_ratio_to_baseline: Option<f64>,
 }
 
 async fn gateway_pid(args: &IdleArgs) -> anyhow::Result<u32> {
     if let Some(pid) = args.gateway_pid {
         return Ok(pid);
     }
-    let token = crate::mint(&args.secret, "loadtest-ops", &[], Some("service"))?;
+    let token = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
     let stats: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stats", args.url))
+        .get(format!("{}/api/v1/stats", args.target.url))
         .bearer_auth(token)
         .send()
         .await?
@@ -91,62 +102,144 @@ async fn gateway_pid(args: &IdleArgs) -> anyhow::Result<u32> {
 
 /// Runs the scenario.
 pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
+    let machine = sysinfo::machine();
+    let mut runs = vec![run_system(&args, System::Tidings).await?];
+    if args.baseline.baseline.is_some() {
+        runs.push(run_system(&args, System::NatsWs).await?);
+    }
+    let ratio = |f: fn(&IdleRun) -> f64| match runs.as_slice() {
+        [t, b] if f(b) > 0.0 => Some(f(t) / f(b)),
+        _ => None,
+    };
+    let result = IdleResult {
+        scenario: "idle",
+        machine,
+        channels: args.channels,
+        rss_ratio_to_baseline: ratio(|r| r.rss_per_connection_bytes),
+        setup_rate_ratio_to_baseline: ratio(|r| r.setup_per_second),
+        runs,
+    };
+    if let Some(path) = &args.chart {
+        chart::write(path, &render_chart(&result))?;
+    }
+    Ok(result)
+}
+
+async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> {
     let limit = sysinfo::raise_nofile();
     anyhow::ensure!(
         (args.connections as u64) + 100 < limit,
         "{} connections need more than the open-file limit of {limit} (20,000 here, hard): lower --connections",
         args.connections
     );
-    let pid = gateway_pid(&args).await?;
-    let host = args.url.trim_start_matches("http://").trim_end_matches('/');
-    let addr: SocketAddr = crate::ensure_loopback(&args.url).await?;
+    let (pid, addr, offset) = match system {
+        System::Tidings => (
+            gateway_pid(args).await?,
+            crate::ensure_loopback(&args.target.url).await?,
+            0,
+        ),
+        System::NatsWs => (
+            args.baseline
+                .nats_pid
+                .ok_or_else(|| anyhow::anyhow!("--baseline nats-ws needs --nats-pid (its RSS is the figure)"))?,
+            crate::ensure_loopback(&args.baseline.nats_ws_url).await?,
+            crate::BASELINE_SOURCE_OFFSET,
+        ),
+    };
+    let host = args.target.url.trim_start_matches("http://").trim_end_matches('/');
     let rss_before = sysinfo::rss_bytes(pid)?;
     let cpu_before = sysinfo::cpu_time(pid)?;
+    let me_before = sysinfo::cpu_time(std::process::id())?;
     let tokens: Vec<String> = (0..args.connections.min(1000))
-        .map(|i| crate::mint(&args.secret, &format!("u{i}"), &["*"], None))
+        .map(|i| crate::mint(&args.target.secret, &format!("u{i}"), &["*"], None))
         .collect::<anyhow::Result<_>>()?;
     let failed = Arc::new(AtomicUsize::new(0));
+    let up = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(args.concurrency));
+    let curve = Arc::new(std::sync::Mutex::new(vec![(0usize, rss_before)]));
+    let sampler = {
+        let (up, curve) = (up.clone(), curve.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                if let (Ok(rss), Ok(mut c)) = (sysinfo::rss_bytes(pid), curve.lock()) {
+                    c.push((up.load(Ordering::Relaxed), rss));
+                }
+            }
+        })
+    };
     let start = Instant::now();
     let mut handles = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         let permit = gate.clone().acquire_owned().await?;
         let channel = format!("project:p{}", i % args.channels.max(1));
         let url = format!("ws://{host}/ws?token={}", tokens[i % tokens.len()]);
-        let failed = failed.clone();
+        let (failed, up) = (failed.clone(), up.clone());
+        let source = crate::source_for(i + offset);
         handles.push(tokio::spawn(async move {
-            if let Err(e) = open_subscribed(addr, source_for(i), url, &channel).await {
-                if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                    eprintln!("connection {i} failed: {e}");
+            let opened = match system {
+                System::Tidings => open_tidings(addr, source, url, &channel).await,
+                System::NatsWs => open_nats_ws(addr, source, &channel).await,
+            };
+            drop(permit);
+            match opened {
+                Ok(reader) => {
+                    up.fetch_add(1, Ordering::Relaxed);
+                    Some(reader)
+                }
+                Err(e) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("connection {i} failed: {e}");
+                    }
+                    None
                 }
             }
-            drop(permit);
         }));
     }
+    let mut readers = Vec::with_capacity(args.connections);
     for h in handles {
-        let _ = h.await;
+        if let Ok(Some(r)) = h.await {
+            readers.push(r);
+        }
     }
     let setup = start.elapsed();
     tokio::time::sleep(args.settle).await;
     let rss_after = sysinfo::rss_bytes(pid)?;
     let cpu = sysinfo::cpu_time(pid)?.saturating_sub(cpu_before);
-    let ok = args.connections - failed.load(Ordering::Relaxed);
-    Ok(IdleResult {
-        scenario: "idle",
+    let me = sysinfo::cpu_time(std::process::id())?.saturating_sub(me_before);
+    sampler.abort();
+    let readers = crate::AbortOnDrop(readers);
+    let mut curve = curve.lock().map(|c| c.clone()).unwrap_or_default();
+    curve.push((readers.0.len(), rss_after));
+    let ok = readers.0.len();
+    drop(readers);
+    eprintln!(
+        "{system:?}: {ok} connections, {:.0} B RSS each, {:.0} set up per second",
+        rss_after.saturating_sub(rss_before) as f64 / ok.max(1) as f64,
+        ok as f64 / setup.as_secs_f64().max(1e-9)
+    );
+    Ok(IdleRun {
+        system,
         connections: ok,
-        channels: args.channels,
         failed: failed.load(Ordering::Relaxed),
         setup_seconds: setup.as_secs_f64(),
         setup_per_second: ok as f64 / setup.as_secs_f64().max(1e-9),
-        gateway_rss_before_bytes: rss_before,
-        gateway_rss_after_bytes: rss_after,
+        server_rss_before_bytes: rss_before,
+        server_rss_after_bytes: rss_after,
         rss_per_connection_bytes: rss_after.saturating_sub(rss_before) as f64 / ok.max(1) as f64,
-        gateway_cpu_seconds: cpu.as_secs_f64(),
-        open_file_limit: limit,
+        server_cpu_seconds: cpu.as_secs_f64(),
+        generator_cpu_seconds: me.as_secs_f64(),
+        rss_curve: curve,
     })
 }
 
-async fn open_subscribed(addr: SocketAddr, source: IpAddr, url: String, channel: &str) -> anyhow::Result<()> {
+async fn open_tidings(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    url: String,
+    channel: &str,
+) -> anyhow::Result<JoinHandle<()>> {
     use futures::SinkExt as _;
     let sock = tokio::net::TcpSocket::new_v4()?;
     sock.bind(SocketAddr::new(source, 0))?;
@@ -161,6 +254,44 @@ async fn open_subscribed(addr: SocketAddr, source: IpAddr, url: String, channel:
             other => anyhow::bail!("unexpected answer during setup: {other:?}"),
         }
     }
-    tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} });
-    Ok(())
+    Ok(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
+}
+
+async fn open_nats_ws(addr: SocketAddr, source: std::net::IpAddr, channel: &str) -> anyhow::Result<JoinHandle<()>> {
+    let (ws, parser) = natsws::open_subscribed(addr, source, &natsws::stored_subject(channel)?).await?;
+    Ok(tokio::spawn(natsws::read_loop(ws, parser, |_, _| {})))
+}
+
+fn render_chart(r: &IdleResult) -> String {
+    let mut lines = Vec::new();
+    for run in &r.runs {
+        let (color, dashed, name) = match run.system {
+            System::Tidings => (chart::TIDINGS[0], false, "Tidings gateway"),
+            System::NatsWs => (chart::BASELINE[0], true, "nats-server (ws)"),
+        };
+        let base = run.server_rss_before_bytes as f64;
+        lines.push(Line {
+            label: format!(
+                "{name}: {:.1} KiB/conn, {:.0} conn/s",
+                run.rss_per_connection_bytes / 1024.0,
+                run.setup_per_second
+            ),
+            color,
+            dashed,
+            points: run
+                .rss_curve
+                .iter()
+                .map(|&(n, rss)| (n as f64, (rss as f64 - base).max(0.0) / 1_048_576.0))
+                .collect(),
+        });
+    }
+    chart::render(
+        &format!("idle connections, {} channels, {}", r.channels, r.machine.date),
+        &[Panel {
+            title: "server memory growth".into(),
+            x_label: "connections up".into(),
+            y_label: "RSS growth (MiB)".into(),
+            lines,
+        }],
+    )
 }

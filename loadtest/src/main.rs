@@ -4,10 +4,13 @@
 //! `token` mints HS256 tokens for local use (the quick start prints one, and scenarios mint
 //! their clients' tokens the same way).
 
+mod chart;
 mod fanout;
 mod idle;
+mod natsws;
 mod notify;
 mod recovery;
+mod storm;
 mod sysinfo;
 
 use std::time::Duration;
@@ -39,6 +42,8 @@ enum Command {
     Broadcast(fanout::FanoutArgs),
     /// Time how long a client takes to recover N messages it missed.
     Recovery(recovery::RecoveryArgs),
+    /// N clients on gateway A; A is SIGKILLed; time until all resume on B, and loss.
+    ReconnectStorm(storm::StormArgs),
     /// Notifications per second through the worker to in-app and a local webhook.
     Notify(notify::NotifyArgs),
 }
@@ -79,6 +84,64 @@ pub struct Target {
     pub secret: String,
 }
 
+/// The no-gateway floor a scenario can also be run against, in the same invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Baseline {
+    /// Clients speak the NATS protocol over WebSocket straight to nats-server's own
+    /// WebSocket listener.
+    NatsWs,
+}
+
+/// `--baseline` and where the baseline's server is.
+#[derive(Debug, clap::Args)]
+pub struct BaselineArgs {
+    /// Also run the scenario against this baseline, right after Tidings, and report both.
+    #[arg(long, value_enum)]
+    pub baseline: Option<Baseline>,
+    /// nats-server's WebSocket listener (`websocket { listen, no_tls: true }` in its config).
+    #[arg(long, default_value = "ws://127.0.0.1:4280")]
+    pub nats_ws_url: String,
+    /// PID of nats-server: the baseline's server CPU and memory (and NATS's share in Tidings runs).
+    #[arg(long)]
+    pub nats_pid: Option<u32>,
+}
+
+/// Which system a run measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    /// Clients on a Tidings gateway.
+    Tidings,
+    /// Clients on nats-server's WebSocket listener.
+    NatsWs,
+}
+
+/// Connections per source address before moving to the next one (ephemeral ports run out
+/// near 28,000 per source address).
+const PER_SOURCE: usize = 25_000;
+
+/// Source address of connection `i`: 127.0.0.1 first, then .2 … .9 as each runs out of
+/// ephemeral ports. Baseline runs start at an offset so they never meet the previous run's
+/// sockets still in TIME_WAIT.
+pub fn source_for(i: usize) -> std::net::IpAddr {
+    let n = (i / PER_SOURCE) as u8;
+    std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + n.min(8)))
+}
+
+/// Index offset for the baseline's connections (see [`source_for`]).
+pub const BASELINE_SOURCE_OFFSET: usize = 4 * PER_SOURCE;
+
+/// Aborts the load clients' tasks (closing their sockets) when a run ends, however it ends.
+pub struct AbortOnDrop(pub Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for h in &self.0 {
+            h.abort();
+        }
+    }
+}
+
 /// A one-hour token for load clients.
 fn mint(secret: &str, sub: &str, projects: &[&str], role: Option<&str>) -> anyhow::Result<String> {
     let claims = Claims {
@@ -94,7 +157,10 @@ fn mint(secret: &str, sub: &str, projects: &[&str], role: Option<&str>) -> anyho
 
 /// Refuses any target outside the loopback range.
 async fn ensure_loopback(url: &str) -> anyhow::Result<std::net::SocketAddr> {
-    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let host = url
+        .trim_start_matches("http://")
+        .trim_start_matches("ws://")
+        .trim_end_matches('/');
     let addr = tokio::net::lookup_host(host)
         .await?
         .next()
@@ -148,6 +214,11 @@ async fn main() -> anyhow::Result<()> {
         Command::Notify(a) => {
             let out = a.out.clone();
             let result = notify::run(a).await?;
+            report(&result, out.as_deref())?;
+        }
+        Command::ReconnectStorm(a) => {
+            let out = a.out.clone();
+            let result = storm::run(a).await?;
             report(&result, out.as_deref())?;
         }
         Command::Recovery(a) => {

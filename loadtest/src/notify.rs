@@ -32,12 +32,16 @@ pub struct NotifyArgs {
     /// Write the JSON result here too.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Write an SVG chart (latency by percentile) here.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
 }
 
 /// The result of one run.
 #[derive(Debug, Serialize)]
 pub struct NotifyResult {
     pub scenario: &'static str,
+    pub machine: sysinfo::Machine,
     pub count: usize,
     pub offered_rate: u64,
     pub webhooks_received: usize,
@@ -49,6 +53,8 @@ pub struct NotifyResult {
     pub latency_ms_p99: f64,
     pub latency_ms_max: f64,
     pub worker_cpu_seconds: Option<f64>,
+    /// Every request reached both in-app and the webhook.
+    pub clean: bool,
 }
 
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
@@ -83,6 +89,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Runs the scenario.
 pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
+    let machine = sysinfo::machine();
     crate::ensure_loopback(&args.target.url).await?;
     let user = format!("load-{}", std::process::id());
     let svc = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
@@ -179,8 +186,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         .collect();
     latencies.sort_by(f64::total_cmp);
     let done = received.len().min(in_app.load(std::sync::atomic::Ordering::Relaxed));
-    Ok(NotifyResult {
+    let in_app_stored = in_app.load(std::sync::atomic::Ordering::Relaxed);
+    let result = NotifyResult {
         scenario: "notify",
+        machine,
         count: args.count,
         offered_rate: args.rate,
         webhooks_received: received.len(),
@@ -192,5 +201,17 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         latency_ms_p99: percentile(&latencies, 0.99),
         latency_ms_max: latencies.last().copied().unwrap_or(0.0),
         worker_cpu_seconds: cpu,
-    })
+        clean: received.len() == args.count && in_app_stored == args.count,
+    };
+    if let Some(path) = &args.chart {
+        let title = format!(
+            "notify: {} requests, offered {}, {:.0}/s done, {}",
+            args.count,
+            if args.rate == 0 { "burst".to_owned() } else { format!("{}/s", args.rate) },
+            result.notifications_per_second,
+            result.machine.date
+        );
+        crate::chart::write(path, &crate::chart::percentile_chart(&title, "request → webhook received", &latencies))?;
+    }
+    Ok(result)
 }

@@ -26,12 +26,16 @@ pub struct RecoveryArgs {
     /// Write the JSON result here too.
     #[arg(long)]
     pub out: Option<std::path::PathBuf>,
+    /// Write an SVG chart (messages received against time since `subscribe`) here.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
 }
 
 /// The result of one run.
 #[derive(Debug, Serialize)]
 pub struct RecoveryResult {
     pub scenario: &'static str,
+    pub machine: crate::sysinfo::Machine,
     pub missed: usize,
     pub recovered: bool,
     pub received: usize,
@@ -39,6 +43,12 @@ pub struct RecoveryResult {
     pub first_message_ms: f64,
     pub all_messages_ms: f64,
     pub messages_per_second: f64,
+    /// Missed messages that did not arrive.
+    pub lost: usize,
+    /// Messages that arrived more than once.
+    pub duplicates: usize,
+    /// `recovered: true`, everything, once, in order.
+    pub clean: bool,
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -63,6 +73,7 @@ async fn connect(url: &str, token: &str) -> anyhow::Result<Ws> {
 
 /// Runs the scenario.
 pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
+    let machine = crate::sysinfo::machine();
     crate::ensure_loopback(&args.target.url).await?;
     let channel = format!("project:recovery-{}", std::process::id());
     let token = crate::mint(&args.target.secret, "loadtest-recovery", &["*"], None)?;
@@ -103,17 +114,49 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
     let reply = next_json(&mut ws).await?;
     let recovered = reply["recovered"].as_bool().unwrap_or(false);
     let mut got = Vec::with_capacity(args.missed);
-    let mut first = None;
+    let mut arrivals = Vec::with_capacity(args.missed);
     while got.len() < want.len() {
         let m = next_json(&mut ws).await?;
         if m["type"] == "message" {
-            first.get_or_insert_with(|| start.elapsed());
+            arrivals.push(start.elapsed().as_secs_f64() * 1000.0);
             got.push(m["seq"].as_u64().unwrap_or(0));
         }
     }
     let all = start.elapsed();
+    let distinct: std::collections::BTreeSet<u64> = got.iter().copied().collect();
+    let lost = want.iter().filter(|s| !distinct.contains(s)).count();
+    let duplicates = got.len() - distinct.len();
+    if let Some(path) = &args.chart {
+        let points = arrivals
+            .iter()
+            .enumerate()
+            .step_by((arrivals.len() / 200).max(1))
+            .map(|(i, &ms)| (ms, (i + 1) as f64))
+            .chain(arrivals.last().map(|&ms| (ms, arrivals.len() as f64)))
+            .collect();
+        let svg = crate::chart::render(
+            &format!("recovery of {} missed messages, {}", args.missed, machine.date),
+            &[crate::chart::Panel {
+                title: format!("all {} in {:.0} ms", got.len(), all.as_secs_f64() * 1000.0),
+                x_label: "ms since subscribe with since".into(),
+                y_label: "messages received".into(),
+                lines: vec![crate::chart::Line {
+                    label: "Tidings".into(),
+                    color: crate::chart::TIDINGS[0],
+                    dashed: false,
+                    points,
+                }],
+            }],
+        );
+        crate::chart::write(path, &svg)?;
+    }
+    let first = arrivals.first().map(|&ms| Duration::from_secs_f64(ms / 1000.0));
     Ok(RecoveryResult {
         scenario: "recovery",
+        machine,
+        lost,
+        duplicates,
+        clean: recovered && lost == 0 && duplicates == 0 && got == want,
         missed: args.missed,
         recovered,
         received: got.len(),

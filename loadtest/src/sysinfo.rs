@@ -42,3 +42,46 @@ pub fn raise_nofile() -> u64 {
             .unwrap_or(1024),
     }
 }
+
+/// The machine a report was measured on, recorded in every result.
+#[derive(Debug, serde::Serialize)]
+pub struct Machine {
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// CPUs this process may use.
+    pub cpus: usize,
+    /// Total memory, GiB.
+    pub memory_gib: f64,
+    /// Kernel release.
+    pub kernel: String,
+    /// When the run started (UTC, RFC 3339).
+    pub date: String,
+    /// This process's open-file limit (the cap on one generator's connections).
+    pub open_file_limit: u64,
+}
+
+/// Reads [`Machine`] from `/proc`.
+pub fn machine() -> Machine {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let mem_kb = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Machine {
+        cpu,
+        cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        date: jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default(),
+        open_file_limit: rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(s, _)| s).unwrap_or(0),
+    }
+}

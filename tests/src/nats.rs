@@ -106,6 +106,8 @@ pub struct NatsServer {
     pub monitor_port: u16,
     /// Cluster (route) port, for clustered nodes.
     pub cluster_port: Option<u16>,
+    /// WebSocket listener port (plain `ws://`), when started with one.
+    pub ws_port: Option<u16>,
     name: String,
     config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
@@ -115,6 +117,16 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a single JetStream-enabled server on free ports with a fresh store.
     pub async fn start() -> Result<Self, Error> {
+        Self::start_single(false).await
+    }
+
+    /// Like [`Self::start`], plus nats-server's own WebSocket listener (no TLS) on a free
+    /// port: the load test's `--baseline nats-ws` talks to it.
+    pub async fn start_with_websocket() -> Result<Self, Error> {
+        Self::start_single(true).await
+    }
+
+    async fn start_single(websocket: bool) -> Result<Self, Error> {
         let dir = Arc::new(tempfile::tempdir()?);
         let mut last = None;
         for _ in 0..3 {
@@ -123,6 +135,7 @@ impl NatsServer {
                 port: free_port(),
                 monitor_port: free_port(),
                 cluster: None,
+                ws_port: websocket.then(free_port),
             };
             match Self::launch(dir.clone(), node).await {
                 Ok(s) => return Ok(s),
@@ -140,6 +153,16 @@ impl NatsServer {
     /// `http://127.0.0.1:<monitor port>`.
     pub fn monitor_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.monitor_port)
+    }
+
+    /// `ws://127.0.0.1:<websocket port>`, when started with a WebSocket listener.
+    pub fn ws_url(&self) -> Option<String> {
+        self.ws_port.map(|p| format!("ws://127.0.0.1:{p}"))
+    }
+
+    /// The process id (0 once killed).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
     }
 
     /// A connected client (fails rather than retrying forever).
@@ -186,6 +209,9 @@ impl NatsServer {
             port = node.port,
             mon = node.monitor_port,
         );
+        if let Some(ws) = node.ws_port {
+            conf.push_str(&format!("websocket {{\n  listen: 127.0.0.1:{ws}\n  no_tls: true\n}}\n"));
+        }
         if let Some((cport, routes)) = &node.cluster {
             let routes: Vec<String> = routes
                 .iter()
@@ -204,6 +230,7 @@ impl NatsServer {
             port: node.port,
             monitor_port: node.monitor_port,
             cluster_port: node.cluster.as_ref().map(|(p, _)| *p),
+            ws_port: node.ws_port,
             name: node.name,
             config,
             log,
@@ -224,6 +251,8 @@ struct NodeSpec {
     monitor_port: u16,
     /// Own route port and every node's route port.
     cluster: Option<(u16, Vec<u16>)>,
+    /// WebSocket listener port.
+    ws_port: Option<u16>,
 }
 
 /// Spawns the server and waits (off the async runtime) for its "Server is ready" line.
@@ -287,6 +316,7 @@ impl NatsCluster {
                 port: free_port(),
                 monitor_port: free_port(),
                 cluster: Some((route_ports[i], route_ports.clone())),
+                ws_port: None,
             })
             .collect();
         // Start all at once: a clustered JetStream node is only ready with its peers.
