@@ -46,6 +46,21 @@ async fn events_stream(js: &async_nats::jetstream::Context) -> Result<JsStream> 
     Ok(js.get_stream(EVENTS_STREAM).await.map_err(SharedError::nats)?)
 }
 
+impl Replay {
+    /// Nothing to read back: the client already has everything up to the position from
+    /// which its subscription delivers live.
+    pub fn up_to_date(epoch: String) -> Replay {
+        Replay {
+            epoch,
+            recovered: true,
+            messages: Vec::new(),
+            truncated: false,
+            same_epoch: true,
+            complete: true,
+        }
+    }
+}
+
 /// Whether every message of `channel` after `since` is still held, given that `held_after`
 /// of them are. Retention drops oldest first: by age across the stream (so nothing after
 /// `since` was dropped for age if the stream still starts at or before `since + 1`), and per
@@ -84,8 +99,9 @@ pub async fn replay(
     epoch: Option<&str>,
     cap: usize,
 ) -> Result<Replay> {
-    let mut stream = events_stream(&state.js).await?;
-    let info = stream.info().await.map_err(SharedError::nats)?.clone();
+    // `get_stream` has just fetched the stream's info: no second request for it.
+    let stream = events_stream(&state.js).await?;
+    let info = stream.cached_info().clone();
     let current = epoch_of(&info);
     state.remember_epoch(&current);
     let same_epoch = epoch.is_none_or(|e| e == current);

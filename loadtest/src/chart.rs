@@ -123,7 +123,11 @@ fn panel(out: &mut String, p: &Panel, x0: f64) {
     );
     for (i, l) in p.lines.iter().enumerate() {
         let dash = if l.dashed { r#" stroke-dasharray="6 4""# } else { "" };
-        let pts: Vec<String> = l.points.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        let pts: Vec<String> = l
+            .points
+            .iter()
+            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .collect();
         let _ = write!(
             out,
             r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2"{dash}/>"#,

@@ -52,6 +52,10 @@ pub struct FanoutArgs {
     /// PID of the gateway, to report its CPU time.
     #[arg(long)]
     pub gateway_pid: Option<u32>,
+    /// Quiet time between the last connection set up and the first step (the setup burst,
+    /// and a previous run's connections closing, settle).
+    #[arg(long, default_value = "2s", value_parser = tidings_shared::config::parse_duration)]
+    pub warmup: Duration,
     /// Keep stepping even past p99 > 50 ms (for a full curve).
     #[arg(long)]
     pub all_steps: bool,
@@ -81,6 +85,9 @@ pub struct Step {
     /// The process the clients are connected to: the gateway, or nats-server for the baseline.
     pub server_cpu_seconds: Option<f64>,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The user-space part of it (the rest is the kernel: on loopback a sender's system time
+    /// includes the receiving side's TCP processing).
+    pub server_user_cpu_us_per_delivery: Option<f64>,
     /// nats-server's CPU (in Tidings runs the gateway's NATS; in baseline runs the same as
     /// the server's).
     pub nats_cpu_seconds: Option<f64>,
@@ -307,6 +314,7 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
         readers.push(s.await??);
     }
     let _close = crate::AbortOnDrop(readers);
+    tokio::time::sleep(args.warmup).await;
     let nats = async_nats::connect(&args.target.nats_url).await?;
     let js = async_nats::jetstream::new(nats);
     let pad = "x".repeat(args.payload);
@@ -393,6 +401,7 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
             latency_ms_max: merged.max() as f64 / 1000.0,
             server_cpu_seconds: cpu.server,
             server_cpu_us_per_delivery: cpu.server.map(|c| c * 1e6 / received.max(1) as f64),
+            server_user_cpu_us_per_delivery: cpu.server_user.map(|c| c * 1e6 / received.max(1) as f64),
             nats_cpu_seconds: cpu.nats,
             generator_cpu_seconds: cpu.generator,
         };
@@ -421,6 +430,7 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
 /// CPU seconds of the server, NATS and this generator.
 struct Cpu {
     server: Option<f64>,
+    server_user: Option<f64>,
     nats: Option<f64>,
     generator: f64,
 }
@@ -428,8 +438,10 @@ struct Cpu {
 impl Cpu {
     fn sample(server: Option<u32>, nats: Option<u32>) -> anyhow::Result<Cpu> {
         let secs = |pid: u32| sysinfo::cpu_time(pid).map(|d| d.as_secs_f64());
+        let user = |pid: u32| sysinfo::cpu_times(pid).map(|(u, _)| u.as_secs_f64());
         Ok(Cpu {
             server: server.map(secs).transpose()?,
+            server_user: server.map(user).transpose()?,
             nats: nats.map(secs).transpose()?,
             generator: secs(std::process::id())?,
         })
@@ -439,6 +451,7 @@ impl Cpu {
         let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b).max(0.0));
         Cpu {
             server: diff(self.server, before.server),
+            server_user: diff(self.server_user, before.server_user),
             nats: diff(self.nats, before.nats),
             generator: (self.generator - before.generator).max(0.0),
         }
@@ -467,7 +480,9 @@ fn render_chart(r: &FanoutResult) -> String {
         throughput.push(line(format!("{name} received"), colors[0], &|s| {
             Some(s.deliveries_per_second)
         }));
-        cost.push(line(format!("{name} server"), colors[0], &|s| s.server_cpu_us_per_delivery));
+        cost.push(line(format!("{name} server"), colors[0], &|s| {
+            s.server_cpu_us_per_delivery
+        }));
         cost.push(line(format!("{name} generator"), colors[2], &|s| {
             Some(s.generator_cpu_seconds * 1e6 / s.received.max(1) as f64)
         }));

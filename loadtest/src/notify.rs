@@ -207,11 +207,18 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         let title = format!(
             "notify: {} requests, offered {}, {:.0}/s done, {}",
             args.count,
-            if args.rate == 0 { "burst".to_owned() } else { format!("{}/s", args.rate) },
+            if args.rate == 0 {
+                "burst".to_owned()
+            } else {
+                format!("{}/s", args.rate)
+            },
             result.notifications_per_second,
             result.machine.date
         );
-        crate::chart::write(path, &crate::chart::percentile_chart(&title, "request → webhook received", &latencies))?;
+        crate::chart::write(
+            path,
+            &crate::chart::percentile_chart(&title, "request → webhook received", &latencies),
+        )?;
     }
     Ok(result)
 }

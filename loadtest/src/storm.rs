@@ -234,7 +234,10 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         if all && Instant::now() >= warm {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "not every client received a message before the kill");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not every client received a message before the kill"
+        );
         anyhow::ensure!(!publisher.is_finished(), "the publisher stopped");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -16,16 +16,23 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// User + system CPU time of `pid` (fields 14 and 15 of `/proc/<pid>/stat`).
+/// User + system CPU time of `pid`.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let (user, system) = cpu_times(pid)?;
+    Ok(user + system)
+}
+
+/// User and system CPU time of `pid` (fields 14 and 15 of `/proc/<pid>/stat`): on loopback
+/// the system part of a sender includes the receiver's TCP processing, so reports show both.
+pub fn cpu_times(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may contain spaces; fields resume after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     // After ')': state is index 0, so utime (field 14) is index 11 and stime index 12.
-    let total = ticks(11) + ticks(12);
-    Ok(Duration::from_millis(total * 1000 / clock_ticks()))
+    let d = |t: u64| Duration::from_millis(t * 1000 / clock_ticks());
+    Ok((d(ticks(11)), d(ticks(12))))
 }
 
 fn clock_ticks() -> u64 {
@@ -81,7 +88,10 @@ pub fn machine() -> Machine {
         cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         memory_gib: (mem_kb / 1024.0 / 1024.0 * 10.0).round() / 10.0,
         kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
-        date: jiff::Timestamp::now().round(jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default(),
+        date: jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
         open_file_limit: rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(s, _)| s).unwrap_or(0),
     }
 }

@@ -186,6 +186,8 @@ async fn fanout_with_baseline() {
         "50,100",
         "--step",
         "1s",
+        "--warmup",
+        "0s",
         "--all-steps",
     ]);
     args.extend(stack.target(true));
@@ -206,6 +208,8 @@ async fn broadcast_with_baseline() {
         "5,10",
         "--step",
         "1s",
+        "--warmup",
+        "0s",
         "--all-steps",
     ]);
     args.extend(stack.target(true));
@@ -243,7 +247,11 @@ async fn reconnect_storm_loses_nothing() {
     assert!(r["all_resumed_ms"].is_number(), "{r:#}");
     assert!(r["messages_delivered"].as_u64() > Some(0));
     // Gateway A really died.
-    assert!(http_get(&format!("{}/readyz", stack.gateways[0].1), None).await.is_none());
+    assert!(
+        http_get(&format!("{}/readyz", stack.gateways[0].1), None)
+            .await
+            .is_none()
+    );
 }
 
 #[tokio::test]
