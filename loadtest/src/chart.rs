@@ -68,12 +68,12 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-fn panel(out: &mut String, p: &Panel, x0: f64) {
+fn panel(out: &mut String, p: &Panel, x0: f64, width: f64) {
     let all = p.lines.iter().flat_map(|l| l.points.iter());
     let (xmax, ymax) = all.fold((0f64, 0f64), |(x, y), &(px, py)| (x.max(px), y.max(py)));
     let (xmax, xstep) = nice_axis(xmax);
     let (ymax, ystep) = nice_axis(ymax);
-    let pw = W - LEFT - RIGHT;
+    let pw = width - LEFT - RIGHT;
     let ph = H - TOP - BOTTOM;
     let sx = |x: f64| x0 + LEFT + x / xmax * pw;
     let sy = |y: f64| TOP + ph - y / ymax * ph;
@@ -134,7 +134,8 @@ fn panel(out: &mut String, p: &Panel, x0: f64) {
             pts.join(" "),
             l.color
         );
-        for &(x, y) in &l.points {
+        // Markers only where points are few enough to read as steps.
+        for &(x, y) in l.points.iter().filter(|_| l.points.len() <= 30) {
             let _ = write!(
                 out,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
@@ -161,14 +162,17 @@ fn panel(out: &mut String, p: &Panel, x0: f64) {
 
 /// An SVG document with `panels` side by side under `title`.
 pub fn render(title: &str, panels: &[Panel]) -> String {
-    let width = W * panels.len().max(1) as f64;
+    // Panels share at least 640 px, so a one-panel chart has room for its title.
+    let n = panels.len().max(1) as f64;
+    let each = (640.0 / n).max(W);
+    let width = each * n;
     let height = H + 26.0;
     let mut out = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11"><rect width="100%" height="100%" fill="white"/><text x="8" y="16" font-size="13" font-weight="bold">{}</text><g transform="translate(0,22)">"#,
         escape(title)
     );
     for (i, p) in panels.iter().enumerate() {
-        panel(&mut out, p, W * i as f64);
+        panel(&mut out, p, each * i as f64, each);
     }
     out.push_str("</g></svg>\n");
     out
