@@ -183,9 +183,7 @@ async fn open_tidings(
     channel: String,
     stats: Arc<ClientStats>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(source, 0))?;
-    let stream = sock.connect(addr).await?;
+    let stream = crate::connect_from(source, addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
     ws.send(Message::Text(sub.into())).await?;
@@ -485,6 +483,9 @@ fn render_chart(r: &FanoutResult) -> String {
         }));
         cost.push(line(format!("{name} server"), colors[0], &|s| {
             s.server_cpu_us_per_delivery
+        }));
+        cost.push(line(format!("{name} server, user space"), colors[1], &|s| {
+            s.server_user_cpu_us_per_delivery
         }));
         cost.push(line(format!("{name} generator"), colors[2], &|s| {
             Some(s.generator_cpu_seconds * 1e6 / s.received.max(1) as f64)

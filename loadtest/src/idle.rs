@@ -241,9 +241,7 @@ async fn open_tidings(
     channel: &str,
 ) -> anyhow::Result<JoinHandle<()>> {
     use futures::SinkExt as _;
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(source, 0))?;
-    let stream = sock.connect(addr).await?;
+    let stream = crate::connect_from(source, addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
     let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
     ws.send(Message::Text(sub.into())).await?;

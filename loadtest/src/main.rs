@@ -128,6 +128,40 @@ pub fn source_for(i: usize) -> std::net::IpAddr {
     std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1 + n.min(8)))
 }
 
+/// Connects to `addr` from source address `source`.
+///
+/// From 127.0.0.1 the kernel picks the port at `connect` (it may reuse a port still in
+/// TIME_WAIT towards another peer). From another source the socket is bound first, with
+/// `IP_BIND_ADDRESS_NO_PORT` so the port is still chosen at `connect`: a plain `bind` to
+/// port 0 must find a port free for every peer, skips all ports in TIME_WAIT and crawls
+/// after a previous run (setup fell from ~3,500 to ~850 connections/s here).
+pub async fn connect_from(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    if source != std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) {
+        use std::os::fd::AsRawFd as _;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket descriptor owned by `sock`, and a pointer to a c_int that
+        // outlives the call, with its size.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_BIND_ADDRESS_NO_PORT,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        sock.bind(std::net::SocketAddr::new(source, 0))?;
+    }
+    sock.connect(addr).await
+}
+
 /// Index offset for the baseline's connections (see [`source_for`]).
 pub const BASELINE_SOURCE_OFFSET: usize = 4 * PER_SOURCE;
 

@@ -141,9 +141,7 @@ pub fn stored_subject(channel: &str) -> anyhow::Result<String> {
 /// Opens a WebSocket to nats-server from `source`, sends `CONNECT` and `SUB subject`, and
 /// returns once a `PONG` proves the subscription is in place.
 pub async fn open_subscribed(addr: SocketAddr, source: IpAddr, subject: &str) -> anyhow::Result<(Ws, Parser)> {
-    let sock = tokio::net::TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(source, 0))?;
-    let stream = sock.connect(addr).await?;
+    let stream = crate::connect_from(source, addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream).await?;
     let hello = format!(
         "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":false,\"protocol\":1,\"lang\":\"tidings-loadtest\",\"version\":\"1\"}}\r\nSUB {subject} 1\r\nPING\r\n"
