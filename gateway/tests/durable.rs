@@ -518,3 +518,97 @@ async fn sse_resumes_from_last_event_id_across_channels() {
     seen.sort();
     assert_eq!(seen, want);
 }
+
+/// JetStream API calls the server audited (`$JS.EVENT.ADVISORY.API`) until our own marker
+/// call shows up: what the gateway asked JetStream before the marker.
+async fn js_calls_until_marker(audit: &mut async_nats::Subscriber, js: &async_nats::jetstream::Context) -> Vec<String> {
+    use futures::StreamExt as _;
+    js.get_stream("TIDINGS_NOTIFY").await.unwrap();
+    let mut calls = Vec::new();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), audit.next())
+            .await
+            .expect("audit advisory in time")
+            .expect("audit subscription open");
+        let v: Value = serde_json::from_slice(&msg.payload).unwrap_or_default();
+        let subject = v["subject"].as_str().unwrap_or_default().to_owned();
+        if subject.contains("STREAM.INFO.TIDINGS_NOTIFY") {
+            return calls;
+        }
+        calls.push(subject);
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_missed_nothing_resumes_without_reading_jetstream() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = Gateway::start(&nats.url(), &[]).await;
+    let client = nats.client().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let token = user_token("u1", &["p1"], &[]);
+    let ch = channel(1);
+
+    // Another connection keeps the channel live on this gateway.
+    let mut keeper = connect_raw(&gw, &token).await;
+    let epoch = keeper.subscribe("project:p1").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let s1 = publish(&js, &ch, 1).await;
+    let s2 = publish(&js, &ch, 2).await;
+    assert_eq!(keeper.frame_of("message").await["seq"], s1);
+    assert_eq!(keeper.frame_of("message").await["seq"], s2);
+
+    let mut audit = client.subscribe("$JS.EVENT.ADVISORY.API").await.unwrap();
+    client.flush().await.unwrap();
+
+    // Behind by one: read back from the stream.
+    let mut behind = connect_raw(&gw, &token).await;
+    let r = behind
+        .request(
+            json!({"type":"subscribe","channel":"project:p1","since":s1,"epoch":epoch}),
+            1,
+        )
+        .await;
+    assert_eq!(
+        (r["recovered"].as_bool(), r["missed"].as_u64()),
+        (Some(true), Some(1)),
+        "{r}"
+    );
+    assert_eq!(behind.frame_of("message").await["seq"], s2);
+    let calls = js_calls_until_marker(&mut audit, &js).await;
+    assert!(
+        calls.iter().any(|c| c.contains("CONSUMER.CREATE.TIDINGS_EVENTS")),
+        "a replay reads the stream: {calls:?}"
+    );
+
+    // Up to date: answered from what the gateway already knows, nothing asked of JetStream.
+    let mut current = connect_raw(&gw, &token).await;
+    let r = current
+        .request(
+            json!({"type":"subscribe","channel":"project:p1","since":s2,"epoch":epoch}),
+            1,
+        )
+        .await;
+    assert_eq!(
+        (
+            r["ok"].as_bool(),
+            r["recovered"].as_bool(),
+            r["missed"].as_u64(),
+            r["epoch"].as_str()
+        ),
+        (Some(true), Some(true), Some(0), Some(epoch.as_str())),
+        "{r}"
+    );
+    let calls = js_calls_until_marker(&mut audit, &js).await;
+    assert!(
+        !calls.iter().any(|c| c.contains("TIDINGS_EVENTS")),
+        "no JetStream call for an up-to-date client: {calls:?}"
+    );
+
+    // And it misses nothing after: the next message arrives once, chained to s2.
+    let s3 = publish(&js, &ch, 3).await;
+    let m = current.frame_of("message").await;
+    assert_eq!((m["seq"].as_u64(), m["prev"].as_u64()), (Some(s3), Some(s2)), "{m}");
+    assert_eq!(behind.frame_of("message").await["seq"], s3);
+}
