@@ -152,7 +152,7 @@ async fn history(
         ));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let replay = crate::history::replay(&state, &channel, q.since, q.epoch.as_deref(), limit).await?;
+    let replay = crate::history::replay(&state, &channel, q.since, q.epoch.as_deref(), limit, None).await?;
     let messages = replay
         .messages
         .iter()

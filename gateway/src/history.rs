@@ -92,12 +92,17 @@ async fn complete_after(
 /// The messages a client missed after `since` on `channel`, at most `cap` of them.
 /// `epoch` is the epoch the client got `since` with (none: assume the current one). From
 /// another epoch, `since` means nothing: every held message is sent, `recovered: false`.
+/// `live_from`: the position from which the caller's subscription already gets every message
+/// live; a client at or past it (in the current epoch) missed nothing, and nothing is read —
+/// one request (the stream's info) instead of a consumer's creation, fetch and deletion,
+/// which is what lets a whole gateway's clients resume on another at once.
 pub async fn replay(
     state: &AppState,
     channel: &Channel,
     since: u64,
     epoch: Option<&str>,
     cap: usize,
+    live_from: Option<u64>,
 ) -> Result<Replay> {
     // `get_stream` has just fetched the stream's info: no second request for it.
     let stream = events_stream(&state.js).await?;
@@ -105,6 +110,9 @@ pub async fn replay(
     let current = epoch_of(&info);
     state.remember_epoch(&current);
     let same_epoch = epoch.is_none_or(|e| e == current);
+    if same_epoch && live_from.is_some_and(|p| since >= p) {
+        return Ok(Replay::up_to_date(current));
+    }
     let (start, prev) = if same_epoch {
         (since.saturating_add(1), since)
     } else {

@@ -202,6 +202,14 @@ impl Hub {
     /// Called when `TIDINGS_EVENTS` was (re)created under the running node.
     pub fn stream_recreated(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        // Positions in the old stream mean nothing in the new one: until a channel sees a
+        // message of the new stream, a subscriber's position is 0 (everything), and no
+        // `subscribe` with `since` is answered from the position without reading the stream.
+        for entry in lock(&self.channels).values() {
+            let guard = read(&entry.subscribers);
+            guard.position.store(0, Ordering::Release);
+            guard.opening.store(0, Ordering::Release);
+        }
     }
 
     /// Removes a connection and every subscription it still had.
@@ -497,14 +505,25 @@ async fn channel_task(
         tracing::warn!(error = %e, "NATS flush after subscribe failed");
         return;
     }
-    let _ = ready.send(true);
-    let mut merged = futures::stream::select(stored.map(|m| (true, m)), live.map(|m| (false, m)));
-    // Log a bad publisher once per subject (durable, live), not once per message.
-    let mut logged = [false; 2];
     // Last sequence seen (delivered or dropped) and last delivered; 0 when unknown.
     // `None` until this node knows where the channel stands (NATS could not tell at open).
     let mut last_seen = opening;
     let mut last_delivered = channel_last;
+    // Anything stored between the opening position and the subscription becoming active did
+    // not come through it: read it back before anyone is told the channel is ready, so a
+    // subscriber answered from the opening position misses nothing, even on a channel that
+    // then stays quiet (otherwise it would wait for the next message to reveal the gap).
+    if let Some(after) = opening
+        && let Some(now) = last_stored(&js, &channel).await.filter(|l| *l > after)
+        && let Some(last) = repair_gap(&hub, &js, &channel, &subscribers, after, now + 1, last_delivered).await
+    {
+        last_delivered = last;
+        last_seen = Some(now);
+    }
+    let _ = ready.send(true);
+    let mut merged = futures::stream::select(stored.map(|m| (true, m)), live.map(|m| (false, m)));
+    // Log a bad publisher once per subject (durable, live), not once per message.
+    let mut logged = [false; 2];
     let mut generation = hub.generation.load(Ordering::Acquire);
     while let Some((durable, msg)) = merged.next().await {
         let current = hub.generation.load(Ordering::Acquire);
@@ -573,6 +592,19 @@ async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel
         }
         Err(_) => (None, 0),
     }
+}
+
+/// The channel's last stored sequence now; `None` if it has none or NATS cannot tell.
+async fn last_stored(js: &async_nats::jetstream::Context, channel: &Channel) -> Option<u64> {
+    let stream = js
+        .get_stream_no_info(tidings_shared::subject::EVENTS_STREAM)
+        .await
+        .ok()?;
+    stream
+        .direct_get_last_for_subject(channel.durable_subject())
+        .await
+        .ok()
+        .map(|m| m.sequence)
 }
 
 /// Most messages one gap repair reads back (a larger gap is left to the clients).

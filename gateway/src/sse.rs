@@ -159,7 +159,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         }
         registration.channels.push(c.clone());
         let since = cursor.since(c);
-        let replay = crate::history::replay(&state, c, since, Some(&cursor.epoch), cap).await?;
+        let replay = crate::history::replay(&state, c, since, Some(&cursor.epoch), cap, None).await?;
         if replay.epoch != cursor.epoch {
             // Old epoch: sequences restart, so does the cursor.
             cursor = Cursor {

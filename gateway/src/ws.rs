@@ -524,27 +524,21 @@ impl Session {
         // session already wrote, on seeing a gap): that is the floor now.
         self.channels.insert(c.clone(), since);
         let cap = self.state.config.replay_max as usize;
-        let current = self.state.current_epoch();
-        let up_to_date = position > 0
-            && since >= position
-            && current.is_some()
-            && epoch.as_deref().is_none_or(|e| Some(e) == current.as_deref());
-        let replay = match current.filter(|_| up_to_date) {
-            // Every message after `position` reaches this subscription live (held until
-            // the reply is out), and the client has everything up to it: nothing to read
-            // back. The common case when a whole gateway's clients resume on another one.
-            Some(epoch) => crate::history::Replay::up_to_date(epoch),
-            None => match crate::history::replay(&self.state, &c, since, epoch.as_deref(), cap).await {
-                Ok(r) => r,
-                Err(e) => {
-                    // Leave nothing half-done: the client retries the whole subscribe.
-                    self.channels.remove(&c);
-                    self.state.hub.unsubscribe(self.id, &c);
-                    return self
-                        .error(id, ErrorCode::Unavailable, format!("history unavailable: {e}"))
-                        .await;
-                }
-            },
+        // `live_from`: every message after `position` reaches this subscription live (held
+        // until the reply is out; what was stored while the channel was being opened was read
+        // back before it became ready). A client already past it is answered without reading
+        // any message back, once the stream's current epoch is confirmed to be its own.
+        let live_from = (position > 0).then_some(position);
+        let replay = match crate::history::replay(&self.state, &c, since, epoch.as_deref(), cap, live_from).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Leave nothing half-done: the client retries the whole subscribe.
+                self.channels.remove(&c);
+                self.state.hub.unsubscribe(self.id, &c);
+                return self
+                    .error(id, ErrorCode::Unavailable, format!("history unavailable: {e}"))
+                    .await;
+            }
         };
         if !replay.same_epoch {
             // Sequences restarted: what was written before says nothing about them.

@@ -71,11 +71,20 @@ pub struct FanoutArgs {
 #[derive(Debug, Serialize)]
 pub struct Step {
     pub offered_messages_per_second: u64,
+    /// What the publisher achieved (it shares the cores too).
+    pub published_messages_per_second: f64,
+    /// Deliveries/s the published messages asked for (x axis of the charts).
     pub offered_deliveries_per_second: f64,
+    /// Clients still connected at the end of the step (a kicked slow client is not).
+    pub clients_connected: usize,
     pub expected_deliveries: u64,
     pub received: u64,
     pub deliveries_per_second: f64,
+    /// Expected deliveries that had not arrived when the step was measured (after up to
+    /// 10 s of settling).
     pub lost: u64,
+    /// Of those, how many arrived later, before the run ended (late, not lost).
+    pub arrived_late: u64,
     pub duplicates: u64,
     pub latency_ms_p50: f64,
     pub latency_ms_p90: f64,
@@ -132,9 +141,11 @@ struct Body {
     data: Data,
 }
 
+/// What every load message carries: its publish time (µs) and its step.
 #[derive(Deserialize)]
 struct Data {
     t: u64,
+    s: usize,
 }
 
 /// Microseconds since the epoch: the publish time stamped in every message.
@@ -145,31 +156,43 @@ pub fn now_us() -> u64 {
         .unwrap_or(0)
 }
 
-/// What one client saw.
+/// What one client saw, per step (messages carry their step, so a late message counts for
+/// the step it was published in, never for the next one).
 struct ClientStats {
+    /// Latencies of the step being measured.
     histogram: Mutex<Histogram<u64>>,
-    received: AtomicU64,
-    duplicates: AtomicU64,
+    received: Box<[AtomicU64]>,
+    duplicates: Box<[AtomicU64]>,
+    /// The step being measured (shared by all clients).
+    current: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ClientStats {
-    fn new() -> anyhow::Result<Arc<Self>> {
+    fn new(steps: usize, current: Arc<std::sync::atomic::AtomicUsize>) -> anyhow::Result<Arc<Self>> {
+        let counters = || (0..steps).map(|_| AtomicU64::new(0)).collect();
         Ok(Arc::new(ClientStats {
             histogram: Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3)?),
-            received: AtomicU64::new(0),
-            duplicates: AtomicU64::new(0),
+            received: counters(),
+            duplicates: counters(),
+            current,
         }))
     }
 
-    /// Counts message `seq` published at `t` (µs); `last` is the client's last seq.
-    fn record(&self, last: &mut u64, seq: u64, t: u64) {
+    /// Counts message `seq` of step `step` published at `t` (µs); `last` is the client's last
+    /// seq.
+    fn record(&self, last: &mut u64, seq: u64, t: u64, step: usize) {
+        let (Some(received), Some(duplicates)) = (self.received.get(step), self.duplicates.get(step)) else {
+            return;
+        };
         if seq <= *last {
-            self.duplicates.fetch_add(1, Ordering::Relaxed);
+            duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
         *last = seq;
-        self.received.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut h) = self.histogram.lock() {
+        received.fetch_add(1, Ordering::Relaxed);
+        if step == self.current.load(Ordering::Relaxed)
+            && let Ok(mut h) = self.histogram.lock()
+        {
             let _ = h.record(now_us().saturating_sub(t).max(1));
         }
     }
@@ -202,7 +225,7 @@ async fn open_tidings(
                 continue;
             };
             if let ("message", Some(seq), Some(d)) = (f.kind.as_str(), f.seq, f.data) {
-                stats.record(&mut last, seq, d.t);
+                stats.record(&mut last, seq, d.t, d.s);
             }
         }
     }))
@@ -221,7 +244,7 @@ async fn open_nats_ws(
         natsws::read_loop(ws, parser, |headers, payload| {
             let seq = natsws::header(headers, "Nats-Sequence").and_then(|s| s.parse().ok());
             if let (Some(seq), Ok(b)) = (seq, serde_json::from_slice::<Body>(payload)) {
-                stats.record(&mut last, seq, b.data.t);
+                stats.record(&mut last, seq, b.data.t, b.data.s);
             }
         })
         .await;
@@ -291,8 +314,9 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
     let mut clients = Vec::with_capacity(args.connections);
     let gate = Arc::new(tokio::sync::Semaphore::new(200));
     let mut setups = Vec::new();
+    let current_step = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for i in 0..args.connections {
-        let stats = ClientStats::new()?;
+        let stats = ClientStats::new(args.rates.len(), current_step.clone())?;
         clients.push((i % k, stats.clone()));
         let permit = gate.clone().acquire_owned().await?;
         let channel = format!("project:{prefix}-{}", i % k);
@@ -311,7 +335,7 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
     for s in setups {
         readers.push(s.await??);
     }
-    let _close = crate::AbortOnDrop(readers);
+    let readers = crate::AbortOnDrop(readers);
     tokio::time::sleep(args.warmup).await;
     let nats = async_nats::connect(&args.target.nats_url).await?;
     let js = async_nats::jetstream::new(nats);
@@ -319,11 +343,21 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
     let subscribers: Vec<u64> = (0..k)
         .map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64)
         .collect();
-    let mut steps = Vec::new();
-    for &rate in &args.rates {
+    let mut steps: Vec<Step> = Vec::new();
+    let step_sum = |f: fn(&ClientStats) -> &[AtomicU64], i: usize| -> u64 {
+        clients
+            .iter()
+            .map(|(_, s)| f(s).get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+            .sum()
+    };
+    for (i, &rate) in args.rates.iter().enumerate() {
+        current_step.store(i, Ordering::Relaxed);
+        for (_, s) in &clients {
+            if let Ok(mut h) = s.histogram.lock() {
+                h.reset();
+            }
+        }
         let cpu0 = Cpu::sample(server_pid, args.baseline.nats_pid)?;
-        let received0: u64 = clients.iter().map(|(_, s)| s.received.load(Ordering::Relaxed)).sum();
-        let dups0: u64 = clients.iter().map(|(_, s)| s.duplicates.load(Ordering::Relaxed)).sum();
         let total = (rate as f64 * args.step.as_secs_f64()) as u64;
         let mut per_channel = vec![0u64; k];
         let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
@@ -336,7 +370,7 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
             }
             let c = (n as usize) % k;
             per_channel[c] += 1;
-            let body = format!(r#"{{"event":"lt","data":{{"t":{},"pad":"{pad}"}}}}"#, now_us());
+            let body = format!(r#"{{"event":"lt","data":{{"t":{},"s":{i},"pad":"{pad}"}}}}"#, now_us());
             acks.push(
                 js.publish(format!("tidings.events.project.{prefix}-{c}"), body.into())
                     .await?,
@@ -350,47 +384,37 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
         for a in acks.drain(..) {
             a.await?;
         }
+        let published_in = start.elapsed().as_secs_f64();
         let expected: u64 = (0..k).map(|c| per_channel[c] * subscribers[c]).sum();
         // Let the last deliveries arrive (bounded).
         let settle = Instant::now() + Duration::from_secs(10);
         loop {
-            let got: u64 = clients
-                .iter()
-                .map(|(_, s)| s.received.load(Ordering::Relaxed))
-                .sum::<u64>()
-                - received0;
-            if got >= expected || Instant::now() > settle {
+            if step_sum(|s| &s.received, i) >= expected || Instant::now() > settle {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let elapsed = start.elapsed().as_secs_f64();
         let cpu = Cpu::sample(server_pid, args.baseline.nats_pid)?.since(&cpu0);
-        let received = clients
-            .iter()
-            .map(|(_, s)| s.received.load(Ordering::Relaxed))
-            .sum::<u64>()
-            - received0;
-        let duplicates = clients
-            .iter()
-            .map(|(_, s)| s.duplicates.load(Ordering::Relaxed))
-            .sum::<u64>()
-            - dups0;
+        let received = step_sum(|s| &s.received, i);
+        let duplicates = step_sum(|s| &s.duplicates, i);
         let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
         for (_, s) in &clients {
-            if let Ok(mut h) = s.histogram.lock() {
+            if let Ok(h) = s.histogram.lock() {
                 merged.add(&*h)?;
-                h.reset();
             }
         }
         let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
         let step = Step {
             offered_messages_per_second: rate,
-            offered_deliveries_per_second: expected as f64 / args.step.as_secs_f64().max(1e-9),
+            published_messages_per_second: total as f64 / published_in.max(1e-9),
+            offered_deliveries_per_second: expected as f64 / published_in.max(1e-9),
+            clients_connected: readers.0.iter().filter(|h| !h.is_finished()).count(),
             expected_deliveries: expected,
             received,
             deliveries_per_second: received as f64 / elapsed.max(1e-9),
             lost: expected.saturating_sub(received),
+            arrived_late: 0,
             duplicates,
             latency_ms_p50: ms(0.5),
             latency_ms_p90: ms(0.9),
@@ -415,6 +439,10 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
         if stop {
             break;
         }
+    }
+    for (i, step) in steps.iter_mut().enumerate() {
+        step.arrived_late = step_sum(|s| &s.received, i).saturating_sub(step.received);
+        step.duplicates = step_sum(|s| &s.duplicates, i);
     }
     let max = steps
         .iter()

@@ -105,6 +105,8 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
     let machine = sysinfo::machine();
     let mut runs = vec![run_system(&args, System::Tidings).await?];
     if args.baseline.baseline.is_some() {
+        // Let the previous run's connections finish closing before the next setup is timed.
+        tokio::time::sleep(args.settle).await;
         runs.push(run_system(&args, System::NatsWs).await?);
     }
     let ratio = |f: fn(&IdleRun) -> f64| match runs.as_slice() {
@@ -211,8 +213,9 @@ async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> 
     sampler.abort();
     let readers = crate::AbortOnDrop(readers);
     let mut curve = curve.lock().map(|c| c.clone()).unwrap_or_default();
-    curve.push((readers.0.len(), rss_after));
-    let ok = readers.0.len();
+    // Connections still up when measured (one that died since does not count).
+    let ok = readers.0.iter().filter(|r| !r.is_finished()).count();
+    curve.push((ok, rss_after));
     drop(readers);
     eprintln!(
         "{system:?}: {ok} connections, {:.0} B RSS each, {:.0} set up per second",

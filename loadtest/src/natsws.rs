@@ -86,7 +86,11 @@ impl Parser {
         let (op, used) = if line.starts_with("HMSG ") {
             let [hdr, total] = last_numbers::<2>(line).ok_or_else(|| anyhow::anyhow!("bad HMSG: {line}"))?;
             anyhow::ensure!(hdr <= total, "bad HMSG: {line}");
-            if rest.len() < body + total + 2 {
+            let end = body
+                .checked_add(total)
+                .and_then(|e| e.checked_add(2))
+                .ok_or_else(|| anyhow::anyhow!("bad HMSG: {line}"))?;
+            if rest.len() < end {
                 return Ok(None);
             }
             let start = self.at + body;
@@ -95,11 +99,15 @@ impl Parser {
                     headers: &self.buf[start..start + hdr],
                     payload: &self.buf[start + hdr..start + total],
                 },
-                body + total + 2,
+                end,
             )
         } else if line.starts_with("MSG ") {
             let [len] = last_numbers::<1>(line).ok_or_else(|| anyhow::anyhow!("bad MSG: {line}"))?;
-            if rest.len() < body + len + 2 {
+            let end = body
+                .checked_add(len)
+                .and_then(|e| e.checked_add(2))
+                .ok_or_else(|| anyhow::anyhow!("bad MSG: {line}"))?;
+            if rest.len() < end {
                 return Ok(None);
             }
             let start = self.at + body;
@@ -108,7 +116,7 @@ impl Parser {
                     headers: &[],
                     payload: &self.buf[start..start + len],
                 },
-                body + len + 2,
+                end,
             )
         } else if line == "PING" {
             (Op::Ping, body)
@@ -185,9 +193,15 @@ pub async fn read_loop(mut ws: Ws, mut parser: Parser, mut on_msg: impl FnMut(&[
             match parser.next_op() {
                 Ok(Some(Op::Msg { headers, payload })) => on_msg(headers, payload),
                 Ok(Some(Op::Ping)) => pings += 1,
+                Ok(Some(Op::Err(e))) => {
+                    eprintln!("nats-server error on a baseline connection: {e}");
+                }
                 Ok(Some(_)) => {}
                 Ok(None) => break,
-                Err(_) => return,
+                Err(e) => {
+                    eprintln!("baseline connection: {e}; closing it");
+                    return;
+                }
             }
         }
         for _ in 0..pings {

@@ -78,6 +78,8 @@ pub struct StormResult {
     pub messages_delivered: u64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Resubscriptions answered `recovered:false` (must be 0).
+    pub resets: u64,
     pub gateway_b_cpu_seconds: f64,
     /// Nothing lost or duplicated, every client resumed.
     pub clean: bool,
@@ -100,8 +102,10 @@ struct Stats {
 /// What one client's consumer saw.
 #[derive(Default)]
 struct Tracker {
-    /// Next message number expected (0: nothing received yet).
+    /// Next message number expected.
     next: AtomicU64,
+    /// `recovered:false` answers (history not complete).
+    resets: AtomicU64,
     got_any: AtomicBool,
     delivered: AtomicU64,
     gaps: AtomicU64,
@@ -297,6 +301,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         })
         .sum();
     let duplicates = sum(|t| t.duplicates.load(Ordering::Relaxed));
+    let resets = sum(|t| t.resets.load(Ordering::Relaxed));
     let curve = resume
         .iter()
         .enumerate()
@@ -325,8 +330,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         messages_delivered: sum(|t| t.delivered.load(Ordering::Relaxed)),
         lost,
         duplicates,
+        resets,
         gateway_b_cpu_seconds: sysinfo::cpu_time(b.pid)?.saturating_sub(b_cpu0).as_secs_f64(),
-        clean: lost == 0 && duplicates == 0 && resume.len() == args.connections,
+        clean: lost == 0 && duplicates == 0 && resets == 0 && resume.len() == args.connections,
         resume_curve: curve,
     };
     eprintln!(
@@ -359,31 +365,33 @@ async fn consume(mut client: Client, t: Arc<Tracker>, killed_at: Arc<AtomicU64>,
                 }
             }
             event = client.next() => {
-                let Some(Event::Message(m)) = event else {
-                    if event.is_none() {
-                        return;
+                let m = match event {
+                    Some(Event::Message(m)) => m,
+                    Some(Event::Reset { .. }) => {
+                        t.resets.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
-                    continue;
+                    None => return,
                 };
                 let Ok(d) = serde_json::from_value::<Data>(m.data) else { continue };
                 t.delivered.fetch_add(1, Ordering::Relaxed);
+                t.got_any.store(true, Ordering::Relaxed);
+                // Every client was subscribed (confirmed) before message 0 was published.
                 let next = t.next.load(Ordering::Relaxed);
-                if !t.got_any.swap(true, Ordering::Relaxed) {
-                    t.next.store(d.n + 1, Ordering::Relaxed);
-                } else if d.n < next {
+                if d.n < next {
                     t.duplicates.fetch_add(1, Ordering::Relaxed);
                     continue;
-                } else {
-                    t.gaps.fetch_add(d.n - next, Ordering::Relaxed);
-                    t.next.store(d.n + 1, Ordering::Relaxed);
                 }
+                t.gaps.fetch_add(d.n - next, Ordering::Relaxed);
+                t.next.store(d.n + 1, Ordering::Relaxed);
                 let killed = killed_at.load(Ordering::Relaxed);
                 if killed != 0 {
                     let resumed = t.resumed_at.load(Ordering::Relaxed);
                     if resumed == 0 || d.t < resumed {
                         t.recovered.fetch_add(1, Ordering::Relaxed);
                     }
-                    if d.t > killed && resumed != 0 && t.caught_up_at.load(Ordering::Relaxed) == 0 {
+                    let complete = t.gaps.load(Ordering::Relaxed) == 0;
+                    if d.t > killed && resumed != 0 && complete && t.caught_up_at.load(Ordering::Relaxed) == 0 {
                         t.caught_up_at.store(now_us(), Ordering::Relaxed);
                     }
                 }

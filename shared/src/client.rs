@@ -272,6 +272,10 @@ async fn session(
     let mut by_id: HashMap<u64, Channel> = HashMap::new();
     let mut next_id = 1u64;
     let mut welcomed = false;
+    // The node, and the subscriptions still unconfirmed: the state turns `Connected` once
+    // every channel's subscription is confirmed, so "connected" means messages flow.
+    let mut node = String::new();
+    let mut unconfirmed: HashSet<u64> = HashSet::new();
     loop {
         if tx.is_closed() {
             return Ended::Stopped;
@@ -290,15 +294,19 @@ async fn session(
         match frame {
             ServerFrame::Welcome(w) => {
                 welcomed = true;
+                node = w.node;
                 for channel in &options.channels {
                     let id = next_id;
                     next_id += 1;
                     by_id.insert(id, channel.clone());
+                    unconfirmed.insert(id);
                     if let Err(e) = subscribe(&mut ws, options.format, id, channel, positions).await {
                         return Ended::Failed(e);
                     }
                 }
-                let _ = state.send(ConnectionState::Connected { node: w.node });
+                if unconfirmed.is_empty() {
+                    let _ = state.send(ConnectionState::Connected { node: node.clone() });
+                }
             }
             ServerFrame::Reply(Reply {
                 id: Some(id),
@@ -314,6 +322,9 @@ async fn session(
                 };
                 if !ok {
                     return Ended::Failed(format!("subscribe {channel} refused: {error:?}"));
+                }
+                if unconfirmed.remove(&id) && unconfirmed.is_empty() {
+                    let _ = state.send(ConnectionState::Connected { node: node.clone() });
                 }
                 if let Some(e) = epoch {
                     positions.epoch = Some(e);

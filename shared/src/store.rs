@@ -160,7 +160,8 @@ impl Store {
 
     /// The current status of a notification and its position in the stream.
     pub async fn status(&self, id: &str) -> Result<Option<(NotificationStatus, u64)>> {
-        let stream = self.js.get_stream(STATUS_STREAM).await.map_err(Error::nats)?;
+        // A direct get needs only the stream's name: no STREAM.INFO round trip first.
+        let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(Error::nats)?;
         match stream.direct_get_last_for_subject(Self::status_subject(id)).await {
             Ok(m) => {
                 let doc =
@@ -172,29 +173,30 @@ impl Store {
         }
     }
 
-    async fn write_status(&self, doc: &NotificationStatus, expected: u64) -> Result<()> {
+    /// Writes `doc` if the subject's last sequence is still `expected` (0: no status yet);
+    /// returns the new sequence.
+    async fn write_status(&self, doc: &NotificationStatus, expected: u64) -> Result<u64> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
         let bytes = serde_json::to_vec(doc).map_err(|e| Error::Encode(e.to_string()))?;
-        self.js
+        let ack = self
+            .js
             .publish_with_headers(Self::status_subject(&doc.id), headers, bytes.into())
             .await
             .map_err(Error::nats)?
             .await
             .map_err(Error::nats)?;
-        Ok(())
+        Ok(ack.sequence)
     }
 
-    /// Records a new notification's first status; `false` if it already existed (the same
-    /// request id seen before).
-    pub async fn create_status(&self, doc: &NotificationStatus) -> Result<bool> {
-        if self.status(&doc.id).await?.is_some() {
-            return Ok(false);
-        }
+    /// Records a new notification's first status: its stream sequence, or `None` if the id
+    /// already had one (the same request seen before). One round trip: the write itself
+    /// checks that no status exists.
+    pub async fn create_status(&self, doc: &NotificationStatus) -> Result<Option<u64>> {
         match self.write_status(doc, 0).await {
-            Ok(()) => Ok(true),
-            // Lost a race with another writer of the same id.
-            Err(_) if self.status(&doc.id).await?.is_some() => Ok(false),
+            Ok(seq) => Ok(Some(seq)),
+            // Refused because a status exists (a repeat, or another writer won the race).
+            Err(_) if self.status(&doc.id).await?.is_some() => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -204,18 +206,34 @@ impl Store {
     pub async fn update_status(
         &self,
         id: &str,
-        mut change: impl FnMut(&mut NotificationStatus) -> bool,
+        change: impl FnMut(&mut NotificationStatus) -> bool,
     ) -> Result<Option<NotificationStatus>> {
+        Ok(self.update_status_from(id, None, change).await?.map(|(doc, _)| doc))
+    }
+
+    /// [`Self::update_status`] starting from a version the caller already holds (what it
+    /// last read or wrote, with its sequence), saving the read when nobody changed it since;
+    /// returns the written version for the next update.
+    pub async fn update_status_from(
+        &self,
+        id: &str,
+        mut known: Option<(NotificationStatus, u64)>,
+        mut change: impl FnMut(&mut NotificationStatus) -> bool,
+    ) -> Result<Option<(NotificationStatus, u64)>> {
         for _ in 0..20 {
-            let Some((mut doc, seq)) = self.status(id).await? else {
+            let current = match known.take() {
+                Some(k) => Some(k),
+                None => self.status(id).await?,
+            };
+            let Some((mut doc, seq)) = current else {
                 return Ok(None);
             };
             if !change(&mut doc) {
-                return Ok(Some(doc));
+                return Ok(Some((doc, seq)));
             }
             doc.summarize();
             match self.write_status(&doc, seq).await {
-                Ok(()) => return Ok(Some(doc)),
+                Ok(written) => return Ok(Some((doc, written))),
                 Err(e) => tracing::debug!(id, error = %e, "status update raced; retrying"),
             }
         }

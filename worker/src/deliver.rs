@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
 use tidings_shared::notify::names::DEAD_PREFIX;
-use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus, DigestRef};
+use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus, DigestRef, NotificationStatus};
 use tidings_shared::store::Store;
 
 use tracing::Instrument as _;
@@ -56,18 +56,21 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
 async fn set_channel(
     ctx: &Ctx,
     job: &DeliveryJob,
+    known: Option<(NotificationStatus, u64)>,
     status: DeliveryStatus,
     attempts: u32,
     error: Option<String>,
     via: Option<String>,
 ) -> Result<()> {
-    set_channel_digest(ctx, job, status, attempts, error, via, "").await
+    set_channel_digest(ctx, job, known, status, attempts, error, via, "").await
 }
 
 /// As [`set_channel`], recording the digest the notification went out in (unless empty).
+#[allow(clippy::too_many_arguments)]
 async fn set_channel_digest(
     ctx: &Ctx,
     job: &DeliveryJob,
+    known: Option<(NotificationStatus, u64)>,
     status: DeliveryStatus,
     attempts: u32,
     error: Option<String>,
@@ -75,7 +78,7 @@ async fn set_channel_digest(
     digest: &str,
 ) -> Result<()> {
     ctx.store
-        .update_status(&job.id, |doc| {
+        .update_status_from(&job.id, known, |doc| {
             let c = doc
                 .channels
                 .entry(job.channel)
@@ -116,7 +119,8 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
         // The first delivery of a flush job only waited for the window to close.
         return digest(ctx, job, d, delivered.saturating_sub(1).max(1)).await;
     }
-    let current = ctx.store.status(&job.id).await?;
+    // Kept for the status update after the attempt (saves reading it again).
+    let mut current = ctx.store.status(&job.id).await?;
     let previous = current
         .as_ref()
         .and_then(|(doc, _)| doc.channels.get(&job.channel).cloned());
@@ -132,12 +136,21 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
     let (outcome, via) = send(ctx, job).await?;
     match outcome {
         Outcome::Delivered => {
-            set_channel(ctx, job, DeliveryStatus::Sent, attempts, None, via).await?;
+            set_channel(ctx, job, current.take(), DeliveryStatus::Sent, attempts, None, via).await?;
             Ok(Disposition::Ack)
         }
         Outcome::Fail(error) => {
             tracing::warn!(%error, attempts, "delivery failed");
-            set_channel(ctx, job, DeliveryStatus::Failed, attempts, Some(error), None).await?;
+            set_channel(
+                ctx,
+                job,
+                current.take(),
+                DeliveryStatus::Failed,
+                attempts,
+                Some(error),
+                None,
+            )
+            .await?;
             Ok(Disposition::Ack)
         }
         Outcome::Retry { error, retry_after } => {
@@ -146,6 +159,7 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
                 set_channel(
                     ctx,
                     job,
+                    current.take(),
                     DeliveryStatus::Failed,
                     attempts,
                     Some(format!("dead-lettered after {attempts} attempts: {error}")),
@@ -157,7 +171,16 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
             ctx.metrics.retries.with_label_values(&[job.channel.as_str()]).inc();
             let delay = retry_after.unwrap_or_else(|| crate::retry::backoff(attempts, ctx.retry_base));
             tracing::info!(%error, attempts, ?delay, "delivery will be retried");
-            set_channel(ctx, job, DeliveryStatus::Pending, attempts, Some(error), None).await?;
+            set_channel(
+                ctx,
+                job,
+                current.take(),
+                DeliveryStatus::Pending,
+                attempts,
+                Some(error),
+                None,
+            )
+            .await?;
             Ok(Disposition::RetryIn(delay))
         }
     }
@@ -250,7 +273,17 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
             id: item.id.clone(),
             ..job.clone()
         };
-        set_channel_digest(ctx, &item_job, status, attempts, error.clone(), via.clone(), &job.id).await?;
+        set_channel_digest(
+            ctx,
+            &item_job,
+            None,
+            status,
+            attempts,
+            error.clone(),
+            via.clone(),
+            &job.id,
+        )
+        .await?;
     }
     if done {
         crate::batch::clear(ctx, &d.subject, last).await?;

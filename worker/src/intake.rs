@@ -127,10 +127,17 @@ async fn process(ctx: &Ctx, payload: &[u8], seq: u64) -> Result<()> {
 async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
     let id = id.to_owned();
 
+    // The status version last read or written, so each update below starts from it instead
+    // of reading it back (a concurrent change makes the write fail, and it is read then).
+    let mut known;
     let created_at = match ctx.store.status(&id).await? {
         // Already planned (a repeated id, or a redelivery after the work was done).
         Some((doc, _)) if doc.planned || doc.error.is_some() => return Ok(()),
-        Some((doc, _)) => doc.created_at,
+        Some((doc, seq)) => {
+            let created_at = doc.created_at.clone();
+            known = Some((doc, seq));
+            created_at
+        }
         None => {
             let mut doc = NotificationStatus {
                 id: id.clone(),
@@ -142,8 +149,9 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
                 planned: false,
             };
             doc.summarize();
-            ctx.store.create_status(&doc).await?;
-            doc.created_at
+            let created_at = doc.created_at.clone();
+            known = ctx.store.create_status(&doc).await?.map(|seq| (doc, seq));
+            created_at
         }
     };
 
@@ -189,8 +197,9 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
                 Ok(content) if channel == DeliveryChannel::InApp => {
                     // Recorded before the message goes out, so a client's quick `ack` finds it.
                     let sent = state(DeliveryStatus::Sent, None, None);
-                    ctx.store
-                        .update_status(&id, |doc| {
+                    known = ctx
+                        .store
+                        .update_status_from(&id, known.take(), |doc| {
                             doc.channels
                                 .entry(DeliveryChannel::InApp)
                                 .or_insert_with(|| sent.clone());
@@ -229,7 +238,7 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str) -> Result<()> {
         plan.insert(channel, outcome);
     }
     ctx.store
-        .update_status(&id, |doc| {
+        .update_status_from(&id, known, |doc| {
             // A delivery may already have moved a channel on (a redelivered request):
             // only fill in what is not there yet.
             for (channel, planned) in &plan {

@@ -237,7 +237,9 @@ async fn pipeline(
         INTAKE_ACK_WAIT,
         INTAKE_CONCURRENCY,
         stop.clone(),
-        |ctx, msg| async move { intake::handle(&ctx, msg).await },
+        // Boxed: the handler's future is large, and `for_each_concurrent` would otherwise
+        // copy all of it for every message.
+        |ctx, msg| Box::pin(async move { intake::handle(&ctx, msg).await }),
     );
     // One consumer per channel, so a slow or failing provider never holds back another
     // channel's deliveries.
@@ -256,7 +258,7 @@ async fn pipeline(
             Duration::from_millis(config.delivery_ack_wait_ms),
             DELIVERY_CONCURRENCY,
             stop.clone(),
-            |ctx, msg| async move { deliver::handle(&ctx, msg).await },
+            |ctx, msg| Box::pin(async move { deliver::handle(&ctx, msg).await }),
         )
     });
     let [webhooks, emails, sms, pushes] = deliveries;

@@ -276,8 +276,9 @@ async fn preferences_suppress_by_channel_and_category_and_quiet_hours_defer() {
 
     // Quiet hours around now in New York: email deferred to their end, critical not.
     let ny = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::get("America/New_York").unwrap());
-    let start = ny.time().checked_sub(jiff::SignedDuration::from_hours(1)).unwrap();
-    let end = ny.time().checked_add(jiff::SignedDuration::from_hours(1)).unwrap();
+    // Wrapping: within an hour of midnight in New York the window spans it.
+    let start = ny.time().wrapping_sub(jiff::SignedDuration::from_hours(1));
+    let end = ny.time().wrapping_add(jiff::SignedDuration::from_hours(1));
     let hhmm = |t: jiff::civil::Time| format!("{:02}:{:02}", t.hour(), t.minute());
     env.put(
         "/api/v1/users/bob/preferences",
