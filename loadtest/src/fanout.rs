@@ -59,12 +59,9 @@ pub struct FanoutArgs {
     /// Keep stepping past the limit (two steps in a row with p99 > 50 ms or loss).
     #[arg(long)]
     pub all_steps: bool,
-    /// Write the JSON result here too.
-    #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
-    /// Write an SVG chart here.
-    #[arg(long)]
-    pub chart: Option<std::path::PathBuf>,
+    /// Where the result and the chart go.
+    #[command(flatten)]
+    pub output: crate::Output,
 }
 
 /// One step's figures.
@@ -276,7 +273,7 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
         ratio_to_baseline: ratio,
         clean,
     };
-    if let Some(path) = &args.chart {
+    if let Some(path) = &args.output.chart {
         chart::write(path, &render_chart(&result))?;
     }
     Ok(result)

@@ -44,12 +44,9 @@ pub struct IdleArgs {
     /// How long to hold the connections after the last one is up, before measuring.
     #[arg(long, default_value = "3s", value_parser = tidings_shared::config::parse_duration)]
     pub settle: Duration,
-    /// Write the JSON result here too.
-    #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
-    /// Write an SVG chart (server RSS against connections) here.
-    #[arg(long)]
-    pub chart: Option<std::path::PathBuf>,
+    /// Where the result and the chart go.
+    #[command(flatten)]
+    pub output: crate::Output,
 }
 
 /// One system's figures.
@@ -121,7 +118,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
         setup_rate_ratio_to_baseline: ratio(|r| r.setup_per_second),
         runs,
     };
-    if let Some(path) = &args.chart {
+    if let Some(path) = &args.output.chart {
         chart::write(path, &render_chart(&result))?;
     }
     Ok(result)

@@ -84,6 +84,17 @@ pub struct Target {
     pub secret: String,
 }
 
+/// Where a scenario writes its JSON result (besides stdout) and its SVG chart.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Output {
+    /// Write the JSON result here too.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Write the scenario's SVG chart here.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
+}
+
 /// The no-gateway floor a scenario can also be run against, in the same invocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Baseline {
@@ -230,33 +241,33 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", sign_hs256(&claims, a.secret.as_bytes())?);
         }
         Command::Idle(a) => {
-            let out = a.out.clone();
+            let out = a.output.out.clone();
             let result = idle::run(a).await?;
             report(&result, out.as_deref())?;
         }
         Command::Fanout(a) => {
-            let out = a.out.clone();
+            let out = a.output.out.clone();
             let result = fanout::run(a, "fanout").await?;
             report(&result, out.as_deref())?;
         }
         Command::Broadcast(mut a) => {
             a.channels = 1;
-            let out = a.out.clone();
+            let out = a.output.out.clone();
             let result = fanout::run(a, "broadcast").await?;
             report(&result, out.as_deref())?;
         }
         Command::Notify(a) => {
-            let out = a.out.clone();
+            let out = a.output.out.clone();
             let result = notify::run(a).await?;
             report(&result, out.as_deref())?;
         }
         Command::ReconnectStorm(a) => {
-            let out = a.out.clone();
+            let out = a.output.out.clone();
             let result = storm::run(a).await?;
             report(&result, out.as_deref())?;
         }
         Command::Recovery(a) => {
-            let out = a.out.clone();
+            let out = a.output.out.clone();
             let result = recovery::run(a).await?;
             report(&result, out.as_deref())?;
         }

@@ -29,12 +29,9 @@ pub struct NotifyArgs {
     /// Give up after this long.
     #[arg(long, default_value = "120s", value_parser = tidings_shared::config::parse_duration)]
     pub timeout: Duration,
-    /// Write the JSON result here too.
-    #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
-    /// Write an SVG chart (latency by percentile) here.
-    #[arg(long)]
-    pub chart: Option<std::path::PathBuf>,
+    /// Where the result and the chart go.
+    #[command(flatten)]
+    pub output: crate::Output,
 }
 
 /// The result of one run.
@@ -203,7 +200,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         worker_cpu_seconds: cpu,
         clean: received.len() == args.count && in_app_stored == args.count,
     };
-    if let Some(path) = &args.chart {
+    if let Some(path) = &args.output.chart {
         let title = format!(
             "notify: {} requests, offered {}, {:.0}/s done, {}",
             args.count,

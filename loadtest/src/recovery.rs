@@ -23,12 +23,9 @@ pub struct RecoveryArgs {
     /// Payload bytes per message (besides the envelope).
     #[arg(long, default_value_t = 100)]
     pub payload: usize,
-    /// Write the JSON result here too.
-    #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
-    /// Write an SVG chart (messages received against time since `subscribe`) here.
-    #[arg(long)]
-    pub chart: Option<std::path::PathBuf>,
+    /// Where the result and the chart go.
+    #[command(flatten)]
+    pub output: crate::Output,
 }
 
 /// The result of one run.
@@ -126,7 +123,7 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
     let distinct: std::collections::BTreeSet<u64> = got.iter().copied().collect();
     let lost = want.iter().filter(|s| !distinct.contains(s)).count();
     let duplicates = got.len() - distinct.len();
-    if let Some(path) = &args.chart {
+    if let Some(path) = &args.output.chart {
         let points = arrivals
             .iter()
             .enumerate()

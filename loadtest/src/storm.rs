@@ -46,12 +46,9 @@ pub struct StormArgs {
     /// Give up waiting for the clients after this long.
     #[arg(long, default_value = "60s", value_parser = tidings_shared::config::parse_duration)]
     pub timeout: Duration,
-    /// Write the JSON result here too.
-    #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
-    /// Write an SVG chart (clients resumed against time since the kill) here.
-    #[arg(long)]
-    pub chart: Option<std::path::PathBuf>,
+    /// Where the result and the chart go.
+    #[command(flatten)]
+    pub output: crate::Output,
 }
 
 /// The result.
@@ -344,7 +341,7 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         result.lost,
         result.duplicates
     );
-    if let Some(path) = &args.chart {
+    if let Some(path) = &args.output.chart {
         chart::write(path, &render_chart(&result))?;
     }
     Ok(result)

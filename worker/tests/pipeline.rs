@@ -270,8 +270,13 @@ async fn preferences_suppress_by_channel_and_category_and_quiet_hours_defer() {
         )
         .await;
     assert_eq!((code, body["id"].as_str()), (202, Some("s1")));
-    let s = env.wait_channel("s1", "in_app", "sent", Duration::from_secs(10)).await;
-    assert_eq!(s["channels"]["webhook"]["status"], "suppressed", "{s}");
+    // In-app is recorded `sent` before its message goes out, the other channels' outcomes
+    // when the plan is complete: wait for the plan.
+    let s = env
+        .wait_channel("s1", "webhook", "suppressed", Duration::from_secs(10))
+        .await;
+    assert_eq!(s["planned"], true, "{s}");
+    assert_eq!(s["channels"]["in_app"]["status"], "sent", "{s}");
     assert_eq!(s["channels"]["email"]["status"], "suppressed", "{s}");
 
     // Quiet hours around now in New York: email deferred to their end, critical not.
