@@ -153,6 +153,21 @@ fn assert_steps_clean(r: &Value, systems: usize) {
         }
     }
     assert_eq!(r["clean"], true);
+    // Every report with a baseline compares the two at each rate both ran.
+    let ratios = r["step_ratios"].as_array().expect("step_ratios");
+    assert_eq!(
+        ratios.len(),
+        runs[0]["steps"]
+            .as_array()
+            .map_or(0, Vec::len)
+            .min(runs[1]["steps"].as_array().map_or(0, Vec::len))
+    );
+    assert!(
+        ratios
+            .iter()
+            .all(|x| x["latency_p99"].as_f64().is_some_and(|v| v > 0.0)),
+        "{r:#}"
+    );
 }
 
 #[tokio::test]
