@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tidings_shared::Channel;
 use tidings_shared::client::{Client, ClientOptions, Event};
 use tidings_shared::frame::MessageFrame;
-use tidings_tests::{NatsCluster, NatsServer, TokenIn, WsClient, eventually, http_get};
+use tidings_tests::{NatsCluster, NatsServer, SseEvents, TokenIn, WsClient, eventually, http_get};
 
 const CHANNELS: usize = 10;
 
@@ -469,48 +469,33 @@ async fn sse_resumes_from_last_event_id_across_channels() {
     let http = reqwest::Client::new();
     let url = format!("{}/sse?channels=project:p5,project:p6", gw.base);
 
-    let mut sse = http.get(&url).bearer_auth(&token).send().await.unwrap();
+    let sse = http.get(&url).bearer_auth(&token).send().await.unwrap();
     assert_eq!(sse.status(), 200);
+    let mut sse = SseEvents::new(sse);
     gw.wait_metric("tidings_gateway_subscriptions", 2.0, Duration::from_secs(5))
         .await;
     let first = publish(&js, &channel(5), 1).await;
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let text = sse.next(Duration::from_secs(10)).await;
     let last_id = text.lines().find_map(|l| l.strip_prefix("id: ")).unwrap().to_owned();
     assert!(last_id.contains(&format!("project:p5={first}")), "{last_id}");
     drop(sse);
 
     // Missed while away: messages on both channels, including one that had none before.
     let missed = [publish(&js, &channel(6), 2).await, publish(&js, &channel(5), 3).await];
-    let mut sse = http
-        .get(&url)
-        .bearer_auth(&token)
-        .header("Last-Event-ID", &last_id)
-        .send()
-        .await
-        .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = String::new();
-    while seen.len() < 2 {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
+    let mut sse = SseEvents::new(
+        http.get(&url)
+            .bearer_auth(&token)
+            .header("Last-Event-ID", &last_id)
+            .send()
             .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let event: String = buf.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                let v: Value = serde_json::from_str(data).unwrap();
-                seen.push(v["seq"].as_u64().unwrap());
-            }
+            .unwrap(),
+    );
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = sse.next(Duration::from_secs(10)).await;
+        if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
+            let v: Value = serde_json::from_str(data).unwrap();
+            seen.push(v["seq"].as_u64().unwrap());
         }
     }
     let mut want = missed.to_vec();

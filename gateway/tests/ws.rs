@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{Gateway, claims, service_token, sign, user_token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tidings_tests::{Incoming, NatsServer, TokenIn, WsClient, eventually, http_get};
+use tidings_tests::{Incoming, NatsServer, SseEvents, TokenIn, WsClient, eventually, http_get};
 
 async fn connect(gw: &Gateway, token: &str) -> WsClient {
     let mut c = WsClient::connect(&gw.base, TokenIn::Query(token.to_owned()), None)
@@ -581,13 +581,14 @@ async fn http_publish_presence_across_gateways_and_sse() {
     let http = reqwest::Client::new();
     let svc = service_token();
     // SSE client on gw2.
-    let mut sse = http
+    let sse = http
         .get(format!("{}/sse?channels=project:p1", gw2.base))
         .bearer_auth(user_token("carol", &["p1"], &[]))
         .send()
         .await
         .unwrap();
     assert_eq!(sse.status(), 200);
+    let mut sse = SseEvents::new(sse);
     let forbidden = http
         .get(format!("{}/sse?channels=project:p9", gw2.base))
         .bearer_auth(user_token("carol", &["p1"], &[]))
@@ -610,15 +611,7 @@ async fn http_publish_presence_across_gateways_and_sse() {
     assert_eq!(expect_message(&mut alice, "project:p1").await["seq"], seq);
     assert_eq!(expect_message(&mut bob, "project:p1").await["seq"], seq);
 
-    let mut text = String::new();
-    while !text.contains("\n\n") {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), sse.chunk())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
+    let text = sse.next(Duration::from_secs(10)).await;
     assert!(text.contains("event: message"), "{text}");
     assert!(text.contains(&format!(";project:p1={seq}\n")), "{text}");
     let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();

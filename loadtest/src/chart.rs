@@ -185,12 +185,13 @@ pub const BASELINE: [&str; 3] = ["#ff7f0e", "#d62728", "#bcbd22"];
 
 /// A latency-by-percentile chart of `sorted_ms` (ascending), one line.
 pub fn percentile_chart(title: &str, what: &str, sorted_ms: &[f64]) -> String {
-    let points = (0..=100)
-        .filter_map(|p| {
-            let i = ((sorted_ms.len().max(1) - 1) as f64 * p as f64 / 100.0).round() as usize;
-            sorted_ms.get(i).map(|&ms| (p as f64, ms))
-        })
-        .collect();
+    let points = if sorted_ms.is_empty() {
+        Vec::new()
+    } else {
+        (0..=100)
+            .map(|p| (p as f64, crate::percentile(sorted_ms, p as f64 / 100.0)))
+            .collect()
+    };
     render(
         title,
         &[Panel {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -219,17 +219,7 @@ async fn open_tidings(
     channel: String,
     stats: Arc<ClientStats>,
 ) -> anyhow::Result<JoinHandle<()>> {
-    let stream = crate::connect_from(source, addr).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
-    ws.send(Message::Text(sub.into())).await?;
-    for _ in 0..2 {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ok\":false") => anyhow::bail!("refused: {t}"),
-            Ok(Some(Ok(Message::Text(_)))) => {}
-            other => anyhow::bail!("unexpected answer during setup: {other:?}"),
-        }
-    }
+    let mut ws = crate::tidings_subscribed(addr, source, url, &channel).await?;
     Ok(tokio::spawn(async move {
         let mut last = 0u64;
         while let Some(Ok(msg)) = ws.next().await {
@@ -314,12 +304,7 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
 }
 
 async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemRun> {
-    let limit = sysinfo::raise_nofile();
-    anyhow::ensure!(
-        (args.connections as u64) + 100 < limit,
-        "{} connections exceed the open-file limit {limit}",
-        args.connections
-    );
+    sysinfo::ensure_open_files(args.connections)?;
     let k = args.channels.max(1);
     // Fresh channels per run and system, so nothing else is subscribed to them.
     let tag = match system {

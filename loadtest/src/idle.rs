@@ -15,7 +15,6 @@ use futures::StreamExt as _;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::chart::{self, Line, Panel};
 use crate::{BaselineArgs, System, natsws, sysinfo};
@@ -80,21 +79,10 @@ pub struct IdleResult {
 }
 
 async fn gateway_pid(args: &IdleArgs) -> anyhow::Result<u32> {
-    if let Some(pid) = args.gateway_pid {
-        return Ok(pid);
+    match args.gateway_pid {
+        Some(pid) => Ok(pid),
+        None => Ok(crate::gateway_stats(&args.target.url, &args.target.secret).await?.pid),
     }
-    let token = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
-    let stats: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/stats", args.target.url))
-        .bearer_auth(token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    stats["pid"]
-        .as_u64()
-        .map(|p| p as u32)
-        .ok_or_else(|| anyhow::anyhow!("no pid in /api/v1/stats: {stats}"))
 }
 
 /// Runs the scenario.
@@ -125,12 +113,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
 }
 
 async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> {
-    let limit = sysinfo::raise_nofile();
-    anyhow::ensure!(
-        (args.connections as u64) + 100 < limit,
-        "{} connections need more than the open-file limit of {limit} (20,000 here, hard): lower --connections",
-        args.connections
-    );
+    sysinfo::ensure_open_files(args.connections)?;
     let (pid, addr, offset) = match system {
         System::Tidings => (
             gateway_pid(args).await?,
@@ -240,18 +223,7 @@ async fn open_tidings(
     url: String,
     channel: &str,
 ) -> anyhow::Result<JoinHandle<()>> {
-    use futures::SinkExt as _;
-    let stream = crate::connect_from(source, addr).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
-    ws.send(Message::Text(sub.into())).await?;
-    for _ in 0..2 {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ok\":false") => anyhow::bail!("refused: {t}"),
-            Ok(Some(Ok(Message::Text(_)))) => {}
-            other => anyhow::bail!("unexpected answer during setup: {other:?}"),
-        }
-    }
+    let mut ws = crate::tidings_subscribed(addr, source, url, channel).await?;
     Ok(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
 }
 

@@ -173,6 +173,64 @@ pub async fn connect_from(
     sock.connect(addr).await
 }
 
+/// A Tidings WebSocket connection of the load clients.
+pub type TidingsWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Opens a Tidings WebSocket from `source` and subscribes to `channel` (no `since`); returns
+/// once the gateway's `welcome` and the subscription's reply are in.
+pub async fn tidings_subscribed(
+    addr: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    url: String,
+    channel: &str,
+) -> anyhow::Result<TidingsWs> {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let stream = connect_from(source, addr).await?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
+    ws.send(Message::Text(sub.into())).await?;
+    for _ in 0..2 {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ok\":false") => anyhow::bail!("refused: {t}"),
+            Ok(Some(Ok(Message::Text(_)))) => {}
+            other => anyhow::bail!("unexpected answer during setup: {other:?}"),
+        }
+    }
+    Ok(ws)
+}
+
+/// What a gateway's `/api/v1/stats` says about itself (read with a service token).
+#[derive(Debug, serde::Deserialize)]
+pub struct GatewayStats {
+    /// Node id (`welcome.node`).
+    pub node: String,
+    /// Process id, for `/proc` figures (and the storm's kill).
+    pub pid: u32,
+}
+
+/// `GET <url>/api/v1/stats` with a service token minted from `secret`.
+pub async fn gateway_stats(url: &str, secret: &str) -> anyhow::Result<GatewayStats> {
+    let token = mint(secret, "loadtest-ops", &[], Some("service"))?;
+    Ok(reqwest::Client::new()
+        .get(format!("{url}/api/v1/stats"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
+/// The value at quantile `q` (0–1) of ascending `sorted` (0 when empty).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q.clamp(0.0, 1.0)).round() as usize]
+}
+
 /// Index offset for the baseline's connections (see [`source_for`]).
 pub const BASELINE_SOURCE_OFFSET: usize = 4 * PER_SOURCE;
 

@@ -77,13 +77,6 @@ async fn receiver(seen: Seen) -> anyhow::Result<String> {
     Ok(format!("http://{addr}/hook"))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Runs the scenario.
 pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
     let machine = sysinfo::machine();
@@ -193,9 +186,9 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         in_app_stored: in_app.load(std::sync::atomic::Ordering::Relaxed),
         seconds: elapsed.as_secs_f64(),
         notifications_per_second: done as f64 / elapsed.as_secs_f64().max(1e-9),
-        latency_ms_p50: percentile(&latencies, 0.5),
-        latency_ms_p90: percentile(&latencies, 0.9),
-        latency_ms_p99: percentile(&latencies, 0.99),
+        latency_ms_p50: crate::percentile(&latencies, 0.5),
+        latency_ms_p90: crate::percentile(&latencies, 0.9),
+        latency_ms_p99: crate::percentile(&latencies, 0.99),
         latency_ms_max: latencies.last().copied().unwrap_or(0.0),
         worker_cpu_seconds: cpu,
         clean: received.len() == args.count && in_app_stored == args.count,

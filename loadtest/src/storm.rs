@@ -90,12 +90,6 @@ struct Data {
     t: u64,
 }
 
-#[derive(Deserialize)]
-struct Stats {
-    node: String,
-    pid: u32,
-}
-
 /// What one client's consumer saw.
 #[derive(Default)]
 struct Tracker {
@@ -113,39 +107,14 @@ struct Tracker {
     caught_up_at: AtomicU64,
 }
 
-async fn stats(url: &str, token: &str) -> anyhow::Result<Stats> {
-    Ok(reqwest::Client::new()
-        .get(format!("{url}/api/v1/stats"))
-        .bearer_auth(token)
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
 /// Runs the scenario.
 pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
     let machine = sysinfo::machine();
     crate::ensure_loopback(&args.target.url).await?;
     crate::ensure_loopback(&args.url_b).await?;
-    let limit = sysinfo::raise_nofile();
-    anyhow::ensure!(
-        (args.connections as u64) + 100 < limit,
-        "{} connections exceed the open-file limit {limit}",
-        args.connections
-    );
-    let svc = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
-    let a = stats(&args.target.url, &svc).await?;
-    let b = stats(&args.url_b, &svc).await?;
+    sysinfo::ensure_open_files(args.connections)?;
+    let a = crate::gateway_stats(&args.target.url, &args.target.secret).await?;
+    let b = crate::gateway_stats(&args.url_b, &args.target.secret).await?;
     anyhow::ensure!(a.pid != b.pid, "gateways A and B are the same process");
     let b_cpu0 = sysinfo::cpu_time(b.pid)?;
     let k = args.channels.max(1);
@@ -314,8 +283,8 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         rate: args.rate,
         on_killed_gateway: on_a,
         resumed: resume.len(),
-        resume_ms_p50: percentile(&resume, 0.5),
-        resume_ms_p99: percentile(&resume, 0.99),
+        resume_ms_p50: crate::percentile(&resume, 0.5),
+        resume_ms_p99: crate::percentile(&resume, 0.99),
         all_resumed_ms: if resume.len() == args.connections {
             resume.last().copied().unwrap_or(0.0)
         } else {

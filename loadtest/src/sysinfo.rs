@@ -40,6 +40,17 @@ fn clock_ticks() -> u64 {
     100
 }
 
+/// Raises the open-file limit and checks that `connections` sockets (plus some slack) fit
+/// under it; returns the limit.
+pub fn ensure_open_files(connections: usize) -> anyhow::Result<u64> {
+    let limit = raise_nofile();
+    anyhow::ensure!(
+        (connections as u64) + 100 < limit,
+        "{connections} connections need more than the open-file limit of {limit} (20,000 here, hard): lower --connections"
+    );
+    Ok(limit)
+}
+
 /// Raises this process's open-file soft limit to its hard limit; returns the new limit.
 pub fn raise_nofile() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {

@@ -13,6 +13,42 @@ pub use nats::{NatsCluster, NatsServer, free_port, nats_server_binary, workspace
 pub use process::{Process, http_get};
 pub use ws::{Incoming, TokenIn, WsClient};
 
+/// Reads a `text/event-stream` response one event at a time; keep-alive comments (blocks of
+/// `:` lines only) are skipped.
+pub struct SseEvents {
+    response: reqwest::Response,
+    buf: String,
+}
+
+impl SseEvents {
+    /// Wraps an SSE response.
+    pub fn new(response: reqwest::Response) -> Self {
+        SseEvents {
+            response,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event's lines (with the blank line that ends it); panics if none arrives
+    /// within `timeout` or the stream ends.
+    pub async fn next(&mut self, timeout: Duration) -> String {
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let event: String = self.buf.drain(..end + 2).collect();
+                if event.lines().any(|l| !l.is_empty() && !l.starts_with(':')) {
+                    return event;
+                }
+            }
+            let chunk = tokio::time::timeout(timeout, self.response.chunk())
+                .await
+                .expect("an SSE event in time")
+                .expect("reading the SSE stream")
+                .expect("the SSE stream is still open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout`. For conditions with no
 /// event to wait on (an HTTP status, a metric): waits on the condition, never a fixed time.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
