@@ -168,7 +168,7 @@ async fn get_template(
         ));
     }
     match state.store().await?.template(&name).await? {
-        Some(t) => Ok(Json(t)),
+        Some(t) => Ok(Json(Template::clone(&t))),
         None => Err(Error::api(ErrorCode::NotFound, format!("no template {name}"))),
     }
 }

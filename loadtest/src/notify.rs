@@ -26,6 +26,10 @@ pub struct NotifyArgs {
     /// PID of the worker, to report its CPU time.
     #[arg(long)]
     pub worker_pid: Option<u32>,
+    /// PID of nats-server, to report its CPU time too (the gateway's is read from
+    /// `/api/v1/stats`; the generator's, including the webhook receiver, from itself).
+    #[arg(long)]
+    pub nats_pid: Option<u32>,
     /// Give up after this long.
     #[arg(long, default_value = "120s", value_parser = tidings_shared::config::parse_duration)]
     pub timeout: Duration,
@@ -50,6 +54,12 @@ pub struct NotifyResult {
     pub latency_ms_p99: f64,
     pub latency_ms_max: f64,
     pub worker_cpu_seconds: Option<f64>,
+    /// nats-server's CPU seconds over the run (with `--nats-pid`).
+    pub nats_cpu_seconds: Option<f64>,
+    /// The gateway's CPU seconds over the run (it forwards the in-app messages).
+    pub gateway_cpu_seconds: Option<f64>,
+    /// This process's CPU seconds: publisher, webhook receiver, in-app counter.
+    pub generator_cpu_seconds: f64,
     /// Every request reached both in-app and the webhook.
     pub clean: bool,
 }
@@ -123,7 +133,14 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
     });
     nats.flush().await?;
     let js = async_nats::jetstream::new(nats);
-    let cpu_before = args.worker_pid.map(sysinfo::cpu_time).transpose()?;
+    let gateway_pid = crate::gateway_stats(&args.target.url, &args.target.secret).await?.pid;
+    let pids = [
+        args.worker_pid,
+        args.nats_pid,
+        Some(gateway_pid),
+        Some(std::process::id()),
+    ];
+    let cpu_before = pids.map(|p| p.map(sysinfo::cpu_time).transpose());
 
     let start = Instant::now();
     let mut pace = (args.rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64)));
@@ -161,10 +178,16 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
-    let cpu = match (args.worker_pid, cpu_before) {
-        (Some(pid), Some(before)) => Some(sysinfo::cpu_time(pid)?.saturating_sub(before).as_secs_f64()),
-        _ => None,
-    };
+    // CPU seconds of each process since the first request (None: no pid, or it was gone).
+    let mut cpu = [None; 4];
+    for ((slot, pid), before) in cpu.iter_mut().zip(pids).zip(cpu_before) {
+        if let (Some(pid), Ok(Some(before))) = (pid, before) {
+            *slot = sysinfo::cpu_time(pid)
+                .ok()
+                .map(|now| now.saturating_sub(before).as_secs_f64());
+        }
+    }
+    let [worker_cpu, nats_cpu, gateway_cpu, generator_cpu] = cpu;
     let received: HashMap<String, Instant> = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let mut latencies: Vec<f64> = received
         .iter()
@@ -190,7 +213,10 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         latency_ms_p90: crate::percentile(&latencies, 0.9),
         latency_ms_p99: crate::percentile(&latencies, 0.99),
         latency_ms_max: latencies.last().copied().unwrap_or(0.0),
-        worker_cpu_seconds: cpu,
+        worker_cpu_seconds: worker_cpu,
+        nats_cpu_seconds: nats_cpu,
+        gateway_cpu_seconds: gateway_cpu,
+        generator_cpu_seconds: generator_cpu.unwrap_or_default(),
         clean: received.len() == args.count && in_app_stored == args.count,
     };
     if let Some(path) = &args.output.chart {

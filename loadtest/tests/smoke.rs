@@ -28,7 +28,7 @@ fn binary(name: &str) -> PathBuf {
 struct Stack {
     nats: NatsServer,
     gateways: Vec<(Process, String)>,
-    _worker: Option<Process>,
+    worker: Option<Process>,
 }
 
 async fn ready(url: String) {
@@ -79,7 +79,7 @@ impl Stack {
         Stack {
             nats,
             gateways: gws,
-            _worker: worker,
+            worker,
         }
     }
 
@@ -285,8 +285,23 @@ async fn notify_reaches_in_app_and_webhook() {
     let stack = Stack::start(1, true).await;
     let mut args = strings(&["notify", "--count", "100", "--timeout", "60s"]);
     args.extend(stack.target(false));
+    let worker = stack.worker.as_ref().map(Process::pid).expect("a worker");
+    args.extend([
+        "--worker-pid".into(),
+        worker.to_string(),
+        "--nats-pid".into(),
+        stack.nats.pid().to_string(),
+    ]);
     let r = loadtest(&args).await;
     assert_eq!(r["webhooks_received"], 100, "{r:#}");
     assert_eq!(r["in_app_stored"], 100, "{r:#}");
     assert_eq!(r["clean"], true, "{r:#}");
+    // Every process's share of the work is reported: the pipeline's (which did work), the
+    // gateway's (no client was connected: next to nothing) and the generator's.
+    for cpu in ["worker_cpu_seconds", "nats_cpu_seconds"] {
+        assert!(r[cpu].as_f64().is_some_and(|s| s > 0.0), "{cpu}: {r:#}");
+    }
+    for cpu in ["gateway_cpu_seconds", "generator_cpu_seconds"] {
+        assert!(r[cpu].as_f64().is_some_and(|s| s >= 0.0), "{cpu}: {r:#}");
+    }
 }

@@ -29,6 +29,7 @@ pub mod store;
 pub mod subject;
 pub mod telemetry;
 pub mod template;
+pub mod template_cache;
 pub mod vapid;
 
 pub use channel::Channel;

@@ -212,8 +212,9 @@ pub struct NotificationStatus {
     /// Why the whole notification failed (invalid request, unknown template...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// Whether a worker finished planning every channel (an extra field: until then, a
-    /// redelivered request is planned again, idempotently).
+    /// Whether a worker recorded the plan of every channel (an extra field). It is written
+    /// before the plan's side effects go out; a redelivered request carries out again what
+    /// the recorded plan still calls for, idempotently.
     #[serde(default)]
     pub planned: bool,
 }

@@ -3,6 +3,7 @@
 //! optimistic concurrency, so two workers updating two channels of one notification never
 //! lose each other's update.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -15,6 +16,7 @@ use crate::notify::names::*;
 use crate::notify::{InboxItem, NotificationStatus};
 use crate::prefs::Preferences;
 use crate::template::Template;
+use crate::template_cache::TemplateCache;
 
 /// Configuration of `TIDINGS_STATUS`: every transition of every notification for a week.
 pub fn status_stream_config(replicas: usize) -> stream::Config {
@@ -90,12 +92,23 @@ pub async fn ensure_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -
     }
 }
 
+/// What [`Store::create_status`] found.
+#[derive(Debug)]
+pub enum Created {
+    /// The status was written: its sequence.
+    New(u64),
+    /// The id had a status already: that one, with its sequence.
+    Exists(NotificationStatus, u64),
+}
+
 /// The pipeline's state, shared by gateways and workers.
 #[derive(Clone)]
 pub struct Store {
     js: jetstream::Context,
     prefs: kv::Store,
     templates: kv::Store,
+    /// Set by [`Store::cache_templates`].
+    template_cache: Option<TemplateCache>,
     inbox: kv::Store,
 }
 
@@ -111,8 +124,16 @@ impl Store {
             prefs: ensure_kv(&js, PREFERENCES_BUCKET, replicas).await?,
             templates: ensure_kv(&js, TEMPLATES_BUCKET, replicas).await?,
             inbox: ensure_kv(&js, INBOX_BUCKET, replicas).await?,
+            template_cache: None,
             js,
         })
+    }
+
+    /// Keeps templates in memory, current through a watch on their bucket (see
+    /// [`TemplateCache`]): for processes that read a template per notification.
+    pub fn cache_templates(mut self) -> Self {
+        self.template_cache = Some(TemplateCache::spawn(self.templates.clone()));
+        self
     }
 
     /// The JetStream context.
@@ -138,11 +159,14 @@ impl Store {
     }
 
     /// A template, if it exists.
-    pub async fn template(&self, name: &str) -> Result<Option<Template>> {
+    pub async fn template(&self, name: &str) -> Result<Option<Arc<Template>>> {
+        if let Some(cache) = &self.template_cache {
+            return cache.get(name).await;
+        }
         match self.templates.get(name).await.map_err(Error::nats)? {
             None => Ok(None),
             Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
+                .map(|t| Some(Arc::new(t)))
                 .map_err(|e| Error::BadBody(format!("stored template: {e}"))),
         }
     }
@@ -173,9 +197,9 @@ impl Store {
         }
     }
 
-    /// Writes `doc` if the subject's last sequence is still `expected` (0: no status yet);
-    /// returns the new sequence.
-    async fn write_status(&self, doc: &NotificationStatus, expected: u64) -> Result<u64> {
+    /// Writes `doc` if the subject's last sequence is still `expected` (0: no status yet):
+    /// the new sequence, or `None` if the condition refused it (someone wrote first).
+    async fn write_status(&self, doc: &NotificationStatus, expected: u64) -> Result<Option<u64>> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
         let bytes = serde_json::to_vec(doc).map_err(|e| Error::Encode(e.to_string()))?;
@@ -184,20 +208,28 @@ impl Store {
             .publish_with_headers(Self::status_subject(&doc.id), headers, bytes.into())
             .await
             .map_err(Error::nats)?
-            .await
-            .map_err(Error::nats)?;
-        Ok(ack.sequence)
+            .await;
+        match ack {
+            Ok(ack) => Ok(Some(ack.sequence)),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
+            Err(e) => Err(Error::nats(e)),
+        }
     }
 
-    /// Records a new notification's first status: its stream sequence, or `None` if the id
-    /// already had one (the same request seen before). One round trip: the write itself
-    /// checks that no status exists.
-    pub async fn create_status(&self, doc: &NotificationStatus) -> Result<Option<u64>> {
-        match self.write_status(doc, 0).await {
-            Ok(seq) => Ok(Some(seq)),
-            // Refused because a status exists (a repeat, or another writer won the race).
-            Err(_) if self.status(&doc.id).await?.is_some() => Ok(None),
-            Err(e) => Err(e),
+    /// Records a new notification's first status in one round trip (the write itself checks
+    /// that none exists). If the id already has one, that one is returned instead: the same
+    /// request seen before, or a status the gateway wrote on accepting it.
+    pub async fn create_status(&self, doc: &NotificationStatus) -> Result<Created> {
+        if let Some(seq) = self.write_status(doc, 0).await? {
+            return Ok(Created::New(seq));
+        }
+        match self.status(&doc.id).await? {
+            Some((existing, seq)) => Ok(Created::Exists(existing, seq)),
+            // Refused, yet gone: only if it was purged in between; the caller retries.
+            None => Err(Error::Nats(format!(
+                "status of {} vanished while being created",
+                doc.id
+            ))),
         }
     }
 
@@ -233,8 +265,9 @@ impl Store {
             }
             doc.summarize();
             match self.write_status(&doc, seq).await {
-                Ok(written) => return Ok(Some((doc, written))),
-                Err(e) => tracing::debug!(id, error = %e, "status update raced; retrying"),
+                Ok(Some(written)) => return Ok(Some((doc, written))),
+                Ok(None) => tracing::debug!(id, "status update raced; retrying"),
+                Err(e) => tracing::debug!(id, error = %e, "status update failed; retrying"),
             }
         }
         Err(Error::Nats(format!("status of {id} kept changing under us")))
@@ -245,7 +278,18 @@ impl Store {
         now_rfc3339()
     }
 
-    /// Stores an inbox entry.
+    /// Stores a new inbox entry unless it exists already (a redelivered request must not
+    /// reset an entry the user has read since); true if this call created it.
+    pub async fn create_inbox(&self, user: &str, item: &InboxItem) -> Result<bool> {
+        let bytes = serde_json::to_vec(item).map_err(|e| Error::Encode(e.to_string()))?;
+        match self.inbox.create(format!("{user}.{}", item.id), bytes.into()).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::nats(e)),
+        }
+    }
+
+    /// Stores an inbox entry, replacing what was there.
     pub async fn put_inbox(&self, user: &str, item: &InboxItem) -> Result<()> {
         let bytes = serde_json::to_vec(item).map_err(|e| Error::Encode(e.to_string()))?;
         self.inbox

@@ -19,8 +19,9 @@ use crate::error::Result;
 /// Subject on which gateways forward client `ack`s.
 pub const ACK_SUBJECT: &str = "tidings.internal.acks";
 
-/// Publishes the in-app message and stores the inbox entry. Idempotent: the message carries
-/// `Nats-Msg-Id: notif-<id>`, and the inbox entry is keyed by the notification id.
+/// Stores the inbox entry and publishes the in-app message. Idempotent: the inbox entry,
+/// keyed by the notification id, is only created if absent (a redelivered request does not
+/// mark a read entry unread again), and the message carries `Nats-Msg-Id: notif-<id>`.
 pub async fn deliver(
     ctx: &Ctx,
     id: &str,
@@ -37,7 +38,7 @@ pub async fn deliver(
         created_at: created_at.to_owned(),
         read: false,
     };
-    ctx.store.put_inbox(&req.user, &item).await?;
+    ctx.store.create_inbox(&req.user, &item).await?;
     let body = PublishBody {
         event: NOTIFICATION_EVENT.to_owned(),
         data: serde_json::json!({

@@ -1113,3 +1113,122 @@ async fn email_over_starttls_to_a_relay_with_its_own_ca() {
     );
     let _ = std::fs::remove_file(&ca);
 }
+
+/// A worker that recorded a request's plan and died before carrying it out: the request,
+/// handed out again, gets its in-app message, inbox entry and webhook, each once, from the
+/// recorded plan; a new request reusing the id meanwhile is not planned or carried out again.
+#[tokio::test]
+async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
+    use async_nats::jetstream::AckKind;
+    use async_nats::jetstream::consumer::PullConsumer;
+    use futures::StreamExt as _;
+    use tidings_shared::notify::{ChannelState, DeliveryChannel, DeliveryStatus, NotificationStatus};
+
+    let mut env = start(1).await;
+    let (hooks, received) = start_receiver().await;
+    env.put(
+        "/api/v1/users/ivy/preferences",
+        json!({"webhook_url": format!("{hooks}/ok")}),
+    )
+    .await;
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let consumer: PullConsumer = eventually(Duration::from_secs(30), "the intake consumer", || async {
+        js.get_stream("TIDINGS_NOTIFY")
+            .await
+            .ok()?
+            .get_consumer("tidings-intake")
+            .await
+            .ok()
+    })
+    .await;
+    // The worker stops; the requests below wait for us.
+    env.workers[0].0.signal("TERM").unwrap();
+    env.workers[0].0.wait_exit(Duration::from_secs(30)).await.unwrap();
+
+    let request = json!({"id":"redo","user":"ivy","template":"pr_merged","data":{"pr":7,"title":"t"},"channels":["in_app","webhook"]});
+    let publish = |msg_id: &'static str| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let js = js.clone();
+        let body = request.to_string();
+        async move {
+            js.publish_with_headers("tidings.notify", headers, body.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    };
+    publish("first").await;
+    // Play the worker that dies: take the request and record its plan, as a worker does.
+    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let first = fetched.next().await.unwrap().unwrap();
+    assert_eq!(first.info().unwrap().delivered, 1);
+    let recorded = |status| ChannelState {
+        status,
+        attempts: 0,
+        error: None,
+        until: None,
+        updated_at: "2026-01-01T00:00:00.000Z".into(),
+        via: None,
+        digest: None,
+    };
+    let mut plan = NotificationStatus {
+        id: "redo".into(),
+        user: "ivy".into(),
+        status: String::new(),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        channels: [
+            (DeliveryChannel::InApp, recorded(DeliveryStatus::Sent)),
+            (DeliveryChannel::Webhook, recorded(DeliveryStatus::Pending)),
+        ]
+        .into(),
+        error: None,
+        planned: true,
+    };
+    plan.summarize();
+    let store = tidings_shared::store::Store::open(js.clone(), 1).await.unwrap();
+    store.create_status(&plan).await.unwrap();
+
+    // A new request with the same id, while the first is still in hand: a repeat, not
+    // carried out (the plan it finds is somebody else's to finish).
+    publish("second").await;
+    first.ack_with(AckKind::Progress).await.unwrap();
+    env.workers[0] = spawn_worker(&env.nats.url(), &[]);
+    eventually(Duration::from_secs(30), "the repeat handled", || async {
+        let info = consumer.get_info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 1 && info.delivered.stream_sequence == 2).then_some(())
+    })
+    .await;
+    let events = js.get_stream("TIDINGS_EVENTS").await.unwrap();
+    let in_app_messages = || {
+        let events = events.clone();
+        async move {
+            use futures::TryStreamExt as _;
+            let info = events.info_with_subjects("tidings.events.user.ivy").await.unwrap();
+            let subjects: HashMap<String, usize> = info.try_collect().await.unwrap();
+            subjects.get("tidings.events.user.ivy").copied().unwrap_or(0)
+        }
+    };
+    assert_eq!(in_app_messages().await, 0, "the repeat sent nothing");
+    assert!(received.lock().unwrap().attempts.is_empty(), "the repeat sent nothing");
+    assert_eq!(env.status("redo").await["channels"]["webhook"]["status"], "pending");
+
+    // The first request comes back (its worker "died"): the recorded plan is carried out.
+    first.ack_with(AckKind::Nak(None)).await.unwrap();
+    let s = env
+        .wait_channel("redo", "webhook", "sent", Duration::from_secs(30))
+        .await;
+    assert_eq!(s["channels"]["in_app"]["status"], "sent", "{s}");
+    assert_eq!(s["created_at"], "2026-01-01T00:00:00.000Z", "{s}");
+    assert_eq!(received.lock().unwrap().accepted.get("redo"), Some(&1));
+    assert_eq!(in_app_messages().await, 1);
+    let inbox = env
+        .get_json(&format!("{}/api/v1/users/ivy/inbox", env.gateway), &token("ivy", false))
+        .await;
+    assert_eq!(inbox["items"][0]["id"], "redo", "{inbox}");
+    assert_eq!(
+        inbox["items"][0]["created_at"], "2026-01-01T00:00:00.000Z",
+        "from the recorded plan: {inbox}"
+    );
+}

@@ -1,0 +1,86 @@
+//! The worker's template cache against a real nats-server: templates are read from memory
+//! once the bucket's watch is live, and every change (update, deletion) reaches the cache.
+
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use tidings_shared::notify::names::TEMPLATES_BUCKET;
+use tidings_shared::store::Store;
+use tidings_shared::template::{Template, TitleBody};
+use tidings_tests::{NatsServer, eventually};
+
+fn titled(title: &str) -> Template {
+    Template {
+        in_app: Some(TitleBody {
+            title: title.into(),
+            body: "b".into(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Whether reading `name` through `store` asked JetStream: the direct gets on the
+/// templates' stream are watched on `reads`, and a read of `marker` (never cached, as it
+/// does not exist) shows where this read's requests end.
+async fn read_asks_jetstream(store: &Store, reads: &mut async_nats::Subscriber, name: &str) -> bool {
+    store.template(name).await.unwrap();
+    store.template("marker").await.unwrap();
+    let mut asked = false;
+    loop {
+        let request = tokio::time::timeout(Duration::from_secs(10), reads.next())
+            .await
+            .expect("the marker's read in time")
+            .expect("subscription open");
+        if request.subject.as_str().ends_with(".marker") {
+            return asked;
+        }
+        asked |= request.subject.as_str().ends_with(&format!(".{name}"));
+    }
+}
+
+#[tokio::test]
+async fn templates_come_from_memory_and_follow_every_change() {
+    let nats = NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let writer = Store::open(js.clone(), 1).await.unwrap();
+    let cached = Store::open(js.clone(), 1).await.unwrap().cache_templates();
+    let mut reads = client
+        .subscribe(format!("$JS.API.DIRECT.GET.KV_{TEMPLATES_BUCKET}.>"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    writer.put_template("welcome", &titled("v1")).await.unwrap();
+    assert_eq!(cached.template("welcome").await.unwrap(), Some(titled("v1").into()));
+    // Once the watch is live, the template is read once and then served from memory.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while read_asks_jetstream(&cached, &mut reads, "welcome").await {
+        assert!(tokio::time::Instant::now() < deadline, "reads never served from memory");
+    }
+
+    // An update reaches the cache without anyone reading it again.
+    writer.put_template("welcome", &titled("v2")).await.unwrap();
+    eventually(Duration::from_secs(10), "the update in the cache", || async {
+        let t = cached.template("welcome").await.unwrap()?;
+        (t.in_app.as_ref()?.title == "v2").then_some(())
+    })
+    .await;
+    assert!(!read_asks_jetstream(&cached, &mut reads, "welcome").await);
+
+    // So does a deletion.
+    let kv = js.get_key_value(TEMPLATES_BUCKET).await.unwrap();
+    kv.delete("welcome").await.unwrap();
+    eventually(Duration::from_secs(10), "the deletion in the cache", || async {
+        cached.template("welcome").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert!(!read_asks_jetstream(&cached, &mut reads, "welcome").await);
+
+    // A template created after the watch started is found at once (read through).
+    writer.put_template("fresh", &titled("new")).await.unwrap();
+    assert_eq!(cached.template("fresh").await.unwrap(), Some(titled("new").into()));
+    // And something that is not a template, written around the API, is an error, not absent.
+    kv.put("broken", "not json".into()).await.unwrap();
+    assert!(cached.template("broken").await.is_err());
+}
