@@ -96,6 +96,7 @@ async fn create(
         channels: Default::default(),
         error: None,
         planned: false,
+        request_seq: None,
     };
     doc.summarize();
     store.create_status(&doc).await?;

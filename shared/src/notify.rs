@@ -213,10 +213,15 @@ pub struct NotificationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Whether a worker recorded the plan of every channel (an extra field). It is written
-    /// before the plan's side effects go out; a redelivered request carries out again what
-    /// the recorded plan still calls for, idempotently.
+    /// before the plan's side effects go out; the request, if handed out again, carries out
+    /// what the recorded plan still calls for, idempotently.
     #[serde(default)]
     pub planned: bool,
+    /// The `TIDINGS_NOTIFY` stream sequence of the request whose plan this is (an extra
+    /// field): how a worker tells its own request, handed out again, from a new request
+    /// that reuses the id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_seq: Option<u64>,
 }
 
 impl NotificationStatus {

@@ -31,12 +31,8 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
             Ok(Disposition::Ack)
         }
         Ok(job) => {
-            // The attempt gets (nearly) the whole ack wait: a job that may have waited in this
-            // worker's buffer has its timer started again; a fresh one (the timer started at
-            // delivery, after publication) saves the extra message.
-            if !fresh(&msg, ctx.delivery_ack_wait / 10)
-                && let Err(e) = msg.ack_with(AckKind::Progress).await
-            {
+            // The ack timer starts again now: time spent queued in this worker does not count.
+            if let Err(e) = msg.ack_with(AckKind::Progress).await {
                 tracing::debug!(error = %e, "progress ack failed");
             }
             let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
@@ -55,16 +51,6 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     if let Err(e) = acked {
         tracing::warn!(error = %e, "acknowledging a delivery job failed");
     }
-}
-
-/// Whether `msg` was published less than `margin` ago: then less than that has passed since
-/// it was handed to this worker, whose ack timer started then.
-fn fresh(msg: &async_nats::jetstream::Message, margin: Duration) -> bool {
-    let Ok(info) = msg.info() else {
-        return false;
-    };
-    let age_ns = jiff::Timestamp::now().as_nanosecond() - info.published.unix_timestamp_nanos();
-    (0..margin.as_nanos() as i128).contains(&age_ns)
 }
 
 async fn set_channel(

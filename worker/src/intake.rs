@@ -3,7 +3,7 @@
 //! queued as delivery jobs. Every step is idempotent, so a request redelivered after a worker
 //! died mid-way ends the same, with nothing sent twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
@@ -68,11 +68,8 @@ pub(crate) fn state(status: DeliveryStatus, error: Option<String>, until: Option
 /// Handles one message of `TIDINGS_NOTIFY`; acks it when done, naks it (to retry) when NATS
 /// failed under it.
 pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
-    let (seq, redelivered) = msg
-        .info()
-        .map(|i| (i.stream_sequence, i.delivered > 1))
-        .unwrap_or((0, false));
-    let result = process(ctx, &msg.payload, seq, redelivered).await;
+    let seq = msg.info().map(|i| i.stream_sequence).ok();
+    let result = process(ctx, &msg.payload, seq).await;
     let ack = match result {
         Ok(()) => msg.ack().await,
         Err(e) => {
@@ -88,11 +85,13 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
 
 /// The notification id a request gets: its own, or one derived from its stream sequence
 /// (the same on every redelivery).
-fn notification_id(req_id: Option<&str>, seq: u64) -> String {
-    req_id.map(str::to_owned).unwrap_or_else(|| format!("n{seq}"))
+fn notification_id(req_id: Option<&str>, seq: Option<u64>) -> String {
+    req_id
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("n{}", seq.unwrap_or_default()))
 }
 
-async fn process(ctx: &Ctx, payload: &[u8], seq: u64, redelivered: bool) -> Result<()> {
+async fn process(ctx: &Ctx, payload: &[u8], seq: Option<u64>) -> Result<()> {
     let parsed: std::result::Result<NotificationRequest, String> = serde_json::from_slice(payload)
         .map_err(|e| format!("invalid request: {e}"))
         .and_then(|r: NotificationRequest| r.validate().map(|()| r).map_err(|e| format!("invalid request: {e}")));
@@ -116,6 +115,7 @@ async fn process(ctx: &Ctx, payload: &[u8], seq: u64, redelivered: bool) -> Resu
                 channels: BTreeMap::new(),
                 error: Some(reason),
                 planned: true,
+                request_seq: seq,
             };
             doc.summarize();
             ctx.store.create_status(&doc).await?;
@@ -124,10 +124,77 @@ async fn process(ctx: &Ctx, payload: &[u8], seq: u64, redelivered: bool) -> Resu
     };
     let id = notification_id(req.id.as_deref(), seq);
     let span = tracing::info_span!("notification", %id, user = %req.user, template = %req.template);
-    plan(ctx, &req, &id, redelivered).instrument(span).await
+    plan(ctx, &req, &id, seq).instrument(span).await
 }
 
-/// A side effect a plan calls for, carried out once the plan is recorded.
+/// Whether quiet hours hold `channel`: email, SMS and push wait; in-app and webhooks never.
+fn deferrable(channel: DeliveryChannel) -> bool {
+    matches!(
+        channel,
+        DeliveryChannel::Email | DeliveryChannel::Sms | DeliveryChannel::Push
+    )
+}
+
+/// When the user's quiet hours end, if they hold this request now.
+fn quiet_until(req: &NotificationRequest, prefs: &Preferences) -> Option<jiff::Timestamp> {
+    if req.priority == Priority::Critical {
+        None
+    } else {
+        prefs.quiet_until(jiff::Timestamp::now())
+    }
+}
+
+/// Decides every channel's first state from the user's preferences and the template, with
+/// no side effect, so that the whole plan is recorded in one write before anything goes
+/// out. Returns the plan and the content rendered for it.
+fn decide(
+    req: &NotificationRequest,
+    template: &Template,
+    prefs: &Preferences,
+) -> (
+    BTreeMap<DeliveryChannel, ChannelState>,
+    HashMap<DeliveryChannel, Rendered>,
+) {
+    let channels = req.channels.clone().unwrap_or_else(|| default_channels(prefs));
+    let quiet = quiet_until(req, prefs);
+    let mut plan = BTreeMap::new();
+    let mut rendered = HashMap::new();
+    for channel in channels {
+        if plan.contains_key(&channel) {
+            continue;
+        }
+        let until = quiet.filter(|_| deferrable(channel));
+        let first = if !prefs.allows(channel, req.category.as_deref()) {
+            state(DeliveryStatus::Suppressed, None, None)
+        } else if let Some(missing) = missing_target(prefs, channel) {
+            state(DeliveryStatus::Failed, Some(missing.to_owned()), None)
+        } else if req.batch_key.is_some()
+            && matches!(req.priority, Priority::Low | Priority::Normal)
+            && channel != DeliveryChannel::InApp
+        {
+            // Rendered later, once, over the whole batch.
+            state(DeliveryStatus::Batched, None, None)
+        } else {
+            match template.render(channel, &req.data) {
+                Err(e) => state(DeliveryStatus::Failed, Some(e.to_string()), None),
+                Ok(content) => {
+                    rendered.insert(channel, content);
+                    match until {
+                        // Recorded `sent` before the message goes out, so that a client's
+                        // quick `ack` finds it.
+                        _ if channel == DeliveryChannel::InApp => state(DeliveryStatus::Sent, None, None),
+                        Some(u) => state(DeliveryStatus::Deferred, None, Some(u.to_string())),
+                        None => state(DeliveryStatus::Pending, None, None),
+                    }
+                }
+            }
+        };
+        plan.insert(channel, first);
+    }
+    (plan, rendered)
+}
+
+/// A side effect a recorded plan calls for.
 enum Action {
     /// The in-app message and inbox entry.
     InApp(Rendered),
@@ -140,96 +207,95 @@ enum Action {
     },
 }
 
-/// What planning decided for one channel: its first state, and what must happen for it.
-struct Decision {
-    channel: DeliveryChannel,
-    state: ChannelState,
-    action: Option<Action>,
+/// What a recorded plan still calls for, and the channels that cannot be carried out any
+/// more (with the reason).
+struct ToDo {
+    actions: Vec<(DeliveryChannel, Action)>,
+    failed: Vec<(DeliveryChannel, String)>,
 }
 
-/// Decides every channel of a request from the user's preferences and the template, with
-/// no side effect, so the whole plan can be recorded in one write before anything goes out.
-fn decide(
+/// What the recorded plan `doc` still calls for: every channel in its first state and not
+/// yet attempted (one a delivery has moved on is left to it). Content rendered when the
+/// plan was decided is used; otherwise (the request handed out again) it is rendered now,
+/// and a channel that cannot be rendered any more is returned with the reason.
+fn actions(
+    doc: &NotificationStatus,
     req: &NotificationRequest,
-    id: &str,
-    template: &Template,
-    prefs: &Preferences,
-    created_at: &str,
-) -> Vec<Decision> {
-    let channels = req.channels.clone().unwrap_or_else(|| default_channels(prefs));
-    let quiet_until = if req.priority == Priority::Critical {
-        None
-    } else {
-        prefs.quiet_until(jiff::Timestamp::now())
-    };
-    let mut out: Vec<Decision> = Vec::with_capacity(channels.len());
-    for channel in channels {
-        if out.iter().any(|d| d.channel == channel) {
+    template: Option<&Template>,
+    mut rendered: HashMap<DeliveryChannel, Rendered>,
+    quiet: Option<jiff::Timestamp>,
+) -> ToDo {
+    let (mut todo, mut failed) = (Vec::new(), Vec::new());
+    for (&channel, recorded) in &doc.channels {
+        if recorded.attempts > 0 {
             continue;
         }
-        // Quiet hours hold email, SMS and push; in-app and webhooks are never deferred.
-        let deferrable = matches!(
-            channel,
-            DeliveryChannel::Email | DeliveryChannel::Sms | DeliveryChannel::Push
-        );
-        let until = quiet_until.filter(|_| deferrable);
-        let (state, action) = if !prefs.allows(channel, req.category.as_deref()) {
-            (state(DeliveryStatus::Suppressed, None, None), None)
-        } else if let Some(missing) = missing_target(prefs, channel) {
-            (state(DeliveryStatus::Failed, Some(missing.to_owned()), None), None)
-        } else if let (Some(batch_key), true, false) = (
-            &req.batch_key,
-            matches!(req.priority, Priority::Low | Priority::Normal),
-            channel == DeliveryChannel::InApp,
-        ) {
-            let action = Action::Batch {
-                batch_key: batch_key.clone(),
-                until,
-            };
-            (state(DeliveryStatus::Batched, None, None), Some(action))
-        } else {
-            match template.render(channel, &req.data) {
-                Err(e) => (state(DeliveryStatus::Failed, Some(e.to_string()), None), None),
-                // Recorded `sent` before the message goes out, so a client's quick `ack`
-                // finds it.
-                Ok(content) if channel == DeliveryChannel::InApp => {
-                    (state(DeliveryStatus::Sent, None, None), Some(Action::InApp(content)))
-                }
-                Ok(content) => {
-                    let job = DeliveryJob {
-                        id: id.to_owned(),
-                        user: req.user.clone(),
+        let due = match (channel, recorded.status) {
+            (DeliveryChannel::InApp, DeliveryStatus::Sent) => None,
+            (DeliveryChannel::InApp, _) => continue,
+            (_, DeliveryStatus::Pending) => None,
+            // The end of quiet hours as recorded (unreadable: now).
+            (_, DeliveryStatus::Deferred) => recorded.until.as_deref().and_then(|u| u.parse().ok()),
+            (_, DeliveryStatus::Batched) => {
+                if let Some(batch_key) = &req.batch_key {
+                    let until = quiet.filter(|_| deferrable(channel));
+                    todo.push((
                         channel,
-                        project: req.project.clone(),
-                        priority: req.priority,
-                        category: req.category.clone(),
-                        content,
-                        data: req.data.clone(),
-                        not_before_ms: until.map(|u| u.as_millisecond()),
-                        created_at: created_at.to_owned(),
-                        digest: None,
-                    };
-                    let first = match until {
-                        Some(u) => state(DeliveryStatus::Deferred, None, Some(u.to_string())),
-                        None => state(DeliveryStatus::Pending, None, None),
-                    };
-                    (first, Some(Action::Queue(Box::new(job))))
+                        Action::Batch {
+                            batch_key: batch_key.clone(),
+                            until,
+                        },
+                    ));
                 }
+                continue;
+            }
+            _ => continue,
+        };
+        let content = match rendered.remove(&channel) {
+            Some(c) => Ok(c),
+            None => match template {
+                Some(t) => t.render(channel, &req.data).map_err(|e| e.to_string()),
+                None => Err(format!("unknown template {:?}", req.template)),
+            },
+        };
+        let content = match content {
+            Ok(c) => c,
+            Err(e) => {
+                failed.push((channel, e));
+                continue;
             }
         };
-        out.push(Decision { channel, state, action });
+        let action = if channel == DeliveryChannel::InApp {
+            Action::InApp(content)
+        } else {
+            Action::Queue(Box::new(DeliveryJob {
+                id: doc.id.clone(),
+                user: req.user.clone(),
+                channel,
+                project: req.project.clone(),
+                priority: req.priority,
+                category: req.category.clone(),
+                content,
+                data: req.data.clone(),
+                not_before_ms: due.map(|u: jiff::Timestamp| u.as_millisecond()),
+                created_at: doc.created_at.clone(),
+                digest: None,
+            }))
+        };
+        todo.push((channel, action));
     }
-    out
+    ToDo { actions: todo, failed }
 }
 
 /// Plans an accepted request and starts every channel.
 ///
 /// The plan is decided first, from reads only, and recorded in one conditional write (which
-/// also finds out whether the id was seen before); then the in-app message, jobs and batch
-/// entries go out, concurrently. Each of those is idempotent, so a request redelivered
-/// after a worker died between the write and its ack carries them out again from the
-/// recorded plan, and nothing is sent twice.
-async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, redelivered: bool) -> Result<()> {
+/// also finds out whether the id has a status already); then the in-app message, jobs and
+/// batch entries the recorded plan calls for go out, concurrently. Each of those is
+/// idempotent, and the plan records which request it belongs to, so the same request handed
+/// out again (its worker died before acking, or took longer than the ack wait) carries out
+/// the recorded plan again, while a new request reusing the id is not planned twice.
+async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) -> Result<()> {
     let (template, prefs) = tokio::try_join!(ctx.store.template(&req.template), ctx.store.preferences(&req.user))?;
     let mut doc = NotificationStatus {
         id: id.to_owned(),
@@ -239,82 +305,84 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, redelivered: bool)
         channels: BTreeMap::new(),
         error: None,
         planned: true,
+        request_seq: seq,
     };
-    let decisions = match &template {
-        Some(t) => decide(req, id, t, &prefs, &doc.created_at),
-        None => {
-            doc.error = Some(format!("unknown template {:?}", req.template));
-            Vec::new()
-        }
-    };
-    doc.channels = decisions.iter().map(|d| (d.channel, d.state.clone())).collect();
+    let mut rendered = HashMap::new();
+    match &template {
+        Some(t) => (doc.channels, rendered) = decide(req, t, &prefs),
+        None => doc.error = Some(format!("unknown template {:?}", req.template)),
+    }
     doc.summarize();
 
-    // The recorded plan, what was decided now, and whether this call recorded it.
-    let (recorded, decisions, fresh) = match ctx.store.create_status(&doc).await? {
-        Created::New(_) => (doc, decisions, true),
-        Created::Exists(existing, _) if existing.planned || existing.error.is_some() => {
-            if !redelivered {
-                // The same id again (a repeated request): planned once, not again.
-                return Ok(());
-            }
-            // Our own earlier attempt recorded this plan and may have died before carrying
-            // it out: do it again, with what was recorded then.
-            let decisions = match &template {
-                Some(t) => decide(req, id, t, &prefs, &existing.created_at),
-                None => Vec::new(),
-            };
-            (existing, decisions, false)
+    // Channels this call added to the status (for the metrics).
+    let mut added: Vec<(DeliveryChannel, DeliveryStatus)> = Vec::new();
+    let (recorded, known_seq) = match ctx.store.create_status(&doc).await? {
+        Created::New(written) => {
+            added = doc.channels.iter().map(|(c, s)| (*c, s.status)).collect();
+            (doc, written)
         }
-        Created::Exists(existing, seq) => {
-            // Accepted by a gateway (`POST /api/v1/notifications`), or planned halfway by
-            // an older worker: add the plan to what is there.
-            let decisions = match &template {
-                Some(t) => decide(req, id, t, &prefs, &existing.created_at),
-                None => Vec::new(),
-            };
+        Created::Exists(existing, existing_seq) => {
+            // Accepted by a gateway (`POST /api/v1/notifications`) and not planned yet: the
+            // plan is added to it. Planned already: left as it is.
+            let plan = std::mem::take(&mut doc.channels);
             let error = doc.error.take();
-            let merged = ctx
-                .store
-                .update_status_from(id, Some((existing, seq)), |current| {
-                    // A delivery may already have moved a channel on: only fill in what
-                    // is not there yet.
-                    for d in &decisions {
-                        current.channels.entry(d.channel).or_insert_with(|| d.state.clone());
+            ctx.store
+                .update_status_from(id, Some((existing, existing_seq)), |current| {
+                    added.clear();
+                    if current.planned || current.error.is_some() {
+                        return false;
                     }
-                    if current.error.is_none() {
-                        current.error = error.clone();
+                    // A delivery may already have moved a channel on: only what is not
+                    // there yet is filled in.
+                    for (channel, first) in &plan {
+                        if !current.channels.contains_key(channel) {
+                            current.channels.insert(*channel, first.clone());
+                            added.push((*channel, first.status));
+                        }
                     }
+                    current.error = error.clone();
                     current.planned = true;
+                    current.request_seq = seq;
                     true
                 })
                 .await?
-                .map(|(merged, _)| merged)
-                .ok_or_else(|| SharedError::Nats(format!("status of {id} vanished while being planned")))?;
-            (merged, decisions, true)
+                .ok_or_else(|| SharedError::Nats(format!("status of {id} vanished while being planned")))?
         }
     };
-    if fresh {
-        for d in &decisions {
-            ctx.metrics
-                .notifications
-                .with_label_values(&[d.channel.as_str(), d.state.status.as_str()])
-                .inc();
-        }
+    for (channel, status) in &added {
+        ctx.metrics
+            .notifications
+            .with_label_values(&[channel.as_str(), status.as_str()])
+            .inc();
+    }
+    if seq.is_none() || recorded.request_seq != seq {
+        // Planned for another request with the same id: this one is a repeat.
+        tracing::info!("notification id already planned; request acknowledged as a repeat");
+        return Ok(());
     }
     if let Some(reason) = &recorded.error {
         tracing::warn!(%reason, "notification failed");
         return Ok(());
     }
-    // Carry out what the recorded plan still calls for: a channel whose state has moved on
-    // (sent by a delivery, retried) is left to its delivery.
-    let started = decisions.into_iter().filter_map(|d| {
-        let current = recorded.channels.get(&d.channel)?;
-        let unchanged = current.status == d.state.status && current.attempts == 0;
-        d.action.filter(|_| unchanged).map(|a| (d.channel, a))
-    });
+    let quiet = quiet_until(req, &prefs);
+    let ToDo { actions: todo, failed } = actions(&recorded, req, template.as_deref(), rendered, quiet);
+    if !failed.is_empty() {
+        // Only when carrying out a recorded plan again, after its template changed.
+        ctx.store
+            .update_status_from(id, Some((recorded.clone(), known_seq)), |current| {
+                for (channel, error) in &failed {
+                    if let Some(c) = current.channels.get_mut(channel)
+                        && c.attempts == 0
+                    {
+                        *c = state(DeliveryStatus::Failed, Some(error.clone()), None);
+                    }
+                }
+                true
+            })
+            .await?;
+    }
     let created_at = &recorded.created_at;
-    futures::future::try_join_all(started.map(|(channel, action)| async move {
+    futures::future::try_join_all(todo.into_iter().map(|(channel, action)| async move {
         match action {
             Action::InApp(content) => crate::inapp::deliver(ctx, id, req, &content, created_at).await,
             Action::Queue(job) => queue(ctx, &job).await,

@@ -69,8 +69,6 @@ pub struct Ctx {
     pub batches: async_nats::jetstream::kv::Store,
     /// How long a batch stays open.
     pub batch_window: Duration,
-    /// How long a delivery may be in hand before JetStream hands it to another worker.
-    pub delivery_ack_wait: Duration,
 }
 
 /// The streams a worker keeps in place: it owns `TIDINGS_NOTIFY` and the pipeline's own
@@ -202,7 +200,7 @@ async fn pipeline(
         }
         if provisioner.is_ready() {
             let opened = async {
-                let store = Store::open(js.clone(), replicas).await?.cache_templates();
+                let store = Store::open(js.clone(), replicas).await?;
                 let batches = store::ensure_kv(&js, tidings_shared::notify::names::BATCHES_BUCKET, replicas).await?;
                 Ok::<_, tidings_shared::Error>((store, batches))
             };
@@ -216,6 +214,8 @@ async fn pipeline(
             () = stopped(stop.clone()) => return,
         }
     };
+    // Planning reads a template per notification: kept in memory, current through a watch.
+    let store = store.cache_templates();
     let ctx = Ctx {
         nats: client,
         js: js.clone(),
@@ -229,7 +229,6 @@ async fn pipeline(
         retry_base: Duration::from_millis(config.retry_base_ms),
         batches,
         batch_window: Duration::from_millis(config.batch_window_ms),
-        delivery_ack_wait: Duration::from_millis(config.delivery_ack_wait_ms),
     };
     tokio::spawn(inapp::ack_loop(ctx.clone(), store));
     let intake = consume(
@@ -257,9 +256,8 @@ async fn pipeline(
                 _ => "tidings-delivery-push",
             },
             Some(format!("{DELIVERY_PREFIX}.{channel}")),
-            // Counted from when the worker starts a job (it sends a progress ack then, unless
-            // the job is fresh).
-            ctx.delivery_ack_wait,
+            // Counted from when the worker starts a job (it sends a progress ack then).
+            Duration::from_millis(config.delivery_ack_wait_ms),
             DELIVERY_CONCURRENCY,
             stop.clone(),
             |ctx, msg| Box::pin(async move { deliver::handle(&ctx, msg).await }),

@@ -1,5 +1,6 @@
 //! The worker's template cache against a real nats-server: templates are read from memory
-//! once the bucket's watch is live, and every change (update, deletion) reaches the cache.
+//! once the bucket's watch has delivered them, and every change (update, deletion) reaches
+//! the cache.
 
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ async fn templates_come_from_memory_and_follow_every_change() {
     let client = nats.client().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let writer = Store::open(js.clone(), 1).await.unwrap();
+    writer.put_template("early", &titled("before")).await.unwrap();
     let cached = Store::open(js.clone(), 1).await.unwrap().cache_templates();
     let mut reads = client
         .subscribe(format!("$JS.API.DIRECT.GET.KV_{TEMPLATES_BUCKET}.>"))
@@ -53,11 +55,18 @@ async fn templates_come_from_memory_and_follow_every_change() {
 
     writer.put_template("welcome", &titled("v1")).await.unwrap();
     assert_eq!(cached.template("welcome").await.unwrap(), Some(titled("v1").into()));
-    // Once the watch is live, the template is read once and then served from memory.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while read_asks_jetstream(&cached, &mut reads, "welcome").await {
-        assert!(tokio::time::Instant::now() < deadline, "reads never served from memory");
+    // Once the watch has delivered them, templates are served from memory: those written
+    // before it started as well as after.
+    for name in ["early", "welcome"] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while read_asks_jetstream(&cached, &mut reads, name).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name}: never served from memory"
+            );
+        }
     }
+    assert_eq!(cached.template("early").await.unwrap(), Some(titled("before").into()));
 
     // An update reaches the cache without anyone reading it again.
     writer.put_template("welcome", &titled("v2")).await.unwrap();
@@ -77,7 +86,7 @@ async fn templates_come_from_memory_and_follow_every_change() {
     .await;
     assert!(!read_asks_jetstream(&cached, &mut reads, "welcome").await);
 
-    // A template created after the watch started is found at once (read through).
+    // A template is found at once, even before the watch delivers it (read directly).
     writer.put_template("fresh", &titled("new")).await.unwrap();
     assert_eq!(cached.template("fresh").await.unwrap(), Some(titled("new").into()));
     // And something that is not a template, written around the API, is an error, not absent.
