@@ -33,12 +33,22 @@ pub fn status_stream_config(replicas: usize) -> stream::Config {
 }
 
 /// Configuration of `TIDINGS_DELIVERIES`: external deliveries waiting for a worker.
+///
+/// A job is stored under `tidings.delivery.<channel>.<notification id>` and the stream keeps
+/// at most one message per subject, refusing another: while a job is queued, waiting out
+/// quiet hours or retrying, a second copy of it cannot be queued, however long after the
+/// first (the `Nats-Msg-Id` duplicate window only covers 10 minutes). Once the job is done
+/// and gone, a copy may be queued again, and its delivery finds the channel's outcome in the
+/// status and sends nothing.
 pub fn delivery_stream_config(replicas: usize) -> stream::Config {
     stream::Config {
         name: DELIVERY_STREAM.to_owned(),
         description: Some("Tidings external deliveries (work queue)".to_owned()),
         subjects: vec![format!("{DELIVERY_PREFIX}.>")],
         retention: stream::RetentionPolicy::WorkQueue,
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        discard_new_per_subject: true,
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(7 * 86_400),
         duplicate_window: Duration::from_secs(600),

@@ -108,7 +108,8 @@ pub async fn add(
     crate::intake::queue(ctx, &flush).await
 }
 
-/// The notifications waiting in a batch, oldest first, with the last one's sequence.
+/// The notifications waiting in a batch, oldest first and each once, with the last one's
+/// sequence.
 pub async fn items(ctx: &Ctx, subject: &str) -> Result<(Vec<BatchItem>, u64)> {
     let stream = ctx.js.get_stream(BATCH_ITEMS_STREAM).await.map_err(SharedError::nats)?;
     let consumer = stream
@@ -121,6 +122,7 @@ pub async fn items(ctx: &Ctx, subject: &str) -> Result<(Vec<BatchItem>, u64)> {
     let name = consumer.cached_info().name.clone();
     let mut pending = consumer.cached_info().num_pending;
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut last = 0;
     if pending > 0 {
         let mut messages = consumer.messages().await.map_err(SharedError::nats)?;
@@ -131,7 +133,11 @@ pub async fn items(ctx: &Ctx, subject: &str) -> Result<(Vec<BatchItem>, u64)> {
             let info = msg.info().map_err(|e| SharedError::Nats(e.to_string()))?;
             pending = info.pending;
             last = info.stream_sequence;
-            if let Ok(item) = serde_json::from_slice::<BatchItem>(&msg.payload) {
+            // A request carried out again long after it joined (past the stream's duplicate
+            // window) may have added its item twice: each notification is listed once.
+            if let Ok(item) = serde_json::from_slice::<BatchItem>(&msg.payload)
+                && seen.insert(item.id.clone())
+            {
                 out.push(item);
             }
         }

@@ -1,7 +1,8 @@
 //! Turning a notification request into per-channel outcomes: preferences (channel and
 //! category switches), templates, quiet hours; in-app delivered at once, external channels
-//! queued as delivery jobs. Every step is idempotent, so a request redelivered after a worker
-//! died mid-way ends the same, with nothing sent twice.
+//! queued as delivery jobs. The plan is recorded before anything goes out and every step is
+//! idempotent, so a request handed out again after its worker died mid-way ends the same
+//! (see "The delivery guarantee" in `docs/NOTIFICATIONS.md` for the windows that bound it).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -314,11 +315,13 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     }
     doc.summarize();
 
-    // Channels this call added to the status (for the metrics).
+    // Whether this call recorded the plan, and the channels it added (for the metrics).
+    let mut wrote = false;
     let mut added: Vec<(DeliveryChannel, DeliveryStatus)> = Vec::new();
-    let (recorded, known_seq) = match ctx.store.create_status(&doc).await? {
+    let (recorded, _) = match ctx.store.create_status(&doc).await? {
         Created::New(written) => {
             added = doc.channels.iter().map(|(c, s)| (*c, s.status)).collect();
+            wrote = true;
             (doc, written)
         }
         Created::Exists(existing, existing_seq) => {
@@ -329,7 +332,8 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
             ctx.store
                 .update_status_from(id, Some((existing, existing_seq)), |current| {
                     added.clear();
-                    if current.planned || current.error.is_some() {
+                    wrote = !(current.planned || current.error.is_some());
+                    if !wrote {
                         return false;
                     }
                     // A delivery may already have moved a channel on: only what is not
@@ -355,7 +359,10 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
             .with_label_values(&[channel.as_str(), status.as_str()])
             .inc();
     }
-    if seq.is_none() || recorded.request_seq != seq {
+    // This request's plan: recorded by this call, or earlier for this very request (its
+    // stream sequence; a request whose sequence cannot be read never matches).
+    let ours = wrote || (seq.is_some() && recorded.request_seq == seq);
+    if !ours {
         // Planned for another request with the same id: this one is a repeat.
         tracing::info!("notification id already planned; request acknowledged as a repeat");
         return Ok(());
@@ -366,20 +373,11 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     }
     let quiet = quiet_until(req, &prefs);
     let ToDo { actions: todo, failed } = actions(&recorded, req, template.as_deref(), rendered, quiet);
-    if !failed.is_empty() {
-        // Only when carrying out a recorded plan again, after its template changed.
-        ctx.store
-            .update_status_from(id, Some((recorded.clone(), known_seq)), |current| {
-                for (channel, error) in &failed {
-                    if let Some(c) = current.channels.get_mut(channel)
-                        && c.attempts == 0
-                    {
-                        *c = state(DeliveryStatus::Failed, Some(error.clone()), None);
-                    }
-                }
-                true
-            })
-            .await?;
+    for (channel, error) in &failed {
+        // Only when carrying out a recorded plan again after its template was deleted or
+        // broken: the channel is left as recorded (its message or job may well be out
+        // already), not marked failed.
+        tracing::warn!(channel = channel.as_str(), %error, "cannot carry out a recorded channel again");
     }
     let created_at = &recorded.created_at;
     futures::future::try_join_all(todo.into_iter().map(|(channel, action)| async move {
@@ -396,21 +394,33 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     Ok(())
 }
 
-/// Queues an external delivery; `Nats-Msg-Id` keeps a redelivered request from queueing it
-/// twice.
+/// Queues an external delivery, once: its subject names the notification, and the stream
+/// keeps one message per subject, refusing a copy while the job is there (see
+/// `delivery_stream_config`); `Nats-Msg-Id` also drops a copy within 10 minutes.
 pub(crate) async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{}.{}", job.id, job.channel.as_str()).as_str());
     let bytes = serde_json::to_vec(job).map_err(|e| SharedError::Encode(e.to_string()))?;
-    ctx.js
-        .publish_with_headers(
-            format!("{DELIVERY_PREFIX}.{}", job.channel.as_str()),
-            headers,
-            bytes.into(),
-        )
+    let subject = format!("{DELIVERY_PREFIX}.{}.{}", job.channel.as_str(), job.id);
+    let ack = ctx
+        .js
+        .publish_with_headers(subject, headers, bytes.into())
         .await
         .map_err(SharedError::nats)?
-        .await
-        .map_err(SharedError::nats)?;
-    Ok(())
+        .await;
+    match ack {
+        Ok(_) => Ok(()),
+        Err(e) if already_queued(&e) => {
+            tracing::debug!(channel = job.channel.as_str(), "delivery job already queued");
+            Ok(())
+        }
+        Err(e) => Err(SharedError::nats(e).into()),
+    }
+}
+
+/// Whether JetStream refused a job because a copy of it is still queued.
+fn already_queued(e: &async_nats::jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    e.source()
+        .is_some_and(|s| s.to_string().contains("maximum messages per subject exceeded"))
 }

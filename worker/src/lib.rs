@@ -235,7 +235,7 @@ async fn pipeline(
         ctx.clone(),
         NOTIFY_STREAM,
         "tidings-intake",
-        None,
+        Vec::new(),
         INTAKE_ACK_WAIT,
         INTAKE_CONCURRENCY,
         stop.clone(),
@@ -255,7 +255,12 @@ async fn pipeline(
                 "sms" => "tidings-delivery-sms",
                 _ => "tidings-delivery-push",
             },
-            Some(format!("{DELIVERY_PREFIX}.{channel}")),
+            // Jobs are on `<prefix>.<channel>.<id>`; a job published by hand (a dead letter
+            // replayed) may be on `<prefix>.<channel>`.
+            vec![
+                format!("{DELIVERY_PREFIX}.{channel}"),
+                format!("{DELIVERY_PREFIX}.{channel}.>"),
+            ],
             // Counted from when the worker starts a job (it sends a progress ack then).
             Duration::from_millis(config.delivery_ack_wait_ms),
             DELIVERY_CONCURRENCY,
@@ -274,7 +279,7 @@ async fn consume<F, Fut>(
     ctx: Ctx,
     stream: &str,
     durable: &str,
-    filter: Option<String>,
+    filters: Vec<String>,
     ack_wait: Duration,
     concurrency: usize,
     stop: watch::Receiver<bool>,
@@ -286,23 +291,33 @@ async fn consume<F, Fut>(
     while !*stop.borrow() {
         let consumer = async {
             let s = ctx.js.get_stream(stream).await.map_err(tidings_shared::Error::nats)?;
-            s.get_or_create_consumer(
-                durable,
-                pull::Config {
-                    durable_name: Some(durable.to_owned()),
-                    filter_subject: filter.clone().unwrap_or_default(),
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait,
-                    max_deliver: -1,
-                    // Unlimited: jobs waiting out quiet hours or a retry delay (NAK'd with a
-                    // delay) stay in the ack-pending set, and must not stall the channel.
-                    // Concurrency is bounded locally instead.
-                    max_ack_pending: -1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(tidings_shared::Error::nats)
+            let config = pull::Config {
+                durable_name: Some(durable.to_owned()),
+                filter_subjects: filters.clone(),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: -1,
+                // Unlimited: jobs waiting out quiet hours or a retry delay (NAK'd with a
+                // delay) stay in the ack-pending set, and must not stall the channel.
+                // Concurrency is bounded locally instead.
+                max_ack_pending: -1,
+                ..Default::default()
+            };
+            let consumer: async_nats::jetstream::consumer::PullConsumer = s
+                .get_or_create_consumer(durable, config.clone())
+                .await
+                .map_err(tidings_shared::Error::nats)?;
+            // A consumer left by an older worker with other filters is brought up to date.
+            let have = &consumer.cached_info().config;
+            let mut have_filters = have.filter_subjects.clone();
+            if !have.filter_subject.is_empty() {
+                have_filters.push(have.filter_subject.clone());
+            }
+            if have_filters == filters {
+                return Ok(consumer);
+            }
+            tracing::info!(consumer = durable, ?filters, "updating the consumer's filters");
+            s.update_consumer(config).await.map_err(tidings_shared::Error::nats)
         };
         let messages = match consumer.await {
             // Fetch no more than can be worked on, so little waits in this worker's buffer.

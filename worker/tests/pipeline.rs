@@ -1220,8 +1220,60 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
     assert!(received.lock().unwrap().attempts.is_empty(), "the repeat sent nothing");
     assert_eq!(env.status("redo").await["channels"]["webhook"]["status"], "pending");
 
-    // The first request comes back (its worker "died"): the recorded plan is carried out.
+    // The dying worker had queued the webhook job, due in 6 s, long enough ago that its
+    // `Nats-Msg-Id` no longer protects it: a copy of a queued job is still refused.
+    let job = tidings_shared::notify::DeliveryJob {
+        id: "redo".into(),
+        user: "ivy".into(),
+        channel: DeliveryChannel::Webhook,
+        project: None,
+        priority: tidings_shared::notify::Priority::Normal,
+        category: None,
+        content: tidings_shared::template::Rendered {
+            title: Some("PR #7 merged".into()),
+            body: "t".into(),
+            html: None,
+            url: None,
+            fields: None,
+        },
+        data: json!({"pr":7,"title":"t"}),
+        not_before_ms: Some(now_unix() as i64 * 1000 + 6000),
+        created_at: "2026-01-01T00:00:00.000Z".into(),
+        digest: None,
+    };
+    let queue_copy = |msg_id: &'static str| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let body = serde_json::to_vec(&job).unwrap();
+        let js = js.clone();
+        async move {
+            js.publish_with_headers("tidings.delivery.webhook.redo", headers, body.into())
+                .await
+                .unwrap()
+                .await
+        }
+    };
+    queue_copy("queued-long-ago").await.unwrap();
+    let refused = queue_copy("another-copy").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("maximum messages per subject"),
+        "{refused}"
+    );
+
+    // The first request comes back (its worker "died"): the recorded plan is carried out,
+    // the job it finds queued counting as queued (the request is acknowledged).
     first.ack_with(AckKind::Nak(None)).await.unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the request carried out and acknowledged",
+        || async {
+            let info = consumer.get_info().await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        },
+    )
+    .await;
+    // Acknowledged before the queued job was even due: not held up retrying the refused copy.
+    assert_eq!(env.status("redo").await["channels"]["webhook"]["status"], "pending");
     let s = env
         .wait_channel("redo", "webhook", "sent", Duration::from_secs(30))
         .await;
