@@ -1114,6 +1114,18 @@ async fn email_over_starttls_to_a_relay_with_its_own_ca() {
     let _ = std::fs::remove_file(&ca);
 }
 
+/// Publishes `body` on `subject` with `Nats-Msg-Id: msg_id` and waits for JetStream's answer.
+async fn publish_with_id(
+    js: &async_nats::jetstream::Context,
+    subject: &'static str,
+    msg_id: &str,
+    body: Vec<u8>,
+) -> Result<async_nats::jetstream::publish::PublishAck, async_nats::jetstream::context::PublishError> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(subject, headers, body.into()).await?.await
+}
+
 /// A worker that recorded a request's plan and died before carrying it out: the request,
 /// handed out again, gets its in-app message, inbox entry and webhook, each once, as the
 /// recorded plan says; a new request reusing the id meanwhile is not planned or carried out.
@@ -1151,17 +1163,8 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
     let request =
         json!({"id":"redo","user":"ivy","template":"pr_merged","data":{"pr":7,"title":"t"},"channels":["in_app"]});
     let publish = |msg_id: &'static str| {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        let js = js.clone();
-        let body = request.to_string();
-        async move {
-            js.publish_with_headers("tidings.notify", headers, body.into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
-        }
+        let (js, body) = (js.clone(), request.to_string().into_bytes());
+        async move { publish_with_id(&js, "tidings.notify", msg_id, body).await.unwrap() }
     };
     publish("first").await;
     // Play the worker that dies: take the request and record its plan, as a worker does.
@@ -1242,16 +1245,8 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
         digest: None,
     };
     let queue_copy = |msg_id: &'static str| {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        let body = serde_json::to_vec(&job).unwrap();
-        let js = js.clone();
-        async move {
-            js.publish_with_headers("tidings.delivery.webhook.redo", headers, body.into())
-                .await
-                .unwrap()
-                .await
-        }
+        let (js, body) = (js.clone(), serde_json::to_vec(&job).unwrap());
+        async move { publish_with_id(&js, "tidings.delivery.webhook.redo", msg_id, body).await }
     };
     queue_copy("queued-long-ago").await.unwrap();
     let refused = queue_copy("another-copy").await.unwrap_err();
