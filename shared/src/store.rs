@@ -175,9 +175,7 @@ impl Store {
         }
         match self.templates.get(name).await.map_err(Error::nats)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(|t| Some(Arc::new(t)))
-                .map_err(|e| Error::BadBody(format!("stored template: {e}"))),
+            Some(bytes) => crate::template_cache::decode(&bytes).map(|t| Some(Arc::new(t))),
         }
     }
 

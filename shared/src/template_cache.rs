@@ -124,6 +124,7 @@ async fn watch_loop(kv: kv::Store, entries: Entries, mut dropped: watch::Receive
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Template> {
+/// A template as stored in the bucket (JSON), for the cache and direct reads alike.
+pub(crate) fn decode(bytes: &[u8]) -> Result<Template> {
     serde_json::from_slice(bytes).map_err(|e| Error::BadBody(format!("stored template: {e}")))
 }
