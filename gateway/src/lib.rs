@@ -6,8 +6,11 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod assets;
+pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod github;
 pub mod history;
 pub mod hub;
 pub mod limit;
@@ -73,6 +76,8 @@ pub struct App {
     store: tokio::sync::OnceCell<tidings_shared::store::Store>,
     /// The VAPID public key browsers subscribe with, when push is configured.
     pub vapid_public_key: Option<String>,
+    /// The GitHub webhook receiver, when `TIDINGS_GITHUB_WEBHOOK_SECRET` is set.
+    pub github: Option<github::GitHub>,
 }
 
 impl App {
@@ -161,8 +166,11 @@ pub fn router(state: AppState) -> Router {
         .merge(api::router())
         .merge(notifications::router())
         .layer(DefaultBodyLimit::max(body_limit))
+        // After the default limit, so that its own (larger) limit wins on its route.
+        .merge(github::router())
         .with_state(state.clone())
         .merge(state.health.router())
+        .merge(assets::router())
 }
 
 /// Runs a gateway until `shutdown` resolves, then drains and returns.
@@ -174,6 +182,8 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         None => None,
     };
     let metrics = Metrics::new()?;
+    let cors = cors::layer(&config.cors_origins)?;
+    let state_github = config.github_webhook_secret.as_deref().map(github::GitHub::new);
     let on_connect = Arc::new(Notify::new());
     let client = nats::connect(
         &config.common.nats_url,
@@ -208,11 +218,15 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         epoch: std::sync::RwLock::new(None),
         store: tokio::sync::OnceCell::new(),
         vapid_public_key,
+        github: state_github,
     }));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
     let drain = Duration::from_millis(state.config.drain_ms);
-    let app = router(state);
+    let app = match cors {
+        Some(cors) => router(state).layer(cors),
+        None => router(state),
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

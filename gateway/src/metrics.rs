@@ -28,6 +28,8 @@ pub struct Metrics {
     pub rejected_messages: IntCounterVec,
     /// Stored in NATS → frame written to the socket.
     pub delivery_latency: Histogram,
+    /// GitHub webhook deliveries, by event and outcome (published, duplicate, ignored, …).
+    pub github_webhooks: IntCounterVec,
 }
 
 const AUTH_REASONS: [AuthReason; 11] = [
@@ -110,6 +112,16 @@ impl Metrics {
                     ]),
                 )?,
             )?,
+            github_webhooks: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tidings_gateway_github_webhooks_total",
+                        "GitHub webhook deliveries, by event and outcome",
+                    ),
+                    &["event", "outcome"],
+                )?,
+            )?,
             registry,
         };
         for r in AUTH_REASONS {
@@ -117,6 +129,11 @@ impl Metrics {
         }
         for r in REJECT_REASONS {
             m.rejected_messages.with_label_values(&[r]);
+        }
+        for event in crate::github::EVENTS.into_iter().chain(["other"]) {
+            for outcome in crate::github::OUTCOMES {
+                m.github_webhooks.with_label_values(&[event, outcome]);
+            }
         }
         Ok(m)
     }

@@ -26,6 +26,10 @@ use crate::hub::{ConnHandle, ConnId, ConnSignal, Outbound};
 pub struct SseQuery {
     /// Comma-separated channel names.
     pub channels: String,
+    /// The cursor to resume from, for a client that opens a new `EventSource` (which cannot
+    /// set `Last-Event-ID`), e.g. because its channel list changed. The header wins.
+    #[serde(default)]
+    pub last_event_id: Option<String>,
 }
 
 /// Unregisters the connection when the client goes away (the response stream is dropped).
@@ -135,6 +139,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         .headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
+        .or(q.last_event_id.as_deref())
         .and_then(Cursor::parse);
     let mut cursor = match resume {
         Some(c) => c,

@@ -5,6 +5,7 @@
 //! their clients' tokens the same way).
 
 mod chart;
+mod demo;
 mod fanout;
 mod idle;
 mod natsws;
@@ -46,6 +47,9 @@ enum Command {
     ReconnectStorm(storm::StormArgs),
     /// Notifications per second through the worker to in-app and a local webhook.
     Notify(notify::NotifyArgs),
+    /// Live demo traffic for the dashboard: agent runs, a PR through the GitHub route, checks,
+    /// inbox notifications (not a load scenario).
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -324,6 +328,7 @@ async fn main() -> anyhow::Result<()> {
             let result = storm::run(a).await?;
             report(&result, out.as_deref())?;
         }
+        Command::Demo(a) => demo::run(a).await?,
         Command::Recovery(a) => {
             let out = a.output.out.clone();
             let result = recovery::run(a).await?;

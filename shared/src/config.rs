@@ -135,6 +135,11 @@ pub struct GatewayConfig {
     /// HMAC secret of GitHub webhooks; unset = the GitHub route is off.
     #[arg(long, env = "TIDINGS_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
     pub github_webhook_secret: Option<String>,
+
+    /// Origins (comma-separated, e.g. `https://app.example.com`) whose pages may call the HTTP
+    /// API, `/sse` and `/client/tidings.mjs` from a browser; empty = same origin only.
+    #[arg(long, env = "TIDINGS_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
 }
 
 /// `tidings-worker`: the notification pipeline.

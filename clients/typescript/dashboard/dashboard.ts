@@ -1,0 +1,1151 @@
+/*
+ * Tidings live dashboard (CONTRACT §9).
+ *
+ * Served by the gateway: GET / (index.html), /assets/dashboard.js (this file, bundled by
+ * scripts/build.mjs), /assets/dashboard.css. The SDK is imported from /client/tidings.mjs,
+ * the very browser build the gateway serves (the import is left external by the bundler).
+ *
+ * - Token: the URL fragment `#token=<JWT>` (never the query: a fragment never reaches a
+ *   server log) or the form shown when the fragment has none. Projects: the fragment's
+ *   `projects=p1,p2`, else the token's `projects` claim other than `*`. User: the token's `sub`.
+ * - Channels: `project:<id>` for each project and `user:<sub>`.
+ * - Rendering: every piece of message data goes through textContent / setAttribute, never
+ *   innerHTML; links are only made from http(s) URLs. Received messages are queued and drawn
+ *   once per animation frame (a timer backs the frame up in hidden tabs), so one message
+ *   reaches the DOM within a frame and a thousand a second cost one DOM update per frame.
+ * - Event log order: oldest first, newest appended last (arrival order); the DOM keeps the
+ *   latest 2,000 rows.
+ * - Test hooks (data-testid): connection-state, connection-detail, event, agent-run, pr-item,
+ *   validation-item, inbox-unread, inbox-item, mark-read, discontinuity.
+ * - `window.tidings = { client, stats, ingest }`: `stats.messages` counts messages received;
+ *   `ingest(frame)` feeds a §4 message frame through the same path (demos, benchmarks).
+ */
+import { TidingsClient } from "/client/tidings.mjs";
+
+// ---------------------------------------------------------------------------------------
+// Types
+
+/** The §4 `message` frame, as much of it as the dashboard reads. */
+interface Message {
+  channel: string;
+  event: string;
+  data?: unknown;
+  id?: string | undefined;
+  ts?: string | undefined;
+  seq?: number | null | undefined;
+  prev?: number | null | undefined;
+}
+
+interface ConnState {
+  status: string;
+  error?: string | undefined;
+  reconnectAttempts?: number | undefined;
+}
+
+interface InboxEntry {
+  id: string;
+  title: string;
+  body: string;
+  project: string | null;
+  priority: string;
+  created_at: string;
+  read: boolean;
+}
+
+interface Stats {
+  /** Messages received (after dropping exact duplicates). */
+  messages: number;
+  /** Messages whose event row reached the DOM (or was skipped as older than the latest 2,000). */
+  rendered: number;
+  /** Durable messages seen twice (same channel, seq and id) and dropped. */
+  duplicates: number;
+  /** DOM updates (one per animation frame with news). */
+  flushes: number;
+  /** Duration of the last and the longest DOM update, in ms. */
+  lastFlushMs: number;
+  maxFlushMs: number;
+  /** Messages received per channel. */
+  byChannel: Record<string, number>;
+  /** History gaps reported by the SDK. */
+  discontinuities: number;
+}
+
+interface Exposed {
+  client: TidingsClient | null;
+  stats: Stats;
+  ingest: (frame: unknown) => void;
+  config: { user: string | null; projects: string[]; channels: string[] } | null;
+}
+
+declare global {
+  interface Window {
+    tidings: Exposed;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Constants and small helpers
+
+const MAX_EVENTS = 2000;
+const MAX_RUNS = 300;
+const MAX_PRS = 300;
+const MAX_CHECKS = 300;
+const MAX_INBOX = 300;
+const PREVIEW_CHARS = 240;
+const ID_RE = /^[A-Za-z0-9_-]{1,128}$/;
+
+function $(id: string): HTMLElement {
+  const el = document.getElementById(id);
+  if (!el) throw new Error(`dashboard: missing #${id}`);
+  return el;
+}
+
+/** `h("span", "cls", "text")`: an element with a class and text, nothing parsed as HTML. */
+function h<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  cls?: string,
+  text?: string,
+): HTMLElementTagNameMap[K] {
+  const el = document.createElement(tag);
+  if (cls) el.className = cls;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** A displayable string from a scalar field (strings, numbers, booleans); else null. */
+function str(v: unknown): string | null {
+  if (typeof v === "string") return v;
+  if (typeof v === "number" && Number.isFinite(v)) return String(v);
+  if (typeof v === "boolean") return String(v);
+  return null;
+}
+
+/** A URL usable as a link: http(s) only (no javascript:, data:, …). */
+function safeUrl(v: unknown): string | null {
+  if (typeof v !== "string" || v === "") return null;
+  try {
+    const u = new URL(v, location.href);
+    return u.protocol === "https:" || u.protocol === "http:" ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A CSS-class-safe token for a status-like value. */
+function token(v: string | null): string {
+  return (v ?? "none").toLowerCase().replace(/[^a-z0-9_-]/g, "_").slice(0, 40) || "none";
+}
+
+function shortSha(v: string | null): string {
+  return v ? v.slice(0, 7) : "";
+}
+
+function pad(n: number, w = 2): string {
+  return String(n).padStart(w, "0");
+}
+
+/** Local wall-clock time of an RFC 3339 stamp, `HH:MM:SS.mmm`. */
+function clock(ts: string | undefined): string {
+  const d = ts ? new Date(ts) : new Date();
+  if (Number.isNaN(d.getTime())) return ts ?? "";
+  return `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}.${pad(d.getMilliseconds(), 3)}`;
+}
+
+function relTime(ts: string): string {
+  const t = Date.parse(ts);
+  if (Number.isNaN(t)) return ts;
+  const s = Math.round((Date.now() - t) / 1000);
+  if (s < 45) return "just now";
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(t).toLocaleDateString();
+}
+
+function errorText(e: unknown): string {
+  if (e instanceof Error) return e.message;
+  if (isObject(e) && typeof e.message === "string") return e.message;
+  return String(e);
+}
+
+function preview(data: unknown): string {
+  let s: string;
+  try {
+    s = data === undefined ? "" : JSON.stringify(data) ?? "";
+  } catch {
+    s = String(data);
+  }
+  return s.length > PREVIEW_CHARS ? `${s.slice(0, PREVIEW_CHARS)}…` : s;
+}
+
+function projectOf(channel: string): string {
+  return channel.startsWith("project:") ? channel.slice(8) : channel;
+}
+
+// ---------------------------------------------------------------------------------------
+// Configuration: fragment and token
+
+interface Claims {
+  sub?: unknown;
+  projects?: unknown;
+  exp?: unknown;
+  role?: unknown;
+}
+
+interface Config {
+  token: string;
+  user: string | null;
+  projects: string[];
+  claims: Claims | null;
+}
+
+function splitList(s: string): string[] {
+  const out: string[] = [];
+  for (const part of s.split(",")) {
+    const p = part.trim();
+    if (p && ID_RE.test(p) && !out.includes(p)) out.push(p);
+  }
+  return out;
+}
+
+function readFragment(): { token: string | null; projects: string[] | null } {
+  const params = new URLSearchParams(location.hash.replace(/^#/, ""));
+  const t = params.get("token")?.trim() || null;
+  const p = params.get("projects");
+  return { token: t, projects: p === null ? null : splitList(p) };
+}
+
+/** The JWT's payload, decoded without verification (the gateway verifies it). */
+function decodeClaims(jwt: string): Claims | null {
+  const part = jwt.split(".")[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, "+").replace(/_/g, "/");
+    const bin = atob(b64 + "===".slice((b64.length + 3) % 4));
+    const bytes = Uint8Array.from(bin, (c) => c.charCodeAt(0));
+    const claims: unknown = JSON.parse(new TextDecoder().decode(bytes));
+    return isObject(claims) ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+function makeConfig(tokenValue: string, projects: string[] | null): Config {
+  const claims = decodeClaims(tokenValue);
+  const sub = claims && typeof claims.sub === "string" && ID_RE.test(claims.sub) ? claims.sub : null;
+  let list = projects;
+  if (list === null || list.length === 0) {
+    list = [];
+    if (claims && Array.isArray(claims.projects)) {
+      for (const p of claims.projects) {
+        if (typeof p === "string" && p !== "*" && ID_RE.test(p) && !list.includes(p)) list.push(p);
+      }
+    }
+  }
+  return { token: tokenValue, user: sub, projects: list, claims };
+}
+
+function wsUrl(): string {
+  return `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`;
+}
+
+// ---------------------------------------------------------------------------------------
+// State exposed to tests and benchmarks
+
+const stats: Stats = {
+  messages: 0,
+  rendered: 0,
+  duplicates: 0,
+  flushes: 0,
+  lastFlushMs: 0,
+  maxFlushMs: 0,
+  byChannel: {},
+  discontinuities: 0,
+};
+
+const exposed: Exposed = { client: null, stats, ingest, config: null };
+window.tidings = exposed;
+
+let config: Config | null = null;
+let client: TidingsClient | null = null;
+
+// ---------------------------------------------------------------------------------------
+// Connection state (header)
+
+function renderState(s: ConnState): void {
+  const status = typeof s.status === "string" ? s.status : "error";
+  const el = $("connection-state");
+  el.textContent = status;
+  el.dataset.status = status;
+  $("connection-dot").dataset.status = status;
+  const parts: string[] = [];
+  const attempts = typeof s.reconnectAttempts === "number" ? s.reconnectAttempts : 0;
+  if (attempts > 0) parts.push(`reconnect attempt ${attempts}`);
+  if (s.error) parts.push(s.error);
+  const detail = $("connection-detail");
+  detail.textContent = parts.join(" · ");
+  detail.title = parts.join("\n");
+  detail.dataset.reconnectAttempts = String(attempts);
+}
+
+function renderWho(cfg: Config): void {
+  const who = $("who");
+  who.replaceChildren();
+  const user = h("span", "user", cfg.user ?? "unknown user");
+  user.title = "user (the token's sub)";
+  who.append(user);
+  if (cfg.projects.length === 0) {
+    who.append(h("span", "chip muted", "no projects"));
+  }
+  for (const p of cfg.projects) {
+    const chip = h("span", "chip", p);
+    chip.title = `project:${p}`;
+    chip.dataset.channel = `project:${p}`;
+    who.append(chip);
+  }
+}
+
+/** A subscription the gateway refused (forbidden, bad_channel, …): its chip turns red. */
+function onSubscribeError(channel: string, e: unknown): void {
+  console.warn(`dashboard: subscription to ${channel} refused`, e);
+  for (const chip of $("who").querySelectorAll<HTMLElement>(".chip")) {
+    if (chip.dataset.channel === channel) {
+      chip.classList.add("refused");
+      chip.title = `${channel}: ${errorText(e)}`;
+    }
+  }
+  if (channel.startsWith("user:")) inboxNote(`${channel}: ${errorText(e)}`);
+}
+
+// ---------------------------------------------------------------------------------------
+// Message intake: dedupe, queue, one DOM update per frame
+
+let queue: Message[] = [];
+let rafHandle = 0;
+let timerHandle: ReturnType<typeof setTimeout> | 0 = 0;
+const seen = new Map<string, true>();
+const SEEN_MAX = 20000;
+
+function toMessage(frame: unknown): Message | null {
+  if (!isObject(frame)) return null;
+  if (typeof frame.channel !== "string" || typeof frame.event !== "string") return null;
+  return frame as unknown as Message;
+}
+
+/** Feeds a §4 message frame through the same path as a received one. */
+function ingest(frame: unknown): void {
+  const m = toMessage(frame);
+  if (m) receive(m);
+}
+
+function receive(m: Message): void {
+  if (typeof m.seq === "number") {
+    // An exact repeat (same channel, sequence and id) is dropped; a recreated stream's
+    // messages reuse sequences but not ids, so they are kept.
+    const key = `${m.channel}\u0000${m.seq}\u0000${m.id ?? ""}`;
+    if (seen.has(key)) {
+      stats.duplicates++;
+      return;
+    }
+    seen.set(key, true);
+    if (seen.size > SEEN_MAX) {
+      const oldest = seen.keys().next();
+      if (!oldest.done) seen.delete(oldest.value);
+    }
+  }
+  stats.messages++;
+  stats.byChannel[m.channel] = (stats.byChannel[m.channel] ?? 0) + 1;
+  queue.push(m);
+  schedule();
+}
+
+function schedule(): void {
+  if (rafHandle || timerHandle) return;
+  rafHandle = requestAnimationFrame(flush);
+  // Animation frames stop in hidden tabs; the timer keeps the page current there.
+  timerHandle = setTimeout(flush, 100);
+}
+
+function flush(): void {
+  if (rafHandle) cancelAnimationFrame(rafHandle);
+  if (timerHandle) clearTimeout(timerHandle);
+  rafHandle = 0;
+  timerHandle = 0;
+  const batch = queue;
+  queue = [];
+  if (batch.length === 0) return;
+  const t0 = performance.now();
+  try {
+    appendEvents(batch);
+    for (const m of batch) {
+      try {
+        dispatch(m);
+      } catch (e) {
+        console.warn("dashboard: message not shown", m, e);
+      }
+    }
+    renderDirty();
+    ackNotifications(batch);
+  } finally {
+    stats.rendered += batch.length;
+    stats.flushes++;
+    stats.lastFlushMs = performance.now() - t0;
+    if (stats.lastFlushMs > stats.maxFlushMs) stats.maxFlushMs = stats.lastFlushMs;
+  }
+}
+
+function dispatch(m: Message): void {
+  switch (m.event) {
+    case "agent_run_progress":
+      onRunProgress(m);
+      break;
+    case "pr_notification":
+      onPullRequest(m);
+      break;
+    case "validation_update":
+      onValidation(m);
+      break;
+    case "notification":
+      if (config?.user && m.channel === `user:${config.user}`) onNotification(m);
+      break;
+    default:
+      break;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Event log: oldest first, arrival order, latest MAX_EVENTS rows
+
+const rowData = new WeakMap<HTMLElement, Message>();
+let eventsTotal = 0;
+
+function eventRow(m: Message): HTMLLIElement {
+  const li = h("li", "event");
+  li.dataset.testid = "event";
+  li.dataset.channel = m.channel;
+  li.dataset.event = m.event;
+  if (typeof m.seq === "number") li.dataset.seq = String(m.seq);
+  if (typeof m.id === "string") li.dataset.id = m.id;
+  const kind = m.channel.startsWith("user:") ? "user" : m.channel.startsWith("project:") ? "project" : "other";
+  li.append(
+    h("span", "ev-time", clock(m.ts)),
+    h("span", `ev-channel ch-${kind}`, m.channel),
+    h("span", "ev-name", m.event),
+    h("span", "ev-seq", typeof m.seq === "number" ? `#${m.seq}` : "live"),
+    h("span", "ev-data", preview(m.data)),
+  );
+  rowData.set(li, m);
+  return li;
+}
+
+/** A scroll to the log's end is due in the next frame. */
+let scrollPending = false;
+
+function appendEvents(batch: Message[]): void {
+  const list = $("events");
+  const scroller = $("log-scroll");
+  // Follow new rows only while the log is scrolled to its end. Read before changing the DOM:
+  // in an animation frame the layout is still clean then, so this costs no forced layout.
+  const follow = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 48;
+  const frag = document.createDocumentFragment();
+  for (let i = Math.max(0, batch.length - MAX_EVENTS); i < batch.length; i++) {
+    const m = batch[i];
+    if (m) frag.append(eventRow(m));
+  }
+  list.append(frag);
+  let excess = list.childElementCount - MAX_EVENTS;
+  while (excess-- > 0) list.firstElementChild?.remove();
+  eventsTotal += batch.length;
+  $("log-count").textContent = eventsTotal.toLocaleString();
+  if (follow && !scrollPending) {
+    // Scrolled at the start of the next frame, when layout is clean again (before the next
+    // update, whose frame callback is registered later): scrolling now would force a
+    // synchronous layout of the whole log on every update.
+    scrollPending = true;
+    requestAnimationFrame(() => {
+      scrollPending = false;
+      scroller.scrollTop = scroller.scrollHeight;
+    });
+  }
+}
+
+function onEventClick(ev: Event): void {
+  const target = ev.target instanceof Element ? ev.target.closest("li.event") : null;
+  if (!(target instanceof HTMLElement)) return;
+  const open = target.querySelector(":scope > pre.ev-full");
+  if (open) {
+    open.remove();
+    target.classList.remove("open");
+    return;
+  }
+  const m = rowData.get(target);
+  if (!m) return;
+  let text: string;
+  try {
+    text = JSON.stringify(m, null, 2);
+  } catch {
+    text = String(m.data);
+  }
+  target.classList.add("open");
+  target.append(h("pre", "ev-full", text));
+}
+
+// ---------------------------------------------------------------------------------------
+// Agent runs: one bar per run (keyed by channel + run_id), the latest value wins
+
+interface Run {
+  key: string;
+  runId: string;
+  project: string;
+  progress: number;
+  status: string | null;
+  step: string | null;
+  updated: string | undefined;
+  el: HTMLLIElement | null;
+}
+
+const runs = new Map<string, Run>();
+const dirtyRuns = new Set<Run>();
+
+function parseProgress(v: unknown): number | null {
+  const n = typeof v === "number" ? v : typeof v === "string" && v.trim() !== "" ? Number(v) : NaN;
+  if (!Number.isFinite(n)) return null;
+  return Math.round(Math.min(100, Math.max(0, n)) * 100) / 100;
+}
+
+function onRunProgress(m: Message): void {
+  const d = m.data;
+  if (!isObject(d)) return;
+  const runId = str(d.run_id);
+  if (runId === null || runId === "") return;
+  const key = `${m.channel}\u0000${runId}`;
+  let run = runs.get(key);
+  if (!run) {
+    run = {
+      key,
+      runId,
+      project: projectOf(m.channel),
+      progress: 0,
+      status: null,
+      step: null,
+      updated: m.ts,
+      el: null,
+    };
+    runs.set(key, run);
+  }
+  const progress = parseProgress(d.progress);
+  if (progress !== null) run.progress = progress;
+  if (d.status !== undefined) run.status = str(d.status);
+  if (d.step !== undefined) run.step = str(d.step);
+  run.updated = m.ts;
+  dirtyRuns.add(run);
+}
+
+function renderRun(run: Run): void {
+  let li = run.el;
+  if (!li) {
+    li = h("li", "run");
+    li.dataset.testid = "agent-run";
+    li.dataset.runId = run.runId;
+    const head = h("div", "run-head");
+    head.append(h("span", "run-id", run.runId), h("span", "chip", run.project), h("span", "badge run-status"), h("span", "run-pct"));
+    const bar = h("div", "bar");
+    bar.setAttribute("role", "progressbar");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    bar.setAttribute("aria-label", `run ${run.runId}`);
+    bar.append(h("div", "fill"));
+    li.append(head, bar, h("div", "run-step"));
+    run.el = li;
+    const list = $("runs");
+    list.prepend(li); // newest run on top; updates stay in place
+    while (list.childElementCount > MAX_RUNS) {
+      const last = list.lastElementChild;
+      if (!(last instanceof HTMLElement)) break;
+      for (const [k, r] of runs) if (r.el === last) runs.delete(k);
+      last.remove();
+    }
+  }
+  const pct = String(run.progress);
+  li.dataset.progress = pct;
+  li.dataset.status = run.status ?? "";
+  li.className = `run st-${statusClass(run.status, run.progress)}`;
+  const badge = li.querySelector<HTMLElement>(".run-status");
+  if (badge) {
+    badge.textContent = run.status ?? "";
+    badge.hidden = run.status === null || run.status === "";
+  }
+  const pctEl = li.querySelector<HTMLElement>(".run-pct");
+  if (pctEl) pctEl.textContent = `${pct}%`;
+  const bar = li.querySelector<HTMLElement>(".bar");
+  bar?.setAttribute("aria-valuenow", pct);
+  const fill = li.querySelector<HTMLElement>(".fill");
+  if (fill) fill.style.width = `${run.progress}%`;
+  const step = li.querySelector<HTMLElement>(".run-step");
+  if (step) {
+    step.textContent = run.step ?? "";
+    step.hidden = !run.step;
+  }
+  li.title = run.updated ? `updated ${clock(run.updated)}` : "";
+}
+
+function statusClass(status: string | null, progress: number): string {
+  const s = (status ?? "").toLowerCase();
+  if (/fail|error|cancel|abort|timed_out|timeout/.test(s)) return "bad";
+  if (/succe|complete|done|finish|pass|ok/.test(s)) return "good";
+  if (/queue|pend|wait/.test(s)) return "idle";
+  if (s === "" && progress >= 100) return "good";
+  return "busy";
+}
+
+// ---------------------------------------------------------------------------------------
+// Pull requests: one item per repository + number, the latest wins (moved to the top)
+
+interface Pr {
+  key: string;
+  data: Record<string, unknown>;
+  channel: string;
+  ts: string | undefined;
+  el: HTMLLIElement | null;
+}
+
+const prs = new Map<string, Pr>();
+const dirtyPrs = new Set<Pr>();
+
+function onPullRequest(m: Message): void {
+  const d = m.data;
+  if (!isObject(d)) return;
+  const number = str(d.number);
+  const repo = str(d.repository) ?? projectOf(m.channel);
+  const key = number !== null ? `${repo}#${number}` : `${m.channel}\u0000${m.id ?? ""}`;
+  let pr = prs.get(key);
+  if (!pr) {
+    pr = { key, data: d, channel: m.channel, ts: m.ts, el: null };
+    prs.set(key, pr);
+  }
+  pr.data = d;
+  pr.ts = m.ts;
+  dirtyPrs.add(pr);
+}
+
+function renderPr(pr: Pr): void {
+  const d = pr.data;
+  const li = pr.el ?? h("li", "pr");
+  pr.el = li;
+  const number = str(d.number);
+  const title = str(d.title) ?? "";
+  const state = str(d.state);
+  const merged = d.merged === true;
+  const action = str(d.action);
+  li.dataset.testid = "pr-item";
+  li.dataset.repository = str(d.repository) ?? "";
+  li.dataset.number = number ?? "";
+  li.dataset.action = action ?? "";
+  li.dataset.state = state ?? "";
+  li.dataset.merged = String(merged);
+  li.className = `pr pr-${merged ? "merged" : token(state)}`;
+
+  const heading = `${number !== null ? `#${number} ` : ""}${title}`;
+  const url = safeUrl(d.url);
+  let titleEl: HTMLElement;
+  if (url) {
+    const a = h("a", "pr-title", heading);
+    a.href = url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    titleEl = a;
+  } else {
+    titleEl = h("span", "pr-title", heading);
+  }
+
+  const badges = h("div", "badges");
+  if (action && action !== state && !(merged && action === "closed")) badges.append(h("span", "badge action", action));
+  if (merged) badges.append(h("span", "badge merged", "merged"));
+  else if (state) badges.append(h("span", `badge state-${token(state)}`, state));
+
+  const meta = h("div", "meta");
+  const author = str(d.author);
+  const repo = str(d.repository);
+  if (repo) meta.append(h("span", "repo", repo));
+  if (author) meta.append(h("span", "author", `@${author}`));
+  const sha = shortSha(str(d.head_sha));
+  if (sha) meta.append(h("span", "sha mono", sha));
+  meta.append(h("span", "time", clock(pr.ts)));
+
+  const top = h("div", "pr-top");
+  top.append(titleEl, badges);
+  li.replaceChildren(top, meta);
+}
+
+// ---------------------------------------------------------------------------------------
+// Checks: one item per name + head_sha, the latest wins (moved to the top)
+
+interface Check {
+  key: string;
+  data: Record<string, unknown>;
+  ts: string | undefined;
+  el: HTMLLIElement | null;
+}
+
+const checks = new Map<string, Check>();
+const dirtyChecks = new Set<Check>();
+
+function onValidation(m: Message): void {
+  const d = m.data;
+  if (!isObject(d)) return;
+  const name = str(d.name) ?? "";
+  const sha = str(d.head_sha) ?? "";
+  const key = name || sha ? `${m.channel}\u0000${name}\u0000${sha}` : `${m.channel}\u0000${m.id ?? ""}`;
+  let check = checks.get(key);
+  if (!check) {
+    check = { key, data: d, ts: m.ts, el: null };
+    checks.set(key, check);
+  }
+  check.data = d;
+  check.ts = m.ts;
+  dirtyChecks.add(check);
+}
+
+function conclusionClass(status: string | null, conclusion: string | null): string {
+  const c = (conclusion ?? "").toLowerCase();
+  if (c === "success") return "good";
+  if (c === "failure" || c === "timed_out" || c === "action_required" || c === "startup_failure") return "bad";
+  if (c === "cancelled" || c === "skipped" || c === "neutral" || c === "stale") return "idle";
+  if (c) return "idle";
+  const s = (status ?? "").toLowerCase();
+  if (s === "completed") return "idle";
+  return "busy"; // queued, in_progress, requested, waiting, pending
+}
+
+function renderCheck(check: Check): void {
+  const d = check.data;
+  const li = check.el ?? h("li", "check");
+  check.el = li;
+  const name = str(d.name) ?? "(unnamed check)";
+  const status = str(d.status);
+  const conclusion = str(d.conclusion);
+  li.dataset.testid = "validation-item";
+  li.dataset.name = str(d.name) ?? "";
+  li.dataset.headSha = str(d.head_sha) ?? "";
+  li.dataset.status = status ?? "";
+  li.dataset.conclusion = conclusion ?? "";
+  li.className = `check st-${conclusionClass(status, conclusion)}`;
+
+  const url = safeUrl(d.url);
+  let nameEl: HTMLElement;
+  if (url) {
+    const a = h("a", "check-name", name);
+    a.href = url;
+    a.target = "_blank";
+    a.rel = "noopener noreferrer";
+    nameEl = a;
+  } else {
+    nameEl = h("span", "check-name", name);
+  }
+  const top = h("div", "check-top");
+  top.append(h("span", "icon", ""), nameEl, h("span", "badge result", conclusion ?? status ?? "unknown"));
+
+  const meta = h("div", "meta");
+  const app = str(d.app);
+  const repo = str(d.repository);
+  if (repo) meta.append(h("span", "repo", repo));
+  const sha = shortSha(str(d.head_sha));
+  if (sha) meta.append(h("span", "sha mono", sha));
+  if (app) meta.append(h("span", "app", app));
+  meta.append(h("span", "time", clock(check.ts)));
+  li.title = [str(d.action), status, conclusion].filter(Boolean).join(" · ");
+  li.replaceChildren(top, meta);
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbox: loaded on every connect, live `notification` messages on user:<sub>
+
+const inbox = {
+  items: new Map<string, InboxEntry>(),
+  unread: 0,
+  loaded: false,
+  gen: 0,
+  /** Live notifications that arrived while a load was in flight, merged into its result. */
+  duringLoad: null as Map<string, InboxEntry> | null,
+  /** Items marked read locally whose request has not been answered yet. */
+  pendingRead: new Set<string>(),
+  dirty: false,
+  toAck: [] as number[],
+};
+
+function toEntry(v: unknown, fallbackId?: string): InboxEntry | null {
+  if (!isObject(v)) return null;
+  const id = str(v.id) ?? fallbackId ?? null;
+  if (!id) return null;
+  return {
+    id,
+    title: str(v.title) ?? "",
+    body: str(v.body) ?? "",
+    project: str(v.project),
+    priority: str(v.priority) ?? "normal",
+    created_at: str(v.created_at) ?? "",
+    read: v.read === true,
+  };
+}
+
+function onNotification(m: Message): void {
+  const item = toEntry(m.data, m.id);
+  if (!item) return;
+  item.read = false;
+  if (!item.created_at && m.ts) item.created_at = m.ts;
+  if (typeof m.seq === "number") inbox.toAck.push(m.seq);
+  inbox.duringLoad?.set(item.id, item);
+  if (inbox.items.has(item.id)) return; // already listed (loaded, or a replay)
+  inbox.items.set(item.id, item);
+  inbox.unread++;
+  inbox.dirty = true;
+}
+
+function ackNotifications(_batch: Message[]): void {
+  if (inbox.toAck.length === 0) return;
+  const seqs = inbox.toAck;
+  inbox.toAck = [];
+  if (!client || !config?.user) return;
+  const channel = `user:${config.user}`;
+  for (const seq of seqs) {
+    try {
+      client.ack(channel, seq);
+    } catch (e) {
+      console.warn("dashboard: ack failed", e);
+    }
+  }
+}
+
+async function loadInbox(): Promise<void> {
+  const c = client;
+  const user = config?.user;
+  if (!c || !user) {
+    inboxNote(user ? null : "No user in the token: the inbox is unavailable.");
+    return;
+  }
+  const gen = ++inbox.gen;
+  inbox.duringLoad = new Map();
+  try {
+    const res: unknown = await c.inbox(user, { limit: 50 });
+    if (gen !== inbox.gen) return;
+    const items = new Map<string, InboxEntry>();
+    let unread = 0;
+    if (isObject(res) && Array.isArray(res.items)) {
+      for (const raw of res.items) {
+        const it = toEntry(raw);
+        if (it && !items.has(it.id)) items.set(it.id, it);
+      }
+      unread = typeof res.unread === "number" && Number.isFinite(res.unread) ? res.unread : 0;
+    }
+    if (!isObject(res) || typeof res.unread !== "number") {
+      for (const it of items.values()) if (!it.read) unread++;
+    }
+    for (const [id, it] of inbox.duringLoad ?? []) {
+      if (!items.has(id)) {
+        items.set(id, it);
+        if (!it.read) unread++;
+      }
+    }
+    for (const id of inbox.pendingRead) {
+      const it = items.get(id);
+      if (it && !it.read) {
+        it.read = true;
+        unread--;
+      }
+    }
+    inbox.items = items;
+    inbox.unread = Math.max(0, unread);
+    inbox.loaded = true;
+    inboxNote(null);
+  } catch (e) {
+    if (gen !== inbox.gen) return;
+    inboxNote(`Inbox unavailable: ${errorText(e)}`);
+  } finally {
+    if (gen === inbox.gen) inbox.duringLoad = null;
+  }
+  inbox.dirty = true;
+  renderDirty();
+}
+
+function inboxNote(text: string | null): void {
+  const note = $("inbox-note");
+  note.textContent = text ?? "";
+  note.hidden = !text;
+}
+
+function entryTime(it: InboxEntry): number {
+  const t = Date.parse(it.created_at);
+  return Number.isNaN(t) ? 0 : t;
+}
+
+/** Rows by item id, kept across renders: a row (and its button) is updated in place, never
+ *  replaced, so a click in progress is not lost when the list changes under it. */
+const inboxRows = new Map<string, { li: HTMLLIElement; sig: string }>();
+
+function renderInbox(): void {
+  const count = $("inbox-unread");
+  count.textContent = String(inbox.unread);
+  count.dataset.count = String(inbox.unread);
+  count.classList.toggle("zero", inbox.unread === 0);
+
+  const sorted = [...inbox.items.values()].sort((a, b) => entryTime(b) - entryTime(a));
+  if (sorted.length > MAX_INBOX) {
+    for (const it of sorted.splice(MAX_INBOX)) inbox.items.delete(it.id);
+  }
+  const list = $("inbox");
+  let prev: Element | null = null;
+  for (const it of sorted) {
+    let row = inboxRows.get(it.id);
+    if (!row) {
+      row = { li: h("li"), sig: "" };
+      inboxRows.set(it.id, row);
+    }
+    fillInboxRow(row, it);
+    const at: Element | null = prev ? prev.nextElementSibling : list.firstElementChild;
+    if (at !== row.li) list.insertBefore(row.li, at);
+    prev = row.li;
+  }
+  for (const [id, row] of inboxRows) {
+    if (!inbox.items.has(id)) {
+      row.li.remove();
+      inboxRows.delete(id);
+    }
+  }
+}
+
+function fillInboxRow(row: { li: HTMLLIElement; sig: string }, it: InboxEntry): void {
+  const li = row.li;
+  li.className = `inbox-item prio-${token(it.priority)} ${it.read ? "read" : "unread"}`;
+  li.dataset.testid = "inbox-item";
+  li.dataset.id = it.id;
+  li.dataset.read = String(it.read);
+  const sig = JSON.stringify([it.title, it.body, it.priority, it.project, it.created_at]);
+  if (sig !== row.sig) {
+    row.sig = sig;
+    const text = h("div", "inbox-text");
+    text.append(h("div", "inbox-title", it.title || "(no title)"));
+    if (it.body) text.append(h("div", "inbox-body", it.body));
+    const meta = h("div", "meta");
+    if (it.priority !== "normal") meta.append(h("span", `badge prio prio-${token(it.priority)}`, it.priority));
+    if (it.project) meta.append(h("span", "chip", it.project));
+    if (it.created_at) {
+      const t = h("span", "time", relTime(it.created_at));
+      t.title = it.created_at;
+      t.dataset.ts = it.created_at;
+      meta.append(t);
+    }
+    text.append(meta);
+    const old = li.querySelector(":scope > .inbox-text");
+    if (old) old.replaceWith(text);
+    else li.prepend(text);
+  }
+  let btn = li.querySelector<HTMLButtonElement>(":scope > button.mark-read");
+  if (!btn) {
+    btn = h("button", "mark-read");
+    btn.type = "button";
+    btn.dataset.testid = "mark-read";
+    li.append(btn);
+  }
+  btn.dataset.id = it.id;
+  btn.textContent = it.read ? "Read" : "Mark read";
+  btn.disabled = it.read;
+}
+
+/** Keeps "5 min ago" labels current. */
+function refreshInboxTimes(): void {
+  for (const t of $("inbox").querySelectorAll<HTMLElement>(".time[data-ts]")) {
+    const label = relTime(t.dataset.ts ?? "");
+    if (t.textContent !== label) t.textContent = label;
+  }
+}
+
+function onInboxClick(ev: Event): void {
+  const btn = ev.target instanceof Element ? ev.target.closest("button.mark-read") : null;
+  if (!(btn instanceof HTMLButtonElement) || btn.disabled) return;
+  const id = btn.dataset.id;
+  if (id) void markRead(id);
+}
+
+async function markRead(id: string): Promise<void> {
+  const it = inbox.items.get(id);
+  const c = client;
+  const user = config?.user;
+  if (!it || it.read || !c || !user) return;
+  // Optimistic: count and style change now, restored if the request fails.
+  it.read = true;
+  inbox.unread = Math.max(0, inbox.unread - 1);
+  inbox.pendingRead.add(id);
+  inbox.dirty = true;
+  renderDirty();
+  try {
+    await c.markRead(user, id);
+  } catch (e) {
+    const cur = inbox.items.get(id);
+    if (cur && cur.read) {
+      cur.read = false;
+      inbox.unread++;
+    }
+    inboxNote(`Could not mark as read: ${errorText(e)}`);
+    inbox.dirty = true;
+    renderDirty();
+  } finally {
+    inbox.pendingRead.delete(id);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Drawing what changed
+
+function renderDirty(): void {
+  if (dirtyRuns.size) {
+    for (const run of dirtyRuns) if (runs.get(run.key) === run) renderRun(run);
+    dirtyRuns.clear();
+    $("runs-count").textContent = String(runs.size);
+  }
+  if (dirtyPrs.size) {
+    renderMoved($("prs"), dirtyPrs, renderPr, prs, MAX_PRS);
+    $("prs-count").textContent = String(prs.size);
+  }
+  if (dirtyChecks.size) {
+    renderMoved($("checks"), dirtyChecks, renderCheck, checks, MAX_CHECKS);
+    $("checks-count").textContent = String(checks.size);
+  }
+  if (inbox.dirty) {
+    inbox.dirty = false;
+    renderInbox();
+  }
+}
+
+/** Renders updated items and moves them to the top of their list, latest first. */
+function renderMoved<T extends { key: string; el: HTMLLIElement | null }>(
+  list: HTMLElement,
+  dirty: Set<T>,
+  render: (item: T) => void,
+  all: Map<string, T>,
+  max: number,
+): void {
+  for (const item of dirty) {
+    if (all.get(item.key) !== item) continue;
+    render(item);
+    if (item.el) list.prepend(item.el);
+  }
+  dirty.clear();
+  while (list.childElementCount > max) {
+    const last = list.lastElementChild;
+    if (!last) break;
+    for (const [k, v] of all) if (v.el === last) all.delete(k);
+    last.remove();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// History gaps
+
+let bannerTimer: ReturnType<typeof setTimeout> | 0 = 0;
+
+function onDiscontinuity(channel: string, info: unknown): void {
+  stats.discontinuities++;
+  const banner = $("banner");
+  const why = isObject(info) && typeof info.reason === "string" ? ` (${info.reason})` : "";
+  $("banner-detail").textContent = `${channel}${why}`;
+  banner.dataset.channel = channel;
+  banner.hidden = false;
+  if (bannerTimer) clearTimeout(bannerTimer);
+  bannerTimer = setTimeout(() => {
+    banner.hidden = true;
+  }, 15000);
+  void loadInbox();
+}
+
+// ---------------------------------------------------------------------------------------
+// Start-up
+
+function showLogin(message?: string): void {
+  $("login").hidden = false;
+  $("panels").hidden = true;
+  $("login-error").textContent = message ?? "";
+  const input = $("token-input");
+  if (input instanceof HTMLTextAreaElement) input.focus();
+}
+
+function start(cfg: Config): void {
+  config = cfg;
+  $("login").hidden = true;
+  $("panels").hidden = false;
+  renderWho(cfg);
+
+  const channels = cfg.projects.map((p) => `project:${p}`);
+  if (cfg.user) channels.push(`user:${cfg.user}`);
+  exposed.config = { user: cfg.user, projects: cfg.projects, channels };
+
+  const c = new TidingsClient({ url: wsUrl(), token: cfg.token });
+  client = c;
+  exposed.client = c;
+
+  let last = "";
+  c.on("state", (s) => {
+    renderState(s);
+    if (s.status === "connected" && last !== "connected") void loadInbox();
+    last = s.status;
+  });
+  for (const ch of channels) {
+    c.subscribe(ch, {
+      onMessage: (m) => receive(m),
+      onDiscontinuity: (info) => onDiscontinuity(ch, info),
+      onError: (e) => onSubscribeError(ch, e),
+    });
+  }
+  c.connect();
+  renderState(c.state);
+  if (c.state.status === "connected" && last !== "connected") {
+    last = "connected";
+    void loadInbox();
+  }
+  if (!cfg.user) inboxNote("No user (sub) in the token: the inbox is unavailable.");
+  const exp = cfg.claims && typeof cfg.claims.exp === "number" ? cfg.claims.exp : null;
+  if (cfg.claims === null) renderState({ ...c.state, error: c.state.error ?? "the token could not be decoded" });
+  else if (exp !== null && exp * 1000 < Date.now()) renderState({ ...c.state, error: c.state.error ?? "the token has expired" });
+}
+
+function init(): void {
+  renderState({ status: "disconnected", reconnectAttempts: 0 });
+  $("events").addEventListener("click", onEventClick);
+  $("inbox").addEventListener("click", onInboxClick);
+  $("banner-close").addEventListener("click", () => {
+    $("banner").hidden = true;
+  });
+  $("login-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const t = ($("token-input") as HTMLTextAreaElement).value.trim();
+    const p = ($("projects-input") as HTMLInputElement).value;
+    if (!t) {
+      showLogin("Paste a token first.");
+      return;
+    }
+    start(makeConfig(t, p.trim() ? splitList(p) : null));
+  });
+  // A new token or project list in the fragment starts over with it.
+  const initial = location.hash;
+  window.addEventListener("hashchange", () => {
+    if (location.hash !== initial) location.reload();
+  });
+
+  let lastCount = 0;
+  let ticks = 0;
+  setInterval(() => {
+    const n = stats.messages;
+    $("rate").textContent = `${(n - lastCount).toLocaleString()} msg/s`;
+    lastCount = n;
+    if (++ticks % 30 === 0) refreshInboxTimes();
+  }, 1000);
+
+  const frag = readFragment();
+  if (frag.token) start(makeConfig(frag.token, frag.projects));
+  else showLogin();
+}
+
+if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
+else init();

@@ -1,0 +1,185 @@
+/**
+ * `TidingsClient`: one connection to a Tidings gateway, shared by every subscription of
+ * the application (CONTRACT.md §9).
+ *
+ * ```ts
+ * const client = new TidingsClient({ url: "wss://tidings.example.com/ws", getToken });
+ * client.on("state", (s) => render(s.status));
+ * const sub = client.subscribe("project:p1", { onMessage: (m) => apply(m) });
+ * client.connect();
+ * await client.publish("project:p1", "chat_message", { text: "hi" }, { durable: true });
+ * ```
+ *
+ * Decisions worth knowing:
+ * - `subscribe()` twice on one channel returns the SAME `Subscription`, with the second
+ *   call's handlers added; `sub.unsubscribe()` ends the channel for all its handlers.
+ * - `publish()` defaults to `durable: false`, as the gateway does for a `publish` frame.
+ *   While not connected, publishes are queued (at most `maxQueue`, then `queue_full`) and
+ *   sent in order after the next `welcome`; each carries a `msg_id`, so a resend after an
+ *   unclear outcome is idempotent. `disconnect()` rejects whatever is still unanswered.
+ * - `ack()` is not queued: it returns `false` when no WebSocket is live (an SSE session has
+ *   no ack route), and an ack lost that way only leaves a notification `sent` rather than
+ *   `delivered`.
+ */
+import { isValidChannel } from "./channel.js";
+import { Connection, type ClientEvents } from "./connection.js";
+import { TidingsError } from "./errors.js";
+import type { TokenClaims } from "./jwt.js";
+import { newMsgId, type OutboxEntry } from "./queue.js";
+import { Subscription, type SubscriptionHost } from "./subscription.js";
+import type {
+  HistoryOptions,
+  HistoryResult,
+  InboxItem,
+  InboxOptions,
+  InboxResult,
+  Position,
+  PresenceResult,
+  PublishOptions,
+  PublishResult,
+  SubscribeOptions,
+  TidingsClientOptions,
+  TransportName,
+} from "./types.js";
+
+export type { ClientEvents } from "./connection.js";
+
+export class TidingsClient extends Connection {
+  private readonly host: SubscriptionHost = {
+    positionOf: (channel) => this.positions.position(channel),
+    release: (sub) => this.release(sub),
+  };
+
+  constructor(options: TidingsClientOptions) {
+    super(options);
+  }
+
+  /** The user: `user` of the last `welcome`, else the token's `sub`, else `null`. */
+  get user(): string | null {
+    return this.welcomeUser ?? this.tokens.claims?.sub ?? null;
+  }
+
+  /** The current token's claims, decoded without verification (`projects`, `exp`, …). */
+  get claims(): TokenClaims | null {
+    return this.tokens.claims;
+  }
+
+  /** The transport carrying the connection while `connected`, else `null`. */
+  get transport(): TransportName | null {
+    return this.live ? this.mode : null;
+  }
+
+  /** Adds a listener; returns the function that removes it. */
+  on<K extends keyof ClientEvents>(event: K, fn: (...args: ClientEvents[K]) => void): () => void {
+    return this.events.on(event, fn);
+  }
+
+  off<K extends keyof ClientEvents>(event: K, fn: (...args: ClientEvents[K]) => void): void {
+    this.events.off(event, fn);
+  }
+
+  /**
+   * Subscribes to a channel (sent at once when connected, else on the next `welcome`), resuming
+   * from the client's position on it if it has one, else from `opts.since`. Throws
+   * `bad_channel` for a name that is not `project:<id>`, `user:<id>` or `broadcast`.
+   */
+  subscribe<T = unknown>(channel: string, opts: SubscribeOptions<T> = {}): Subscription<T> {
+    if (!isValidChannel(channel)) {
+      throw new TidingsError("bad_channel", `not a channel: ${JSON.stringify(channel)} (project:<id>, user:<id> or broadcast)`);
+    }
+    if (opts.since) this.positions.seed(channel, opts.since);
+    const existing = this.subs.get(channel) as Subscription<T> | undefined;
+    if (existing) {
+      existing._attach(opts);
+      return existing;
+    }
+    const sub = new Subscription<T>(channel, this.host);
+    sub._attach(opts);
+    this.subs.set(channel, sub as unknown as Subscription<never>);
+    this.channelAdded(channel);
+    return sub;
+  }
+
+  /** The active subscription of a channel, if any. */
+  getSubscription<T = unknown>(channel: string): Subscription<T> | undefined {
+    return this.subs.get(channel) as Subscription<T> | undefined;
+  }
+
+  /** Every active subscription. */
+  subscriptions(): Subscription[] {
+    return [...this.subs.values()] as Subscription[];
+  }
+
+  /** The last delivered position on a channel, subscribed or not (kept after unsubscribing). */
+  position(channel: string): Position | null {
+    return this.positions.position(channel);
+  }
+
+  private release(sub: Subscription<never>): void {
+    if (this.subs.get(sub.channel) !== sub) return;
+    this.subs.delete(sub.channel);
+    sub._setState("unsubscribed");
+    this.channelRemoved(sub.channel);
+  }
+
+  /**
+   * Publishes an event. Resolves with the reply (`{ seq }` for a durable publish, `{}` for an
+   * ephemeral one); rejects with the gateway's error as a `TidingsError`, with `queue_full`
+   * when offline and the queue is full, with `timeout` when no reply came in time (outcome
+   * unknown: retry with the same `msgId`), or with `disconnected` after `disconnect()`.
+   */
+  publish(channel: string, event: string, data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
+    return new Promise<PublishResult>((resolve, reject) => {
+      if (!isValidChannel(channel)) {
+        reject(new TidingsError("bad_channel", `not a channel: ${JSON.stringify(channel)}`));
+        return;
+      }
+      const entry: OutboxEntry = {
+        msgId: opts.msgId ?? newMsgId(),
+        channel,
+        event,
+        data,
+        durable: opts.durable ?? false,
+        resolve,
+        reject,
+        sent: false,
+        failures: 0,
+      };
+      try {
+        this.outbox.add(entry, !this.live);
+      } catch (e) {
+        reject(e);
+        return;
+      }
+      if (this.live) this.publisher.send(entry);
+    });
+  }
+
+  /**
+   * Confirms delivery of a durable message (marks an in-app notification `delivered`).
+   * Returns whether it was sent: acks are not queued while offline.
+   */
+  ack(channel: string, seq: number): boolean {
+    return this.sendAck(channel, seq);
+  }
+
+  /** `GET /api/v1/channels/{channel}/history`. */
+  history(channel: string, opts: HistoryOptions = {}): Promise<HistoryResult> {
+    return this.http.history(channel, opts);
+  }
+
+  /** `GET /api/v1/channels/{channel}/presence`. */
+  presence(channel: string): Promise<PresenceResult> {
+    return this.http.presence(channel);
+  }
+
+  /** `GET /api/v1/users/{user}/inbox`. */
+  inbox(user: string, opts: InboxOptions = {}): Promise<InboxResult> {
+    return this.http.inbox(user, opts);
+  }
+
+  /** `POST /api/v1/users/{user}/inbox/{id}/read`; resolves with the updated item. */
+  markRead(user: string, id: string): Promise<InboxItem> {
+    return this.http.markRead(user, id);
+  }
+}

@@ -1,0 +1,95 @@
+/**
+ * A subscription to one channel, as the application holds it. The bookkeeping that makes
+ * delivery exactly-once and in order lives in the client's `PositionTracker` (it must
+ * outlive this object: unsubscribing and subscribing again resumes from the same position);
+ * this object is the application's handle: its listeners, its state, its `position`.
+ *
+ * One client holds at most one Subscription per channel: `client.subscribe()` on a channel
+ * already subscribed returns the same object and adds the new handlers to it, so no
+ * listener is silently lost and only one `subscribe` frame goes out.
+ */
+import { Emitter } from "./emitter.js";
+import type { TidingsError } from "./errors.js";
+import type { DiscontinuityInfo, MessageFrame, Position, SubscribeOptions } from "./types.js";
+
+/** `subscribing` until the gateway confirms (again after every reconnect), then `subscribed`. */
+export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
+
+export interface SubscriptionEvents<T> {
+  message: [MessageFrame<T>];
+  discontinuity: [DiscontinuityInfo];
+  error: [TidingsError];
+  state: [SubscriptionState];
+}
+
+/** What a subscription needs from its client. */
+export interface SubscriptionHost {
+  positionOf(channel: string): Position | null;
+  release(sub: Subscription<never>): void;
+}
+
+export class Subscription<T = unknown> {
+  readonly channel: string;
+  private _state: SubscriptionState = "subscribing";
+  private readonly events = new Emitter<SubscriptionEvents<T>>();
+
+  /** @internal Created by `TidingsClient.subscribe`. */
+  constructor(channel: string, private readonly host: SubscriptionHost) {
+    this.channel = channel;
+  }
+
+  /** `{ seq, epoch }` of the last durable message delivered on this channel, or `null`. */
+  get position(): Position | null {
+    return this.host.positionOf(this.channel);
+  }
+
+  get state(): SubscriptionState {
+    return this._state;
+  }
+
+  on<K extends keyof SubscriptionEvents<T>>(event: K, fn: (...args: SubscriptionEvents<T>[K]) => void): () => void {
+    return this.events.on(event, fn);
+  }
+
+  off<K extends keyof SubscriptionEvents<T>>(event: K, fn: (...args: SubscriptionEvents<T>[K]) => void): void {
+    this.events.off(event, fn);
+  }
+
+  /** Stops receiving the channel. The client keeps its position for a later `subscribe`. */
+  unsubscribe(): void {
+    if (this._state === "unsubscribed") return;
+    this.host.release(this as unknown as Subscription<never>);
+  }
+
+  /** @internal Adds the handlers of a `subscribe()` call. */
+  _attach(opts: SubscribeOptions<T>): void {
+    if (opts.onMessage) this.events.on("message", opts.onMessage);
+    if (opts.onDiscontinuity) this.events.on("discontinuity", opts.onDiscontinuity);
+    if (opts.onError) this.events.on("error", opts.onError);
+  }
+
+  /** @internal */
+  _setState(state: SubscriptionState): void {
+    if (this._state === state || this._state === "unsubscribed") return;
+    this._state = state;
+    this.events.emit("state", state);
+    if (state === "unsubscribed") this.events.clear();
+  }
+
+  /** @internal */
+  _deliver(message: MessageFrame<T>): void {
+    this.events.emit("message", message);
+  }
+
+  /** @internal Returns whether anyone listened. */
+  _discontinuity(info: DiscontinuityInfo): boolean {
+    const heard = this.events.listenerCount("discontinuity") > 0;
+    this.events.emit("discontinuity", info);
+    return heard;
+  }
+
+  /** @internal */
+  _fail(error: TidingsError): void {
+    this.events.emit("error", error);
+  }
+}
