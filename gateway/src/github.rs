@@ -40,12 +40,15 @@ pub const EVENTS: [&str; 4] = ["pull_request", "check_run", "check_suite", "ping
 /// Outcomes of `tidings_gateway_github_webhooks_total`.
 pub const OUTCOMES: [&str; 5] = ["published", "duplicate", "ignored", "unauthorized", "invalid"];
 
-/// The route; answers 404 while `TIDINGS_GITHUB_WEBHOOK_SECRET` is unset.
-pub fn router() -> Router<AppState> {
-    Router::new().route(
-        "/api/v1/webhooks/github",
-        post(receive).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)),
-    )
+/// The route. While `TIDINGS_GITHUB_WEBHOOK_SECRET` is unset it answers 404 without reading
+/// the body.
+pub fn router(configured: bool) -> Router<AppState> {
+    let handler = if configured {
+        post(receive).layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+    } else {
+        post(|| async { Error::api(ErrorCode::NotFound, "the GitHub route is not configured") })
+    };
+    Router::new().route("/api/v1/webhooks/github", handler)
 }
 
 /// The webhook secret as an HMAC key, and the deliveries bucket opened on first use.

@@ -167,7 +167,7 @@ pub fn router(state: AppState) -> Router {
         .merge(notifications::router())
         .layer(DefaultBodyLimit::max(body_limit))
         // After the default limit, so that its own (larger) limit wins on its route.
-        .merge(github::router())
+        .merge(github::router(state.github.is_some()))
         .with_state(state.clone())
         .merge(state.health.router())
         .merge(assets::router())

@@ -73,6 +73,10 @@ impl Cursor {
     pub fn parse(s: &str) -> Option<Self> {
         let mut parts = s.trim().split(';');
         let epoch = parts.next()?.strip_prefix('e')?.to_owned();
+        // An epoch is a stream's creation time in nanoseconds: digits, and not many.
+        if epoch.len() > 40 || !epoch.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
         let watermark = parts.next()?.strip_prefix('w')?.parse().ok()?;
         let mut seqs = BTreeMap::new();
         for p in parts {
@@ -153,6 +157,8 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
             }
         }
     };
+    // A cursor names only what this stream carries: it is echoed in every event id.
+    cursor.seqs.retain(|c, _| channels.contains(c));
     let mut pending = VecDeque::new();
     let cap = state.config.replay_max as usize;
     for c in &channels {
@@ -278,7 +284,17 @@ mod tests {
         assert_eq!(Cursor::parse(&c.encode()), Some(c.clone()));
         assert_eq!(c.since(&Channel::parse("project:p1").unwrap()), 12);
         assert_eq!(c.since(&Channel::Broadcast), 7);
-        for bad in ["", "x", "e1", "e1;wx", "e1;w2;project:a.b=3", "e1;w2;project:p=x"] {
+        let long = format!("e{};w1", "1".repeat(41));
+        for bad in [
+            "",
+            "x",
+            "e1",
+            "e1;wx",
+            "e1;w2;project:a.b=3",
+            "e1;w2;project:p=x",
+            "eabc;w1",
+            &long,
+        ] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }
     }
