@@ -115,6 +115,22 @@ test("a gateway SIGKILLed and restarted: disconnected, connected, every message 
   assert.equal(await page.evaluate(() => window.tidings.stats.duplicates), 0);
 });
 
+/** Delivers `payload` to the GitHub route as GitHub does, signed. */
+async function github(event, payload, delivery) {
+  const body = JSON.stringify(payload);
+  const resp = await fetch(`${cluster.gateway.base}/api/v1/webhooks/github`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      "X-GitHub-Event": event,
+      "X-GitHub-Delivery": delivery,
+      "X-Hub-Signature-256": githubSignature(body),
+    },
+    body,
+  });
+  assert.equal(resp.status, 202, await resp.text());
+}
+
 test("a signed GitHub pull_request example shows up as a PR item", async () => {
   await github("pull_request", prExample, "e2e-dashboard-pr");
   const item = page.locator('[data-testid="pr-item"]', { hasText: prExample.pull_request.title });

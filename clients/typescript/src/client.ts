@@ -14,9 +14,14 @@
  * - `subscribe()` twice on one channel returns the SAME `Subscription`, with the second
  *   call's handlers added; `sub.unsubscribe()` ends the channel for all its handlers.
  * - `publish()` defaults to `durable: false`, as the gateway does for a `publish` frame.
- *   While not connected, publishes are queued (at most `maxQueue`, then `queue_full`) and
- *   sent in order after the next `welcome`; each carries a `msg_id`, so a resend after an
- *   unclear outcome is idempotent. `disconnect()` rejects whatever is still unanswered.
+ *   While not connected, publishes are queued and sent in order after the next `welcome`; at
+ *   most `maxQueue` publishes are held, queued and awaiting their reply together (then
+ *   `queue_full`). Each carries a `msg_id`: a DURABLE publish whose connection dropped before
+ *   its reply is sent again and stored once; an ephemeral one is not (the gateway does not
+ *   deduplicate those) and rejects with `unknown_outcome`. `data` is serialized at the call:
+ *   unserializable data rejects at once with `bad_request`, a frame over `maxFrameBytes` with
+ *   `too_large`. `disconnect()` rejects whatever is still unanswered, and so does the state
+ *   `error` (with its reason), which also refuses new publishes until `connect()`.
  * - `ack()` is not queued: it returns `false` when no WebSocket is live (an SSE session has
  *   no ack route), and an ack lost that way only leaves a notification `sent` rather than
  *   `delivered`.
@@ -25,7 +30,7 @@ import { isValidChannel } from "./channel.js";
 import { Connection, type ClientEvents } from "./connection.js";
 import { TidingsError } from "./errors.js";
 import type { TokenClaims } from "./jwt.js";
-import { newMsgId, type OutboxEntry } from "./queue.js";
+import { createEntry, newMsgId } from "./queue.js";
 import { Subscription, type SubscriptionHost } from "./subscription.js";
 import type {
   HistoryOptions,
@@ -124,34 +129,26 @@ export class TidingsClient extends Connection {
 
   /**
    * Publishes an event. Resolves with the reply (`{ seq }` for a durable publish, `{}` for an
-   * ephemeral one); rejects with the gateway's error as a `TidingsError`, with `queue_full`
-   * when offline and the queue is full, with `timeout` when no reply came in time (outcome
-   * unknown: retry with the same `msgId`), or with `disconnected` after `disconnect()`.
+   * ephemeral one). Rejects with a `TidingsError`: the gateway's error; at once with
+   * `bad_channel`, `bad_request` (data JSON cannot carry), `too_large` (over `maxFrameBytes`),
+   * `queue_full` (`maxQueue` publishes queued or awaiting their reply), or the reason of the
+   * `error` state; later with `timeout` when no reply came in time (outcome unknown: retry with
+   * the same `msgId`), `unknown_outcome` when the connection dropped before an ephemeral
+   * publish was answered (it is not resent), or `disconnected` after `disconnect()`.
    */
   publish(channel: string, event: string, data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
     return new Promise<PublishResult>((resolve, reject) => {
-      if (!isValidChannel(channel)) {
-        reject(new TidingsError("bad_channel", `not a channel: ${JSON.stringify(channel)}`));
-        return;
-      }
-      const entry: OutboxEntry = {
-        msgId: opts.msgId ?? newMsgId(),
-        channel,
-        event,
-        data,
-        durable: opts.durable ?? false,
-        resolve,
-        reject,
-        sent: false,
-        failures: 0,
-      };
       try {
-        this.outbox.add(entry, !this.live);
+        if (!isValidChannel(channel)) throw new TidingsError("bad_channel", `not a channel: ${JSON.stringify(channel)}`);
+        if (this.state.status === "error") throw this.failure ?? new TidingsError("disconnected", "the client gave up");
+        const durable = opts.durable ?? false;
+        const msgId = opts.msgId ?? newMsgId();
+        const entry = createEntry({ msgId, channel, event, data, durable, resolve, reject }, this.cfg.maxFrameBytes);
+        this.outbox.add(entry);
+        if (this.live) this.publisher.send(entry);
       } catch (e) {
         reject(e);
-        return;
       }
-      if (this.live) this.publisher.send(entry);
     });
   }
 

@@ -14,7 +14,8 @@
  *   exponential backoff with full jitter, then resume every channel from its position;
  * - a `reconnect` frame (node draining): wait its `retry_ms` plus a little jitter instead;
  * - 4001: call `getToken()` once and reconnect at once; without `getToken`, if it throws, or
- *   if the next connection is closed with 4001 again before `welcome`: state `error`;
+ *   if the next connection is closed with 4001 again before `welcome`: state `error` (an SSE
+ *   stream refused with HTTP 401 takes the same path);
  * - the browser's `online` event cuts a running backoff short.
  */
 import { backoffDelay } from "./backoff.js";
@@ -23,39 +24,31 @@ import { Emitter } from "./emitter.js";
 import { TidingsError } from "./errors.js";
 import { deriveHttpUrl, HttpApi } from "./http.js";
 import { PositionTracker } from "./positions.js";
+import { ReconnectTimer } from "./reconnect.js";
 import { Publisher } from "./publisher.js";
 import { Outbox } from "./queue.js";
 import { SseSession } from "./sse-session.js";
 import type { Subscription } from "./subscription.js";
 import { TokenManager } from "./token.js";
+import { TransportChooser } from "./transports.js";
 import { WsSession } from "./ws-session.js";
 import type {
+  ClientEvents,
   ConnectionState,
   DiscontinuityInfo,
   ErrorCode,
   EventSourceConstructor,
+  FetchLike,
   MessageFrame,
   TidingsClientOptions,
   TransportName,
   WebSocketConstructor,
-  WelcomeFrame,
 } from "./types.js";
 
-export interface ClientEvents {
-  /** Every change of `client.state`. */
-  state: [ConnectionState];
-  /** Every message delivered on any subscribed channel (durable ones once and in order). */
-  message: [MessageFrame];
-  /** Refused commands, `error` frames, failed token refreshes, the reason of an `error` state. */
-  error: [TidingsError];
-  /** A channel's history could not be completed (also passed to the subscription's `onDiscontinuity`). */
-  discontinuity: [DiscontinuityInfo];
-  /** Each WebSocket `welcome`. */
-  welcome: [WelcomeFrame];
-}
+export type { ClientEvents } from "./types.js";
 
-/** Consecutive failures to connect (never having worked) before trying the next transport. */
-export const FALLBACK_AFTER = 2;
+export { FALLBACK_AFTER } from "./transports.js";
+
 export abstract class Connection {
   readonly url: string;
   readonly httpUrl: string;
@@ -65,34 +58,36 @@ export abstract class Connection {
   protected readonly outbox: Outbox;
   protected readonly tokens: TokenManager;
   protected readonly http: HttpApi;
-  protected readonly cfg: { min: number; max: number; timeout: number; autoAck: boolean; debug: boolean };
-  private readonly transports: TransportName[];
+  protected readonly cfg: { min: number; max: number; timeout: number; maxFrameBytes: number; autoAck: boolean; debug: boolean };
+  private readonly chooser: TransportChooser;
   private readonly pending = new PendingCommands();
+  private readonly fetchFn: FetchLike | undefined;
 
   private _state: ConnectionState = { status: "disconnected", reconnectAttempts: 0 };
   protected welcomeUser: string | null = null;
   protected mode: TransportName | null = null;
   protected live = false;
   protected wanted = false;
+  /** Why the client gave up (state `error`), until `connect()`. */
+  protected failure: TidingsError | null = null;
   private readonly ws: WsSession;
   private readonly sse: SseSession;
   protected readonly publisher: Publisher;
   private generation = 0;
   private nextId = 1;
-  private failures = 0;
-  private readonly everUp: Record<TransportName, boolean> = { websocket: false, sse: false };
   private authRetried = false;
-  private reconnectTimer: ReturnType<typeof setTimeout> | null = null;
-  private removeOnline: (() => void) | null = null;
+  private readonly reconnect = new ReconnectTimer(() => void this.open());
 
   constructor(protected readonly options: TidingsClientOptions) {
     this.url = options.url;
     this.httpUrl = (options.httpUrl ?? deriveHttpUrl(options.url)).replace(/\/+$/, "");
-    this.transports = options.transports?.length ? [...options.transports] : ["websocket", "sse"];
+    const transports: TransportName[] = options.transports?.length ? [...options.transports] : ["websocket", "sse"];
+    this.chooser = new TransportChooser(transports, { WebSocket: () => this.WebSocketCtor, EventSource: () => this.EventSourceCtor }, this.log);
     this.cfg = {
       min: options.minReconnectDelay ?? 500,
       max: options.maxReconnectDelay ?? 20_000,
       timeout: options.timeout ?? 10_000,
+      maxFrameBytes: options.maxFrameBytes ?? 65_536,
       autoAck: options.autoAck ?? false,
       debug: options.debug ?? false,
     };
@@ -102,11 +97,14 @@ export abstract class Connection {
       ...(options.token !== undefined ? { token: options.token } : {}),
       ...(options.getToken ? { getToken: options.getToken } : {}),
       apply: (t) => this.applyToken(t),
+      adopted: () => {
+        if (this.live && this.mode === "sse") this.sse.tokenChanged();
+      },
       onError: (e) => this.events.emit("error", e),
       log: this.log,
     });
-    const fetchFn = options.fetch ?? (typeof fetch === "function" ? fetch.bind(globalThis) : undefined);
-    this.http = new HttpApi(this.httpUrl, fetchFn, {
+    this.fetchFn = options.fetch ?? (typeof fetch === "function" ? fetch.bind(globalThis) : undefined);
+    this.http = new HttpApi(this.httpUrl, this.fetchFn, {
       current: async () => {
         if (this.tokens.needsRenewal()) await this.tokens.renew();
         return this.tokens.token;
@@ -118,7 +116,7 @@ export abstract class Connection {
       pending: this.pending,
       http: this.http,
       transport: () => (this.live ? this.mode : null),
-      send: (f) => this.ws.send(f),
+      sendText: (t) => this.ws.sendText(t),
       nextId: () => this.nextId++,
       timeout: this.cfg.timeout,
       minDelay: this.cfg.min,
@@ -131,18 +129,22 @@ export abstract class Connection {
   private createSse(): SseSession {
     return new SseSession({
       EventSource: () => this.EventSourceCtor,
+      fetch: this.fetchFn,
       httpUrl: this.httpUrl,
+      timeout: this.cfg.timeout,
       token: () => this.tokens.token,
       positions: this.positions,
       subs: this.subs,
-      opened: () => {
+      opened: (channels) => {
         this.positions.endAllResyncs();
-        for (const s of this.subs.values()) s._setState("subscribed");
+        for (const c of channels) this.subs.get(c)?._setState("subscribed");
         this.up("sse", this.tokens.claims?.sub ?? null);
       },
       message: (m, cursor) => this.receive(m, cursor),
       discontinuity: (sub, info) => this.discontinuity(sub, info),
       lost: (reason) => this.lost(1006, reason),
+      unauthorized: (reason) => this.lost(4001, reason),
+      refused: (channels, error) => this.refused(channels, error),
       reopenWanted: () => this.wanted && this.mode === "sse" && (this.live || this.sse.isOpening),
       log: this.log,
     });
@@ -189,10 +191,6 @@ export abstract class Connection {
     return this.options.EventSource ?? (globalThis as { EventSource?: EventSourceConstructor }).EventSource;
   }
 
-  private available(t: TransportName): boolean {
-    return t === "websocket" ? this.WebSocketCtor !== undefined : this.EventSourceCtor !== undefined;
-  }
-
   protected setState(status: ConnectionState["status"], reconnectAttempts: number, error?: string): void {
     const s = this._state;
     if (s.status === status && s.reconnectAttempts === reconnectAttempts && s.error === error) return;
@@ -207,10 +205,10 @@ export abstract class Connection {
   connect(): void {
     if (this.wanted) return;
     this.wanted = true;
+    this.failure = null;
     this.authRetried = false;
-    this.failures = 0;
-    this.mode = this.transports.find((t) => this.available(t)) ?? null;
-    this.watchOnline();
+    this.mode = this.chooser.first();
+    this.reconnect.watchOnline();
     void this.open();
   }
 
@@ -218,8 +216,8 @@ export abstract class Connection {
   disconnect(): void {
     this.wanted = false;
     this.generation++;
-    this.clearReconnect();
-    this.unwatchOnline();
+    this.reconnect.clear();
+    this.reconnect.unwatchOnline();
     this.tokens.cancel();
     this.closeTransports("client disconnect");
     this.teardown();
@@ -229,7 +227,7 @@ export abstract class Connection {
   }
 
   private async open(): Promise<void> {
-    this.clearReconnect();
+    this.reconnect.clear();
     const gen = ++this.generation;
     if (!this.mode) return this.fail("no transport available (pass options.WebSocket or options.EventSource)", "unavailable");
     this.setState("connecting", this._state.reconnectAttempts);
@@ -246,16 +244,22 @@ export abstract class Connection {
     else this.sse.open();
   }
 
-  /** Gives up: state `error`, no reconnect until `connect()` is called again. */
+  /**
+   * Gives up: state `error`, no reconnect until `connect()` is called again. Publishes still
+   * waiting or unanswered reject with the same error (and new ones, until `connect()`).
+   */
   private fail(message: string, code: ErrorCode = "unauthorized"): void {
+    const error = new TidingsError(code, message);
     this.wanted = false;
-    this.clearReconnect();
-    this.unwatchOnline();
+    this.failure = error;
+    this.reconnect.clear();
+    this.reconnect.unwatchOnline();
     this.tokens.cancel();
     this.closeTransports(message);
     this.teardown();
+    this.outbox.rejectAll(error);
     this.setState("error", this._state.reconnectAttempts, message);
-    this.events.emit("error", new TidingsError(code, message));
+    this.events.emit("error", error);
   }
 
   private closeTransports(reason: string): void {
@@ -269,7 +273,7 @@ export abstract class Connection {
     this.publisher.stop();
     this.pending.clear();
     this.positions.endAllResyncs();
-    for (const s of this.subs.values()) s._setState("subscribing");
+    for (const s of this.subs.values()) if (s.state !== "error") s._setState("subscribing");
   }
 
   /** The connection ended without our asking (`retryMs`: the gateway said when to come back). */
@@ -277,12 +281,10 @@ export abstract class Connection {
     const wasLive = this.live;
     this.log("connection lost", code, reason);
     this.teardown();
-    const sent = this.outbox.requeueSent();
-    // A frame over the gateway's limit closes with 1009: resending it would loop.
-    if (code === 1009) this.outbox.rejectAll(new TidingsError("too_large", `connection closed: ${reason || "frame too large"}`), sent);
+    this.publisher.connectionLost(code, reason); // resend, or reject what cannot be resent
     if (!this.wanted) return;
     if (code === 4001) return this.unauthorized(reason);
-    if (!wasLive) this.countFailure();
+    if (!wasLive && this.mode) this.mode = this.chooser.failed(this.mode);
     this.scheduleReconnect(retryMs ?? backoffDelay(this._state.reconnectAttempts, this.cfg.min, this.cfg.max));
   }
 
@@ -303,57 +305,19 @@ export abstract class Connection {
     );
   }
 
-  /** A transport that never worked failed again: after FALLBACK_AFTER in a row, try the next one. */
-  private countFailure(): void {
-    const mode = this.mode;
-    if (!mode) return;
-    this.failures++;
-    if (this.failures < FALLBACK_AFTER || this.everUp[mode]) return;
-    const next = this.transports.find((t) => t !== mode && this.available(t));
-    if (next) {
-      this.log(`${mode} failed ${this.failures} times; switching to ${next}`);
-      this.mode = next;
-      this.failures = 0;
-    }
-  }
-
   private scheduleReconnect(delay: number): void {
     this.setState("disconnected", this._state.reconnectAttempts + 1);
     this.log(`reconnecting in ${delay} ms`);
-    this.reconnectTimer = setTimeout(() => {
-      this.reconnectTimer = null;
-      void this.open();
-    }, delay);
-  }
-
-  private clearReconnect(): void {
-    if (this.reconnectTimer !== null) clearTimeout(this.reconnectTimer);
-    this.reconnectTimer = null;
-  }
-
-  private watchOnline(): void {
-    const g = globalThis as { addEventListener?: (t: string, f: () => void) => void; removeEventListener?: (t: string, f: () => void) => void };
-    if (this.removeOnline || typeof g.addEventListener !== "function") return;
-    const onOnline = (): void => {
-      if (this.wanted && this.reconnectTimer !== null) void this.open();
-    };
-    g.addEventListener("online", onOnline);
-    this.removeOnline = () => g.removeEventListener?.("online", onOnline);
-  }
-
-  private unwatchOnline(): void {
-    this.removeOnline?.();
-    this.removeOnline = null;
+    this.reconnect.schedule(delay);
   }
 
   /** Connected: send what waited, arm the token refresh, tell the application. */
   private up(transport: TransportName, user: string | null): void {
     this.live = true;
-    this.failures = 0;
-    this.everUp[transport] = true;
+    this.chooser.up(transport);
     this.authRetried = false;
     this.welcomeUser = user ?? this.welcomeUser;
-    this.publisher.flush();
+    this.publisher.start();
     this.tokens.schedule();
     this.setState("connected", 0);
   }
@@ -366,13 +330,13 @@ export abstract class Connection {
     return this.ws.send({ type: "ack", channel, seq });
   }
 
-  /** Hands a refreshed token to the live connection (WebSocket: an `auth` frame; SSE: reopen). */
+  /**
+   * Hands a refreshed token to the live WebSocket with an `auth` frame; resolves when the
+   * gateway accepted it. SSE cannot change the token of an open stream: the stream reopens
+   * with the token once it is adopted (`adopted` above).
+   */
   private applyToken(token: string): Promise<void> {
-    if (!this.live) return Promise.resolve();
-    if (this.mode === "sse") {
-      this.sse.reopen();
-      return Promise.resolve();
-    }
+    if (!this.live || this.mode !== "websocket") return Promise.resolve();
     return this.ws.refresh(token);
   }
 
@@ -399,6 +363,12 @@ export abstract class Connection {
     if (this.cfg.autoAck && m.event === "notification" && typeof m.seq === "number") this.sendAck(m.channel, m.seq);
   }
 
+  /** The gateway refused these channels for good (SSE): their subscriptions fail. */
+  private refused(channels: string[], error: TidingsError): void {
+    for (const c of channels) this.subs.get(c)?._fail(error, true);
+    this.events.emit("error", error);
+  }
+
   /** Reports a discontinuity; never silently (a warning when nobody listens). */
   private discontinuity(sub: Subscription<never>, info: DiscontinuityInfo): void {
     const heard = sub._discontinuity(info) || this.events.listenerCount("discontinuity") > 0;
@@ -408,11 +378,13 @@ export abstract class Connection {
 
   /** Subscribes a channel on the live connection (called when the application adds one). */
   protected channelAdded(channel: string): void {
+    this.sse.channelChanged(channel);
     if (this.mode === "sse") this.sse.reopen();
     else this.ws.subscribe(channel);
   }
 
   protected channelRemoved(channel: string): void {
+    this.sse.channelChanged(channel);
     if (this.mode === "sse") this.sse.reopen();
     else this.ws.unsubscribe(channel);
   }

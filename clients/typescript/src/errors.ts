@@ -3,7 +3,7 @@ import type { ErrorBody, ErrorCode } from "./types.js";
 /**
  * Every failure the client reports: a gateway's `{code, message}` (from a reply, an `error`
  * frame or an HTTP error body), or one of the client's own codes (`queue_full`, `timeout`,
- * `disconnected`, `network`). `status` is set for HTTP errors.
+ * `disconnected`, `network`, `unknown_outcome`). `status` is set for HTTP errors.
  */
 export class TidingsError extends Error {
   readonly code: ErrorCode | (string & {});

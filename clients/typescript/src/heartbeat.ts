@@ -6,12 +6,26 @@
  *
  * `seen()` runs for every frame, so it only stores a timestamp; the single dead-timer
  * re-arms itself for the remainder when it fires early.
+ *
+ * Background tabs: browsers throttle timers in hidden tabs (Chrome runs them at most once a
+ * minute after a while), so the pings themselves went out late or not at all, and a long
+ * silence says nothing about the connection. When the dead-timer fires much later than it
+ * was due, the client sends a ping and waits one more period for any frame before declaring
+ * the connection dead (once: if that check finds silence again, it is dead).
  */
+
+/** A dead-timer firing this much later than due means timers were throttled. */
+export const LATE_TIMER_MS = 1000;
+
 export class Heartbeat {
   private interval: ReturnType<typeof setInterval> | null = null;
   private deadTimer: ReturnType<typeof setTimeout> | null = null;
   private lastSeen = 0;
   private periodMs = 0;
+  /** When the dead-timer is due (local ms). */
+  private dueAt = 0;
+  /** A late check already granted its one extra period. */
+  private graced = false;
 
   constructor(
     private readonly ping: () => void,
@@ -23,6 +37,7 @@ export class Heartbeat {
     if (!(periodMs > 0)) return;
     this.periodMs = periodMs;
     this.lastSeen = Date.now();
+    this.graced = false;
     this.interval = setInterval(() => this.ping(), periodMs);
     this.arm(2 * periodMs);
   }
@@ -40,18 +55,26 @@ export class Heartbeat {
   }
 
   private arm(ms: number): void {
+    this.dueAt = Date.now() + ms;
     this.deadTimer = setTimeout(() => this.check(), ms);
   }
 
   private check(): void {
     this.deadTimer = null;
-    const silent = Date.now() - this.lastSeen;
+    const now = Date.now();
+    const silent = now - this.lastSeen;
     const limit = 2 * this.periodMs;
-    if (silent >= limit) {
+    if (silent < limit) {
+      this.graced = false;
+      this.arm(limit - silent);
+    } else if (!this.graced && now - this.dueAt >= LATE_TIMER_MS) {
+      // Throttled (a hidden tab): our own pings were late too. Ask, and look again later.
+      this.graced = true;
+      this.ping();
+      this.arm(this.periodMs);
+    } else {
       this.stop();
       this.dead();
-    } else {
-      this.arm(limit - silent);
     }
   }
 }

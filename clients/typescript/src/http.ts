@@ -46,7 +46,8 @@ const STATUS_CODES: Record<number, string> = {
   503: "unavailable",
 };
 
-async function errorFrom(res: Response): Promise<TidingsError> {
+/** The `TidingsError` of an error response (its `{"error":{code,message}}` body, else its status). */
+export async function errorFrom(res: Response): Promise<TidingsError> {
   let body: unknown = null;
   try {
     body = await res.json();
@@ -57,6 +58,11 @@ async function errorFrom(res: Response): Promise<TidingsError> {
   const code = typeof err?.code === "string" ? err.code : (STATUS_CODES[res.status] ?? "internal");
   const message = typeof err?.message === "string" ? err.message : `HTTP ${res.status}`;
   return new TidingsError(code, message, res.status);
+}
+
+/** A request body that is already JSON text (sent as is, not serialized again). */
+export class RawJson {
+  constructor(readonly text: string) {}
 }
 
 export class HttpApi {
@@ -85,7 +91,7 @@ export class HttpApi {
     const init: RequestInit = { method, headers };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
-      init.body = JSON.stringify(body);
+      init.body = body instanceof RawJson ? body.text : JSON.stringify(body);
     }
     try {
       return await f(`${this.baseUrl}${path}`, init);
@@ -121,9 +127,11 @@ export class HttpApi {
     return this.request("POST", `/api/v1/users/${segment(user)}/inbox/${segment(id)}/read`);
   }
 
-  /** `POST /api/v1/publish`: always durable; `id` is the idempotency key. */
-  publish(channel: string, event: string, data: unknown, msgId: string): Promise<PublishResult> {
-    return this.request("POST", "/api/v1/publish", { channel, event, data, id: msgId });
+  /** `POST /api/v1/publish`: always durable; `id` is the idempotency key; `dataJson` is `data` serialized. */
+  publish(channel: string, event: string, dataJson: string, msgId: string): Promise<PublishResult> {
+    const q = JSON.stringify;
+    const body = new RawJson(`{"channel":${q(channel)},"event":${q(event)},"data":${dataJson},"id":${q(msgId)}}`);
+    return this.request("POST", "/api/v1/publish", body);
   }
 }
 

@@ -51,18 +51,41 @@ export function decodeJwt(token: string): TokenClaims | null {
 /** How long before `exp` a refresh starts at the latest. */
 export const REFRESH_MARGIN_MS = 60_000;
 
+/** The shortest wait before refreshing a token, whatever its claims say. */
+export const MIN_REFRESH_MS = 5_000;
+
 /**
- * When to refresh a token, as an absolute time in ms: at 90 % of its lifetime or 60 s before
- * `exp`, whichever is earlier, but never in the past. `receivedAt` stands in for `iat` when
- * the token has none. `null` when the token has no `exp` (nothing to refresh).
+ * How long after receiving a token to refresh it, in ms, or `null` when it has no `exp`
+ * (nothing to refresh). With L the token's lifetime (`exp − iat`; `exp −` the local receive
+ * time when it has no `iat`): `min(0.9·L, L − 60 s)`, floored at `max(L/2, 5 s)`.
+ *
+ * The delay is counted from the LOCAL time the token was received and L comes from the
+ * token's own claims, so a client clock ahead of the gateway's cannot make a refresh due at
+ * once (a token "already expired" by the local clock still waits 90 % of its lifetime), and a
+ * short token (L ≤ 60 s, where `L − 60 s` is not positive) waits half its lifetime instead of
+ * being refreshed again right after each refresh.
  */
-export function refreshAt(claims: TokenClaims | null, receivedAt: number, now: number): number | null {
+export function refreshDelay(claims: TokenClaims | null, receivedAt: number): number | null {
   if (!claims || claims.exp === undefined) return null;
-  const exp = claims.exp * 1000;
-  const issued = claims.iat !== undefined ? claims.iat * 1000 : receivedAt;
-  const lifetime = Math.max(0, exp - issued);
-  const at = Math.min(issued + lifetime * 0.9, exp - REFRESH_MARGIN_MS);
-  return Math.max(now, at);
+  const lifetime = claims.iat !== undefined ? (claims.exp - claims.iat) * 1000 : claims.exp * 1000 - receivedAt;
+  const due = Math.min(lifetime * 0.9, lifetime - REFRESH_MARGIN_MS);
+  return Math.max(due, lifetime / 2, MIN_REFRESH_MS);
+}
+
+/** When to refresh, as an absolute local time in ms: `receivedAt + refreshDelay(…)`. */
+export function refreshAt(claims: TokenClaims | null, receivedAt: number): number | null {
+  const delay = refreshDelay(claims, receivedAt);
+  return delay === null ? null : receivedAt + delay;
+}
+
+/**
+ * The local time (ms) the token stops working, estimated as `receivedAt + L` (see
+ * `refreshDelay`) so that it does not depend on the local clock agreeing with the gateway's;
+ * `null` without `exp`.
+ */
+export function localExpiry(claims: TokenClaims | null, receivedAt: number): number | null {
+  if (!claims || claims.exp === undefined) return null;
+  return claims.iat !== undefined ? receivedAt + (claims.exp - claims.iat) * 1000 : claims.exp * 1000;
 }
 
 /** Whether the token's `exp` has passed (a token without `exp` never expires here). */

@@ -125,6 +125,15 @@ export class PositionTracker {
     this.track(channel).epoch = epoch;
   }
 
+  /** The highest seq held on any channel in `epoch` (sequences are positions in one stream), or `null`. */
+  highest(epoch: string): number | null {
+    let max: number | null = null;
+    for (const t of this.tracks.values()) {
+      if (t.epoch === epoch && t.last !== undefined && (max === null || t.last > max)) max = t.last;
+    }
+    return max;
+  }
+
   epochOf(channel: string): string | undefined {
     return this.tracks.get(channel)?.epoch;
   }

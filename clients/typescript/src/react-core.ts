@@ -2,9 +2,9 @@
  * Internals shared by the React hooks: the context, the provider, and the per-client
  * reference counts of channels held by hooks. Public names are re-exported by react.ts.
  */
-import { createContext, createElement, useContext, useEffect, useRef, type ReactNode } from "react";
+import { createContext, createElement, useContext, useEffect, useRef, useState, type ReactNode } from "react";
 import type { TidingsClient } from "./client.js";
-import type { Subscription } from "./subscription.js";
+import type { Subscription, SubscriptionState } from "./subscription.js";
 import type { MessageFrame } from "./types.js";
 
 const TidingsContext = createContext<TidingsClient | null>(null);
@@ -47,9 +47,28 @@ export function toProjectMessage<T>(m: MessageFrame<T>): ProjectMessage<T> {
   return { type: m.event, projectId: m.channel.slice(PROJECT_PREFIX.length), data: m.data, timestamp: m.ts, messageId: m.id };
 }
 
-/** Reference counts of hook-held channels and the last project message, per client. */
+interface HeldRef {
+  sub: Subscription;
+  /** Hook holders of the channel, across replacements of `sub`. */
+  count: number;
+  /** The hub created `sub` (else the application had subscribed the channel first). */
+  owned: boolean;
+  /** `sub._holders` when the hub took it: more later means the application subscribed it too. */
+  holders: number;
+}
+
+/**
+ * Reference counts of hook-held channels and the last project message, per client.
+ *
+ * A channel is unsubscribed by the hub only when the last hook lets go AND the hub created
+ * the subscription AND it is still the channel's subscription AND the application did not
+ * `client.subscribe()` it meanwhile (which returns the same object): an application's
+ * subscription is never ended by hooks. When the subscription is replaced or ended from
+ * outside while hooks hold the channel, the next acquire takes the current one (or
+ * subscribes anew) and the count of holders carries over.
+ */
 export class HookHub {
-  private readonly refs = new Map<string, { sub: Subscription; count: number; owned: boolean }>();
+  private readonly refs = new Map<string, HeldRef>();
   private last: ProjectMessage | undefined;
   private readonly lastListeners = new Set<() => void>();
 
@@ -61,11 +80,13 @@ export class HookHub {
     });
   }
 
+  /** Holds `channel`; throws `bad_channel` (from `client.subscribe`) for an invalid name. */
   acquire(channel: string): Subscription {
     let ref = this.refs.get(channel);
-    if (!ref || ref.sub.state === "unsubscribed") {
-      const existing = this.client.getSubscription(channel);
-      ref = { sub: existing ?? this.client.subscribe(channel), count: 0, owned: !existing };
+    const current = this.client.getSubscription(channel);
+    if (!ref || ref.sub !== current) {
+      const sub = current ?? this.client.subscribe(channel);
+      ref = { sub, count: ref?.count ?? 0, owned: !current, holders: sub._holders };
       this.refs.set(channel, ref);
     }
     ref.count++;
@@ -76,7 +97,8 @@ export class HookHub {
     const ref = this.refs.get(channel);
     if (!ref || --ref.count > 0) return;
     this.refs.delete(channel);
-    if (ref.owned) ref.sub.unsubscribe();
+    const stillOurs = this.client.getSubscription(channel) === ref.sub && ref.sub._holders === ref.holders;
+    if (ref.owned && stillOurs) ref.sub.unsubscribe();
   }
 
   readonly subscribeLast = (fn: () => void): (() => void) => {
@@ -98,18 +120,54 @@ export function hubOf(client: TidingsClient): HookHub {
   return hub;
 }
 
-/** Holds `channel` while mounted; calls `onMessage` for each of its messages. */
-export function useHeldChannel<T>(client: TidingsClient, channel: string | null, onMessage: (m: MessageFrame<T>) => void): void {
+/** A hook's view of a channel it holds. */
+export interface HeldChannel {
+  /** The subscription's state; `error` when the channel cannot be subscribed (see `error`). */
+  state: SubscriptionState;
+  /** Why: a `bad_channel` name, a refusal by the gateway (`forbidden`, …). Cleared when it subscribes. */
+  error: Error | null;
+}
+
+interface HeldView extends HeldChannel {
+  channel: string | null;
+}
+
+const sameView = (a: HeldView, b: HeldView): boolean => a.channel === b.channel && a.state === b.state && a.error === b.error;
+
+/**
+ * Holds `channel` while mounted; calls `onMessage` for each of its messages. A channel that
+ * cannot be subscribed (`client.subscribe` throws `bad_channel`) does not throw out of the
+ * effect (it would take the whole tree down): it is returned as state `error`.
+ */
+export function useHeldChannel<T>(client: TidingsClient, channel: string | null, onMessage: (m: MessageFrame<T>) => void): HeldChannel {
   const handler = useRef(onMessage);
   handler.current = onMessage;
+  const [view, setView] = useState<HeldView>({ channel, state: "subscribing", error: null });
   useEffect(() => {
     if (channel === null) return;
+    const show = (state: SubscriptionState, error: Error | null): void => {
+      const next = { channel, state, error };
+      setView((v) => (sameView(v, next) ? v : next));
+    };
     const hub = hubOf(client);
-    const sub = hub.acquire(channel) as Subscription<T>;
-    const off = sub.on("message", (m) => handler.current(m));
+    let sub: Subscription<T>;
+    try {
+      sub = hub.acquire(channel) as Subscription<T>;
+    } catch (e) {
+      show("error", e instanceof Error ? e : new Error(String(e)));
+      return;
+    }
+    let error: Error | null = null;
+    const offs = [
+      sub.on("message", (m) => handler.current(m)),
+      sub.on("state", (s) => show(s, s === "subscribed" ? (error = null) : error)),
+      sub.on("error", (e) => show(sub.state, (error = e))),
+    ];
+    show(sub.state, null);
     return () => {
-      off();
+      for (const off of offs) off();
       hub.release(channel);
     };
   }, [client, channel]);
+  return view.channel === channel ? { state: view.state, error: view.error } : { state: "subscribing", error: null };
 }

@@ -26,6 +26,7 @@ export interface UseNotificationsResult {
   fetchMore: () => Promise<void>;
   refetch: () => Promise<void>;
   loading: boolean;
+  /** The last failure: the inbox route's, a refused `markRead`, or the live channel's (`bad_channel`, `forbidden`). */
   error: Error | null;
 }
 
@@ -122,7 +123,7 @@ export function useNotifications(user: string, opts: UseNotificationsOptions = {
     void load(pageSize);
   }, [load, pageSize]);
 
-  useHeldChannel(client, userChannel(user), (m) => {
+  const held = useHeldChannel(client, userChannel(user), (m) => {
     if (m.event !== "notification") return;
     const item = notificationItem(m);
     if (!item) return;
@@ -152,7 +153,9 @@ export function useNotifications(user: string, opts: UseNotificationsOptions = {
 
   const fetchMore = useCallback(() => load(limit.current + pageSize), [load, pageSize]);
   const refetch = useCallback(() => load(limit.current), [load]);
-  const { items, unread, hasMore, loading, error } = current;
+  const { items, unread, hasMore, loading } = current;
+  // The inbox's own failure first, else the live channel's (e.g. `bad_channel` for a user id that is no channel id).
+  const error = current.error ?? held.error;
   return { items, unread, markRead, hasMore, fetchMore, refetch, loading, error };
 }
 

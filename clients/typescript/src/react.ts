@@ -5,8 +5,10 @@
  * Every hook below a `<TidingsProvider>` shares its one `TidingsClient`, hence one socket.
  * Channels opened by hooks are reference-counted per client: two components on the same
  * channel share one subscription, and the channel is unsubscribed when the last of them
- * lets go. A channel the application subscribed itself (with `client.subscribe`) is used
- * but never unsubscribed by the hooks.
+ * lets go. A channel the application subscribed itself (with `client.subscribe`, before or
+ * after the hooks) is used but never unsubscribed by the hooks. A channel name that cannot
+ * be subscribed never throws out of a hook: `useChannel` reports it as `state: "error"`
+ * with `error`, `useNotifications` in `error`.
  *
  * The provider does not own the client: it calls `connect()` on mount when the client is
  * `disconnected` (pass `connect={false}` to opt out) and never disconnects it.
@@ -14,10 +16,11 @@
 import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore } from "react";
 import { projectChannel } from "./channel.js";
 import { hubOf, useHeldChannel, useTidingsClient, type ProjectMessage } from "./react-core.js";
+import type { SubscriptionState } from "./subscription.js";
 import type { ConnectionState, MessageFrame, Position, PublishOptions, PublishResult } from "./types.js";
 
 export { TidingsProvider, useTidingsClient, toProjectMessage } from "./react-core.js";
-export type { ProjectMessage, TidingsProviderProps } from "./react-core.js";
+export type { HeldChannel, ProjectMessage, TidingsProviderProps } from "./react-core.js";
 
 // ---- hooks ------------------------------------------------------------------------------------
 
@@ -101,6 +104,10 @@ export interface UseChannelResult<T> {
   messages: MessageFrame<T>[];
   lastMessage: MessageFrame<T> | undefined;
   position: Position | null;
+  /** The subscription's state: `error` when the channel cannot be subscribed (a bad name, refused by the gateway). */
+  state: SubscriptionState;
+  /** Why the channel is in `error` (or the last transient refusal), else `null`. */
+  error: Error | null;
 }
 
 /** Subscribes to a channel while mounted; keeps its last `limit` messages. */
@@ -109,7 +116,7 @@ export function useChannel<T = unknown>(channel: string, opts: UseChannelOptions
   const limit = Math.max(1, opts.limit ?? 100);
   const [state, setState] = useState<{ channel: string; messages: MessageFrame<T>[] }>({ channel, messages: [] });
   const onMessage = opts.onMessage;
-  useHeldChannel<T>(client, channel, (m) => {
+  const held = useHeldChannel<T>(client, channel, (m) => {
     setState((prev) => {
       const base = prev.channel === channel ? prev.messages : [];
       return { channel, messages: [...base, m].slice(-limit) };
@@ -117,7 +124,8 @@ export function useChannel<T = unknown>(channel: string, opts: UseChannelOptions
     onMessage?.(m);
   });
   const messages = state.channel === channel ? state.messages : [];
-  return { messages, lastMessage: messages[messages.length - 1], position: client.position(channel) };
+  const { state: subState, error } = held;
+  return { messages, lastMessage: messages[messages.length - 1], position: client.position(channel), state: subState, error };
 }
 
 export { useNotifications, usePresence } from "./react-inbox.js";

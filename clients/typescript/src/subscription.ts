@@ -12,8 +12,13 @@ import { Emitter } from "./emitter.js";
 import type { TidingsError } from "./errors.js";
 import type { DiscontinuityInfo, MessageFrame, Position, SubscribeOptions } from "./types.js";
 
-/** `subscribing` until the gateway confirms (again after every reconnect), then `subscribed`. */
-export type SubscriptionState = "subscribing" | "subscribed" | "unsubscribed";
+/**
+ * `subscribing` until the gateway confirms (again after every reconnect), then `subscribed`;
+ * `error` when the gateway refused the channel for good (`forbidden`, …: see `onError`): over
+ * WebSockets it is asked again on the next connect, over SSE the channel is left out of the
+ * stream (so that the others keep working) until it is subscribed again or the token changes.
+ */
+export type SubscriptionState = "subscribing" | "subscribed" | "error" | "unsubscribed";
 
 export interface SubscriptionEvents<T> {
   message: [MessageFrame<T>];
@@ -32,6 +37,8 @@ export class Subscription<T = unknown> {
   readonly channel: string;
   private _state: SubscriptionState = "subscribing";
   private readonly events = new Emitter<SubscriptionEvents<T>>();
+  /** @internal How many `client.subscribe()` calls returned this object. */
+  _holders = 0;
 
   /** @internal Created by `TidingsClient.subscribe`. */
   constructor(channel: string, private readonly host: SubscriptionHost) {
@@ -63,6 +70,7 @@ export class Subscription<T = unknown> {
 
   /** @internal Adds the handlers of a `subscribe()` call. */
   _attach(opts: SubscribeOptions<T>): void {
+    this._holders++;
     if (opts.onMessage) this.events.on("message", opts.onMessage);
     if (opts.onDiscontinuity) this.events.on("discontinuity", opts.onDiscontinuity);
     if (opts.onError) this.events.on("error", opts.onError);
@@ -88,8 +96,10 @@ export class Subscription<T = unknown> {
     return heard;
   }
 
-  /** @internal */
-  _fail(error: TidingsError): void {
+  /** @internal A refusal; `final`: not retried on this connection (state `error`). */
+  _fail(error: TidingsError, final: boolean): void {
+    if (this._state === "unsubscribed") return;
+    if (final) this._setState("error");
     this.events.emit("error", error);
   }
 }

@@ -1,13 +1,18 @@
 /**
  * The client's token and its refresh. A WebSocket session ends with 4001 when its token
- * expires, so the client gets a new token from `getToken()` BEFORE `exp` — at 90 % of the
- * token's lifetime or 60 s before `exp`, whichever is earlier — and hands it to the live
- * connection with an `auth` frame: no reconnect, no lost message. A failed refresh is retried
- * a couple of times with backoff while the token is still valid; after that the session runs
- * until the gateway closes it with 4001, and the reconnect path asks `getToken()` again.
+ * expires, so the client gets a new token from `getToken()` BEFORE `exp` (see `refreshDelay`
+ * in jwt.ts: 90 % of the lifetime or 60 s before `exp`, whichever is earlier, never sooner
+ * than half the lifetime, counted from the local time the token was received) and hands it to
+ * the live connection with an `auth` frame: no reconnect, no lost message.
+ *
+ * A refreshed token is adopted only once it has been checked: it must expire later than the
+ * current one and, on a live WebSocket, the gateway must have answered its `auth` frame with
+ * `ok`. A refused token never replaces the working one. A failed refresh is retried a couple
+ * of times with backoff while the token is still valid; after that the session runs until
+ * the gateway closes it with 4001, and the reconnect path asks `getToken()` again.
  */
 import { TidingsError } from "./errors.js";
-import { decodeJwt, isExpired, refreshAt, type TokenClaims } from "./jwt.js";
+import { decodeJwt, isExpired, localExpiry, refreshAt, type TokenClaims } from "./jwt.js";
 
 /** Refresh attempts per due refresh (the first one included). */
 export const REFRESH_ATTEMPTS = 3;
@@ -17,6 +22,8 @@ export interface TokenManagerOptions {
   getToken?: () => Promise<string>;
   /** Hands a refreshed token to the live connection; rejects if the gateway refuses it. */
   apply: (token: string) => Promise<void>;
+  /** A refreshed token was adopted (after `apply` succeeded). */
+  adopted?: (token: string) => void;
   /** A refresh failed for good (all attempts). */
   onError: (error: TidingsError) => void;
   log: (...args: unknown[]) => void;
@@ -58,15 +65,39 @@ export class TokenManager {
     this.receivedAt = Date.now();
   }
 
-  /** Calls `getToken()` (one call at a time) and adopts its token. */
-  renew(): Promise<string> {
+  /**
+   * Calls `getToken()` and adopts its token at once: for a connection about to be opened (the
+   * gateway checks it there), after a 4001 close, or after an HTTP 401.
+   */
+  async renew(): Promise<string> {
+    const token = await this.fetch();
+    this.set(token);
+    return token;
+  }
+
+  /** Arms the refresh for the current token (no-op without `getToken` or `exp`). */
+  schedule(): void {
+    this.clearTimer();
+    if (!this.canRenew) return;
+    const at = refreshAt(this._claims, this.receivedAt);
+    if (at === null) return;
+    const gen = this.generation;
+    this.timer = setTimeout(() => void this.refresh(0, gen), Math.max(0, at - Date.now()));
+  }
+
+  cancel(): void {
+    this.generation++;
+    this.clearTimer();
+  }
+
+  /** Calls `getToken()`, one call at a time; the token is NOT adopted here. */
+  private fetch(): Promise<string> {
     const get = this.opts.getToken;
     if (!get) return Promise.reject(new TidingsError("unauthorized", "no getToken to renew the token with"));
     if (!this.inflight) {
       this.inflight = get()
         .then((t) => {
           if (typeof t !== "string" || t === "") throw new TidingsError("unauthorized", "getToken returned no token");
-          this.set(t);
           return t;
         })
         .finally(() => {
@@ -76,53 +107,42 @@ export class TokenManager {
     return this.inflight;
   }
 
-  /** Arms the refresh for the current token (no-op without `getToken` or `exp`). */
-  schedule(): void {
-    this.clearTimer();
-    if (!this.canRenew) return;
-    const now = Date.now();
-    const at = refreshAt(this._claims, this.receivedAt, now);
-    if (at === null) return;
-    const gen = this.generation;
-    this.timer = setTimeout(() => void this.refresh(0, gen), at - now);
-  }
-
-  cancel(): void {
-    this.generation++;
-    this.clearTimer();
-  }
-
   private clearTimer(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
   }
 
+  /** Fetch, check, hand to the connection, and only then adopt. */
   private async refresh(attempt: number, gen: number): Promise<void> {
     this.timer = null;
     const oldExp = this._claims?.exp;
+    const expiresAt = localExpiry(this._claims, this.receivedAt);
     try {
-      const token = await this.renew();
+      const token = await this.fetch();
       const exp = decodeJwt(token)?.exp;
       if (oldExp !== undefined && exp !== undefined && exp <= oldExp) {
         throw new TidingsError("unauthorized", "getToken returned a token that expires no later than the current one");
       }
       if (gen !== this.generation) return;
       await this.opts.apply(token);
-      if (gen === this.generation) this.schedule();
+      if (gen !== this.generation) return;
+      this.set(token);
+      this.opts.adopted?.(token);
+      this.schedule();
     } catch (e) {
       if (gen !== this.generation) return;
-      this.retry(attempt, gen, oldExp, e);
+      this.retry(attempt, gen, expiresAt, e);
     }
   }
 
-  private retry(attempt: number, gen: number, exp: number | undefined, cause: unknown): void {
-    const left = exp === undefined ? Infinity : exp * 1000 - Date.now();
+  private retry(attempt: number, gen: number, expiresAt: number | null, cause: unknown): void {
+    const left = expiresAt === null ? Infinity : expiresAt - Date.now();
     this.opts.log("token refresh failed", cause);
     if (attempt + 1 >= REFRESH_ATTEMPTS || left <= 0) {
       this.opts.onError(new TidingsError("unauthorized", `token refresh failed: ${String(cause)}`, undefined, { cause }));
       return;
     }
-    // 1 s, 2 s, … but always before `exp`.
+    // 1 s, 2 s, … but always before the token ends.
     const delay = Math.min(1000 * 2 ** attempt, left / 2);
     this.timer = setTimeout(() => void this.refresh(attempt + 1, gen), delay);
   }

@@ -3,15 +3,16 @@
  * get through. One EventSource carries every subscribed channel: `GET {httpUrl}/sse?
  * channels=a,b&token=…`. Every durable event has an `id:` cursor; the client keeps the
  * cursor of the last message it accepted and, whenever it opens a new EventSource (the
- * channel set changed, the stream dropped, a gap was seen, the token was renewed), passes
- * it as `last_event_id=`, because a new EventSource cannot set the `Last-Event-ID` header.
+ * channel set changed, the stream dropped, a gap was seen, the token was renewed), passes a
+ * cursor built from it and its positions (sse-cursor.ts) as `last_event_id=`, because a new
+ * EventSource cannot set the `Last-Event-ID` header.
  *
  * The EventSource's own automatic reconnect is cut short (closed on the first `error`): it
  * would reuse a URL with an old token and an old cursor, and could resume after a message
  * the client refused as a gap. The client reconnects itself, with backoff.
  */
 import { listen } from "./listen.js";
-import type { EventSourceConstructor, EventSourceLike, MessageFrame, Position } from "./types.js";
+import type { EventSourceConstructor, EventSourceLike, MessageFrame } from "./types.js";
 
 export interface SseHandlers {
   open(): void;
@@ -35,26 +36,6 @@ export function sseUrl(httpUrl: string, channels: string[], token: string | unde
 export function cursorEpoch(cursor: string): string | null {
   const m = /^e([^;]+);w\d+(;|$)/.exec(cursor);
   return m ? (m[1] ?? null) : null;
-}
-
-/**
- * A cursor for positions learnt over WebSocket, so that falling back to SSE resumes every
- * channel instead of starting from "now". Only built when every channel has a position in
- * one epoch; the watermark is the lowest of them (the gateway resumes each channel from the
- * larger of its own seq and the watermark).
- */
-export function synthesizeCursor(positions: Array<Position | null>, channels: string[]): string | null {
-  if (positions.length === 0 || positions.length !== channels.length) return null;
-  const epoch = positions[0]?.epoch;
-  if (epoch === undefined) return null;
-  let watermark = Infinity;
-  const parts: string[] = [];
-  for (const [i, p] of positions.entries()) {
-    if (!p || p.epoch !== epoch) return null;
-    watermark = Math.min(watermark, p.seq);
-    parts.push(`${channels[i]}=${p.seq}`);
-  }
-  return [`e${epoch}`, `w${watermark}`, ...parts.sort()].join(";");
 }
 
 export class SseTransport {

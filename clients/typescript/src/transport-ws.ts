@@ -83,6 +83,12 @@ export class WsTransport {
     return this.sendRaw(frame);
   }
 
+  /** Sends a frame already serialized to JSON text; `false` when the socket is not open. */
+  sendText(text: string): boolean {
+    if (!this.opened || !this.socket) return false;
+    return this.write(text);
+  }
+
   /** Closes without reporting the close back (see the module comment). */
   close(code = 1000, reason = ""): void {
     const ws = this.socket;
@@ -96,8 +102,12 @@ export class WsTransport {
   }
 
   private sendRaw(frame: ClientFrame): boolean {
+    return this.socket !== null && this.write(JSON.stringify(frame));
+  }
+
+  private write(text: string): boolean {
     try {
-      this.socket?.send(JSON.stringify(frame));
+      this.socket?.send(text);
       return true;
     } catch (e) {
       this.log("send failed", e);

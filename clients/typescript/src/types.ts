@@ -3,6 +3,7 @@
  * of the client. Field names are the server's, unchanged, so that a frame can be logged,
  * stored or compared without translation.
  */
+import type { TidingsError } from "./errors.js";
 
 /** The error codes a Tidings gateway sends, plus the ones this client raises itself. */
 export type ErrorCode =
@@ -19,7 +20,22 @@ export type ErrorCode =
   | "queue_full"
   | "timeout"
   | "disconnected"
-  | "network";
+  | "network"
+  | "unknown_outcome";
+
+/** The events of `client.on(…)`. */
+export interface ClientEvents {
+  /** Every change of `client.state`. */
+  state: [ConnectionState];
+  /** Every message delivered on any subscribed channel (durable ones once and in order). */
+  message: [MessageFrame];
+  /** Refused commands, `error` frames, failed token refreshes, the reason of an `error` state. */
+  error: [TidingsError];
+  /** A channel's history could not be completed (also passed to the subscription's `onDiscontinuity`). */
+  discontinuity: [DiscontinuityInfo];
+  /** Each WebSocket `welcome`. */
+  welcome: [WelcomeFrame];
+}
 
 /** `{"code","message"}` in replies, `error` frames and HTTP error bodies. */
 export interface ErrorBody {
@@ -188,11 +204,16 @@ export interface TidingsClientOptions {
   minReconnectDelay?: number | undefined;
   /** Backoff ceiling, ms (default 20000). */
   maxReconnectDelay?: number | undefined;
-  /** Most publishes held while offline (default 1000). */
+  /** Most publishes held at once, queued and awaiting their reply together (default 1000). */
   maxQueue?: number | undefined;
+  /**
+   * Largest publish frame, in bytes of JSON (default 65536, the gateway's default
+   * `max_frame_bytes`); a larger publish rejects at once with `too_large`.
+   */
+  maxFrameBytes?: number | undefined;
   /** Ack every delivered durable `notification` message automatically (default false). */
   autoAck?: boolean | undefined;
-  /** Per-command reply timeout, ms (default 10000); also the WebSocket's time to reach `welcome`. */
+  /** Per-command reply timeout, ms (default 10000); also the time a WebSocket has to reach `welcome` and an EventSource to open. */
   timeout?: number | undefined;
   /** Log protocol activity with `console.debug`. */
   debug?: boolean | undefined;
@@ -201,7 +222,7 @@ export interface TidingsClientOptions {
 export interface SubscribeOptions<T = unknown> {
   onMessage?: ((message: MessageFrame<T>) => void) | undefined;
   onDiscontinuity?: ((info: DiscontinuityInfo) => void) | undefined;
-  /** Called when the gateway refuses the subscription (`forbidden`, `bad_channel`, …). */
+  /** Called when the gateway refuses the subscription (`forbidden`, `bad_channel`, …; the subscription's state becomes `error`). */
   onError?: ((error: Error) => void) | undefined;
   /** A position the application persisted: resume after it (used when the client knows none). */
   since?: Position | undefined;

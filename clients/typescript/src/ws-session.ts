@@ -54,6 +54,8 @@ export class WsSession {
   private welcomed = false;
   private welcomeTimer: ReturnType<typeof setTimeout> | null = null;
   private readonly retryTimers = new Map<string, ReturnType<typeof setTimeout>>();
+  /** Consecutive retryable refusals per channel (reset by a successful subscribe). */
+  private readonly retryAttempts = new Map<string, number>();
   private readonly heartbeat: Heartbeat;
 
   constructor(private readonly d: WsSessionDeps) {
@@ -107,9 +109,15 @@ export class WsSession {
     return this.ws?.send(frame) ?? false;
   }
 
+  sendText(text: string): boolean {
+    return this.ws?.sendText(text) ?? false;
+  }
+
   /** Subscribes (or re-subscribes, to repair a gap) with `since`/`epoch` when a position is known. */
   subscribe(channel: string): void {
     if (!this.isLive) return;
+    const sub = this.d.subs.get(channel);
+    if (sub?.state === "error") sub._setState("subscribing"); // asked again
     const id = this.d.nextId();
     const since = this.d.positions.resumeFrom(channel);
     const frame: SubscribeFrame = { type: "subscribe", id, channel };
@@ -127,6 +135,7 @@ export class WsSession {
     const t = this.retryTimers.get(channel);
     if (t !== undefined) clearTimeout(t);
     this.retryTimers.delete(channel);
+    this.retryAttempts.delete(channel);
     if (!this.isLive) return;
     const id = this.d.nextId();
     this.d.pending.add(id, { reply: () => undefined }, null);
@@ -201,23 +210,32 @@ export class WsSession {
     if (!r.ok) {
       this.d.positions.endResync(channel);
       const err = replyError(r, `subscribe ${channel}`);
-      if (sub && RETRYABLE.has(err.code)) this.retry(channel);
-      sub?._fail(err);
+      const retryable = RETRYABLE.has(err.code);
+      if (sub && retryable) this.retry(channel);
+      sub?._fail(err, !retryable);
       this.d.error(err);
       return;
     }
+    this.retryAttempts.delete(channel);
     const info = this.d.positions.subscribed(channel, r, since);
     if (!sub) return;
     sub._setState("subscribed");
     if (info) this.d.discontinuity(sub, info);
   }
 
+  /**
+   * Asks again after a full-jitter backoff that grows with each consecutive refusal of this
+   * channel (`[0, min(maxDelay, minDelay·2^n)]`), so that a gateway short of NATS or rate
+   * limiting is not asked once a second by every client forever.
+   */
   private retry(channel: string): void {
     if (this.retryTimers.has(channel)) return;
+    const attempt = this.retryAttempts.get(channel) ?? 0;
+    this.retryAttempts.set(channel, attempt + 1);
     const timer = setTimeout(() => {
       this.retryTimers.delete(channel);
       if (this.d.subs.has(channel)) this.subscribe(channel);
-    }, backoffDelay(1, this.d.minDelay, this.d.maxDelay));
+    }, backoffDelay(attempt, this.d.minDelay, this.d.maxDelay));
     this.retryTimers.set(channel, timer);
   }
 }

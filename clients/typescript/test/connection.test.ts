@@ -325,4 +325,30 @@ describe("heartbeat", () => {
     vi.advanceTimersByTime(2000);
     expect(ws.closedWith).not.toBeNull();
   });
+
+  it("does not declare a throttled background tab dead: a late check pings and looks again once", () => {
+    const client = newClient();
+    const ws = connectLive(client, { heartbeat_ms: 1000 });
+    // A hidden tab: no timer ran for a minute (the clock moved, the timers did not fire).
+    vi.setSystemTime(Date.now() + 60_000);
+    vi.advanceTimersByTime(2000); // the dead-check fires, 60 s late, after 62 s of silence
+    expect(ws.closedWith).toBeNull();
+    const pings = ws.framesOf("ping").length;
+    expect(pings).toBeGreaterThanOrEqual(3); // the interval's two, and the check's own
+    ws.receive({ type: "pong", id: ws.framesOf("ping").at(-1)?.id });
+    vi.advanceTimersByTime(1500); // the re-check finds the pong
+    expect(ws.closedWith).toBeNull();
+    expect(client.state.status).toBe("connected");
+  });
+
+  it("a late check that gets no answer either declares the connection dead", () => {
+    const client = newClient();
+    const ws = connectLive(client, { heartbeat_ms: 1000 });
+    vi.setSystemTime(Date.now() + 60_000);
+    vi.advanceTimersByTime(2000);
+    expect(ws.closedWith).toBeNull();
+    vi.advanceTimersByTime(1000); // one more period, still nothing
+    expect(ws.closedWith).not.toBeNull();
+    expect(client.state.status).toBe("disconnected");
+  });
 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { decodeJwt } from "../src/index.js";
-import { refreshAt } from "../src/jwt.js";
+import { refreshAt, refreshDelay } from "../src/jwt.js";
 import { makeToken } from "./fakes.js";
 
 describe("decodeJwt", () => {
@@ -23,20 +23,29 @@ describe("decodeJwt", () => {
 
 describe("refreshAt", () => {
   const iat = 1_000_000;
+  const t0 = 5_000; // the local receive time, unrelated to iat: only the lifetime counts
   it("refreshes at 90 % of the lifetime when that is earlier", () => {
     // 1 h token: 90 % = 3240 s, 60 s before exp = 3540 s.
-    expect(refreshAt({ iat, exp: iat + 3600 }, 0, iat * 1000)).toBe((iat + 3240) * 1000);
+    expect(refreshAt({ iat, exp: iat + 3600 }, t0)).toBe(t0 + 3240_000);
   });
   it("refreshes 60 s before exp when that is earlier", () => {
-    // 24 h token: 60 s before exp is later than 90 %? no: 90 % = 77760 s, exp-60 = 86340 s → 90 %.
     // 5 min token: 90 % = 270 s, exp-60 = 240 s → 240 s.
-    expect(refreshAt({ iat, exp: iat + 300 }, 0, iat * 1000)).toBe((iat + 240) * 1000);
+    expect(refreshAt({ iat, exp: iat + 300 }, t0)).toBe(t0 + 240_000);
   });
-  it("is never in the past", () => {
-    expect(refreshAt({ iat, exp: iat + 30 }, 0, (iat + 10) * 1000)).toBe((iat + 10) * 1000);
+  it("waits at least half the lifetime, and at least 5 s", () => {
+    expect(refreshDelay({ iat, exp: iat + 100 }, t0)).toBe(50_000); // exp-60 = 40 s < 50 s
+    expect(refreshDelay({ iat, exp: iat + 30 }, t0)).toBe(15_000); // exp-60 is negative
+    expect(refreshDelay({ iat, exp: iat + 6 }, t0)).toBe(5_000);
+    expect(refreshDelay({ iat, exp: iat }, t0)).toBe(5_000);
+  });
+  it("counts from the local receive time, whatever the local clock says of exp", () => {
+    // The local clock is 2 h ahead of the gateway: exp is "past", the lifetime is still 1 h.
+    const local = (iat + 7200) * 1000;
+    expect(refreshAt({ iat, exp: iat + 3600 }, local)).toBe(local + 3240_000);
   });
   it("uses the receive time without iat, and nothing without exp", () => {
-    expect(refreshAt({ exp: 1000 }, 0, 0)).toBe(900_000);
-    expect(refreshAt({ sub: "x" }, 0, 0)).toBeNull();
+    expect(refreshAt({ exp: 1000 }, 0)).toBe(900_000);
+    expect(refreshDelay({ exp: 1000 }, 1_000_000)).toBe(5_000); // already past locally: the floor
+    expect(refreshAt({ sub: "x" }, 0)).toBeNull();
   });
 });

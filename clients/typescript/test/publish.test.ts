@@ -147,6 +147,120 @@ describe("publish", () => {
     const client = newClient();
     await expect(client.publish("nope", "e", 1)).rejects.toMatchObject({ code: "bad_channel" });
   });
+
+  it("after a 1009 close rejects only the in-flight publishes that can be the cause, and resends the others", async () => {
+    const client = newClient();
+    const ws = connectLive(client);
+    const small = { text: "x".repeat(10) };
+    const p0 = client.publish("project:p1", "e", small, { durable: true });
+    ws.reply(ws.lastFrame(), { seq: 1 }); // the gateway read a frame of this size: its limit is at least that
+    await p0;
+    const p1 = client.publish("project:p1", "e", small, { durable: true }); // no larger: not the cause
+    const p2 = client.publish("project:p1", "e", { text: "y".repeat(5000) }, { durable: true });
+    const p2err = p2.catch((e: unknown) => e);
+    ws.serverClose(1009, "frame too large");
+    expect(await p2err).toMatchObject({ code: "too_large" });
+    vi.advanceTimersByTime(20_000);
+    const ws2 = FakeWebSocket.last();
+    ws2.open();
+    ws2.welcome();
+    expect(ws2.framesOf("publish").map((f) => f.data)).toEqual([small]);
+    ws2.reply(ws2.framesOf("publish")[0]!, { seq: 2 });
+    await expect(p1).resolves.toEqual({ seq: 2 });
+  });
+});
+
+describe("publish: checked at the call", () => {
+  it("rejects a frame over maxFrameBytes at once with too_large, and sends nothing", async () => {
+    const client = newClient({ maxFrameBytes: 1000 });
+    const ws = connectLive(client);
+    await expect(client.publish("project:p1", "e", "x".repeat(1000))).rejects.toMatchObject({ code: "too_large" });
+    await expect(client.publish("project:p1", "e", "é".repeat(480))).rejects.toMatchObject({ code: "too_large" }); // 960 chars of UTF-8
+    expect(ws.framesOf("publish")).toHaveLength(0);
+    expect(client.publish("project:p1", "e", "x".repeat(800))).toBeInstanceOf(Promise);
+    expect(ws.framesOf("publish")).toHaveLength(1);
+  });
+
+  it("defaults maxFrameBytes to the gateway's 65536", async () => {
+    const client = newClient();
+    const ws = connectLive(client);
+    await expect(client.publish("project:p1", "e", "x".repeat(65_536))).rejects.toMatchObject({ code: "too_large" });
+    void client.publish("project:p1", "e", "x".repeat(65_000));
+    expect(ws.framesOf("publish")).toHaveLength(1);
+  });
+
+  it("rejects data JSON cannot carry at once with bad_request, not after the timeout", async () => {
+    const client = newClient();
+    const ws = connectLive(client);
+    const circular: Record<string, unknown> = {};
+    circular.self = circular;
+    await expect(client.publish("project:p1", "e", 10n)).rejects.toMatchObject({ code: "bad_request" });
+    await expect(client.publish("project:p1", "e", circular)).rejects.toMatchObject({ code: "bad_request" });
+    await expect(client.publish("project:p1", "e", () => 1)).rejects.toMatchObject({ code: "bad_request" });
+    expect(ws.framesOf("publish")).toHaveLength(0);
+  });
+
+  it("sends the data as it was when publish() was called", () => {
+    const client = newClient();
+    const data = { n: 1 };
+    void client.publish("project:p1", "e", data);
+    data.n = 2;
+    const ws = connectLive(client);
+    expect(ws.framesOf("publish")[0]?.data).toEqual({ n: 1 });
+  });
+});
+
+describe("publish: bounds and outcomes", () => {
+  it("counts publishes awaiting their reply against maxQueue, not only queued ones", async () => {
+    const client = newClient({ maxQueue: 2 });
+    const ws = connectLive(client);
+    const a = client.publish("project:p1", "e", 1);
+    void client.publish("project:p1", "e", 2);
+    await expect(client.publish("project:p1", "e", 3)).rejects.toMatchObject({ code: "queue_full" });
+    expect(ws.framesOf("publish")).toHaveLength(2);
+    ws.reply(ws.framesOf("publish")[0]!);
+    await a;
+    void client.publish("project:p1", "e", 4); // room again
+    expect(ws.framesOf("publish")).toHaveLength(3);
+  });
+
+  it("does not resend an ephemeral publish that was sent when the connection dropped: unknown_outcome", async () => {
+    const client = newClient();
+    const ws = connectLive(client);
+    const sent = client.publish("project:p1", "typing", { n: 1 }); // durable: false
+    const sentErr = sent.catch((e: unknown) => e);
+    ws.serverClose(1006);
+    const queued = client.publish("project:p1", "typing", { n: 2 }); // never sent: still sent later
+    const err = await sentErr;
+    expect(err).toBeInstanceOf(TidingsError);
+    expect(err).toMatchObject({ code: "unknown_outcome" });
+    vi.advanceTimersByTime(20_000);
+    const ws2 = FakeWebSocket.last();
+    ws2.open();
+    ws2.welcome();
+    expect(ws2.framesOf("publish").map((f) => f.data)).toEqual([{ n: 2 }]);
+    ws2.reply(ws2.framesOf("publish")[0]!);
+    await expect(queued).resolves.toEqual({});
+  });
+
+  it("rejects what waits with the failure's error when the client gives up, and refuses new publishes in state error", async () => {
+    const client = newClient(); // no getToken: a 4001 is final
+    const queued = client.publish("project:p1", "e", 1, { durable: true });
+    const queuedErr = queued.catch((e: unknown) => e);
+    client.connect();
+    FakeWebSocket.last().open();
+    FakeWebSocket.last().serverClose(4001, "token expired");
+    expect(client.state.status).toBe("error");
+    const err = await queuedErr;
+    expect(err).toBeInstanceOf(TidingsError);
+    expect(err).toMatchObject({ code: "unauthorized", message: expect.stringContaining("token expired") });
+    await expect(client.publish("project:p1", "e", 2)).rejects.toMatchObject({ code: "unauthorized" });
+    client.connect(); // a new start: publishes queue again
+    let settled = false;
+    void client.publish("project:p1", "e", 3).finally(() => (settled = true));
+    await settle();
+    expect(settled).toBe(false);
+  });
 });
 
 describe("ack", () => {

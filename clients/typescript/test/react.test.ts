@@ -164,6 +164,71 @@ describe("useChannel", () => {
   });
 });
 
+describe("channels that cannot be subscribed", () => {
+  it("useNotifications with a user id that is no channel id reports bad_channel in error instead of crashing", async () => {
+    fetchMock.mockResolvedValue(jsonResponse({ items: [], unread: 0 }));
+    const { result } = renderHook(() => useNotifications("alice@example.com"), { wrapper });
+    await waitFor(() => expect(result.current.loading).toBe(false));
+    expect(result.current.error).toMatchObject({ code: "bad_channel" });
+    expect(client.subscriptions()).toHaveLength(0);
+  });
+
+  it("useChannel reports a bad name as state error", () => {
+    const { result, unmount } = renderHook(() => useChannel("team:x"), { wrapper });
+    expect(result.current.state).toBe("error");
+    expect(result.current.error).toMatchObject({ code: "bad_channel" });
+    unmount();
+  });
+
+  it("useChannel reports a channel the gateway refuses as state error", () => {
+    const { result } = renderHook(() => useChannel("project:secret"), { wrapper });
+    expect(result.current.state).toBe("subscribing");
+    const ws = welcome();
+    const f = ws.framesOf("subscribe")[0]!;
+    act(() => ws.receive({ type: "reply", id: f.id, ok: false, error: { code: "forbidden", message: "no" } }));
+    expect(result.current.state).toBe("error");
+    expect(result.current.error).toMatchObject({ code: "forbidden" });
+  });
+});
+
+describe("hook reference counts and the application's own subscriptions", () => {
+  it("never unsubscribes a channel the application subscribed after the hooks did", () => {
+    const { unmount } = renderHook(() => useChannel("project:p1"), { wrapper });
+    const ws = welcome();
+    const got: unknown[] = [];
+    const mine = client.subscribe("project:p1", { onMessage: (m) => got.push(m) }); // the same Subscription
+    unmount();
+    expect(ws.framesOf("unsubscribe")).toHaveLength(0);
+    expect(mine.state).not.toBe("unsubscribed");
+    ws.receive(message("project:p1", 1, 0));
+    expect(got).toHaveLength(1);
+  });
+
+  it("keeps counting holders when the subscription was ended from outside and taken again", () => {
+    const hooks: UseWebSocketResult[] = [];
+    function C({ i }: { i: number }) {
+      hooks[i] = useWebSocket();
+      return null;
+    }
+    render(createElement(TidingsProvider, { client }, createElement(C, { i: 0 }), createElement(C, { i: 1 }), createElement(C, { i: 2 })));
+    const ws = welcome();
+    act(() => {
+      hooks[0]!.subscribe("p1");
+      hooks[1]!.subscribe("p1");
+    });
+    act(() => client.getSubscription("project:p1")!.unsubscribe()); // the application ends it
+    act(() => hooks[2]!.subscribe("p1")); // a third holder: subscribed anew
+    expect(client.getSubscription("project:p1")?.state).toBe("subscribing");
+    act(() => hooks[0]!.unsubscribe("p1"));
+    act(() => hooks[1]!.unsubscribe("p1"));
+    expect(client.getSubscription("project:p1")).toBeDefined(); // hooks[2] still holds it
+    expect(ws.framesOf("unsubscribe")).toHaveLength(1); // only the application's
+    act(() => hooks[2]!.unsubscribe("p1"));
+    expect(client.getSubscription("project:p1")).toBeUndefined();
+    expect(ws.framesOf("unsubscribe")).toHaveLength(2);
+  });
+});
+
 describe("useConnectionState", () => {
   it("follows the client state", () => {
     const { result } = renderHook(() => useConnectionState(), { wrapper });

@@ -2,8 +2,9 @@
  * Against Node's own WebSocket (undici; global from Node 22, or Node 20 with
  * `--experimental-websocket`) and a minimal RFC 6455 server: checks what fakes cannot,
  * that a real implementation negotiates `tidings.v1.json`, gets the auth frame first, and
- * delivers each frame exactly once. Node 20 needs `--experimental-websocket`, which the
- * package's `test` script sets; without a WebSocket this test fails rather than skips.
+ * delivers each frame exactly once. Node 20 needs `--experimental-websocket`, which
+ * vitest.config.ts passes to the test workers (and the package's `test` script sets too);
+ * without a WebSocket this test fails rather than skips.
  */
 import { createHash } from "node:crypto";
 import { createServer, type Server } from "node:http";
@@ -47,7 +48,7 @@ afterEach(() => {
 });
 
 describe("with Node's WebSocket", () => {
-  it("is available (run through `npm test`, which enables it on Node 20)", () => {
+  it("is available (vitest.config.ts enables it on Node 20)", () => {
     expect(hasWebSocket).toBe(true);
   });
 
@@ -75,6 +76,8 @@ describe("with Node's WebSocket", () => {
               const m = { type: "message", channel: f.channel, event: "e", data: {}, id: `m${seq}`, ts: "t", seq, prev: seq - 1 };
               socket.write(frame(JSON.stringify(m)));
             }
+            // A sentinel after them: frames arrive in order, so a duplicate of 1 or 2 would come before it.
+            socket.write(frame(JSON.stringify({ type: "message", channel: f.channel, event: "end", data: {}, id: "end", ts: "t" })));
           }
         }
       });
@@ -83,19 +86,19 @@ describe("with Node's WebSocket", () => {
     const port = (server.address() as { port: number }).port;
     const client = new TidingsClient({ url: `ws://127.0.0.1:${port}/ws`, token: "tok" });
     const got: MessageFrame[] = [];
-    const two = new Promise<void>((resolve) =>
+    const done = new Promise<void>((resolve) =>
       client.subscribe("project:p1", {
         onMessage: (m) => {
           got.push(m);
-          if (got.length === 2) setTimeout(resolve, 50);
+          if (m.event === "end") resolve();
         },
       }),
     );
     client.connect();
-    await two;
+    await done;
     expect(protocol).toBe("tidings.v1.json");
     expect(JSON.parse(received[0]!)).toEqual({ type: "auth", token: "tok" });
-    expect(got.map((m) => m.seq)).toEqual([1, 2]);
+    expect(got.map((m) => m.seq ?? m.event)).toEqual([1, 2, "end"]);
     expect(client.state.status).toBe("connected");
     client.disconnect();
   });

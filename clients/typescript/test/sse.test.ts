@@ -136,7 +136,8 @@ describe("SSE delivery and cursors", () => {
     expect(FakeEventSource.instances).toHaveLength(2);
     const next = FakeEventSource.last();
     expect(next.params().get("channels")).toBe("project:p1,user:u1,broadcast");
-    expect(next.params().get("last_event_id")).toBe("e1;w4;project:p1=5");
+    // The new channels are named, from the newest position seen (5), not left to the watermark.
+    expect(next.params().get("last_event_id")).toBe("e1;w4;broadcast=5;project:p1=5;user:u1=5");
     expect(next.params().get("token")).toBe("tok-1");
     expect(client.state.status).toBe("connected");
   });
@@ -218,6 +219,157 @@ describe("SSE delivery and cursors", () => {
     expect(es2).not.toBe(es);
     expect(es2.params().get("token")).toBe(next);
     expect(es2.params().get("last_event_id")).toBe("e1;w1;user:u1=5");
+  });
+});
+
+describe("SSE cursors built from positions", () => {
+  function live(): { client: TidingsClient; es: FakeEventSource; got: MessageFrame[] } {
+    const client = sseClient();
+    const got: MessageFrame[] = [];
+    client.subscribe("project:p1", { onMessage: (m) => got.push(m) });
+    client.connect();
+    const es = FakeEventSource.last();
+    es.open();
+    return { client, es, got };
+  }
+
+  it("starts a channel added later at the newest position seen, never at the session's old watermark", async () => {
+    const { client, es } = live();
+    es.emit(message("project:p1", 500, 0), "e1;w100;project:p1=500"); // the session began at 100
+    client.subscribe("user:u1");
+    await settle();
+    expect(FakeEventSource.last().params().get("last_event_id")).toBe("e1;w100;project:p1=500;user:u1=500");
+  });
+
+  it("keeps a channel's floor across reopens until it has a position", async () => {
+    const { client, es } = live();
+    es.emit(message("project:p1", 500, 0), "e1;w100;project:p1=500");
+    client.subscribe("user:u1");
+    await settle();
+    const es2 = FakeEventSource.last();
+    es2.open();
+    es2.emit(message("project:p1", 600, 500), "e1;w100;project:p1=600;user:u1=500");
+    client.subscribe("broadcast");
+    await settle();
+    expect(FakeEventSource.last().params().get("last_event_id")).toBe("e1;w100;broadcast=600;project:p1=600;user:u1=500");
+  });
+
+  it("merges positions into the cursor: an application since, and the last delivered seq rather than a refused one", async () => {
+    const { client, es, got } = live();
+    client.subscribe("user:u1");
+    await settle();
+    const es2 = FakeEventSource.last();
+    es2.open();
+    es2.emit(message("project:p1", 5, 0), "e1;w4;project:p1=5;user:u1=4");
+    es2.emit(message("project:p1", 9, 8), "e1;w4;project:p1=9;user:u1=4"); // a gap: refused
+    es2.emit(message("user:u1", 10, 0), "e1;w4;project:p1=9;user:u1=10"); // accepted, its cursor names p1=9
+    await settle();
+    expect(seqs(got)).toEqual([5]);
+    const es3 = FakeEventSource.last();
+    expect(es3).not.toBe(es2);
+    expect(es3.params().get("last_event_id")).toBe("e1;w4;project:p1=5;user:u1=10"); // p1 is repaired from 5
+    client.subscribe("broadcast", { since: { seq: 3, epoch: "1" } });
+    await settle();
+    expect(FakeEventSource.last().params().get("last_event_id")).toBe("e1;w3;broadcast=3;project:p1=5;user:u1=10");
+    void es;
+  });
+
+  it("builds a cursor for a fallback even when some channels have no position", () => {
+    const client = sseClient();
+    client.subscribe("project:p1", { since: { seq: 12, epoch: "E7" } });
+    client.subscribe("user:u1");
+    client.connect();
+    expect(FakeEventSource.last().params().get("last_event_id")).toBe("eE7;w12;project:p1=12;user:u1=12");
+  });
+});
+
+describe("SSE failures before open", () => {
+  const body = (code: string, msg: string, status: number) => jsonResponse({ error: { code, message: msg } }, status);
+
+  it("reads the status of a failed stream: 401 gets one new token, then error (as a WebSocket 4001)", async () => {
+    const fetch = mockFetch(body("unauthorized", "unauthorized: expired", 401), body("unauthorized", "unauthorized: bad signature", 401));
+    const getToken = vi.fn(async () => "tok-2");
+    const client = sseClient({ fetch, getToken });
+    client.subscribe("project:p1");
+    client.connect();
+    FakeEventSource.last().error();
+    await settle();
+    const [url, init] = fetch.mock.calls[0]!;
+    expect(url).toBe("http://gw.test:8080/sse?channels=project:p1"); // the same stream, the token in a header
+    expect((init?.headers as Record<string, string>).Authorization).toBe("Bearer tok-1");
+    expect(getToken).toHaveBeenCalledTimes(1);
+    expect(FakeEventSource.instances).toHaveLength(2);
+    expect(FakeEventSource.last().params().get("token")).toBe("tok-2");
+    FakeEventSource.last().error();
+    await settle();
+    expect(getToken).toHaveBeenCalledTimes(1);
+    expect(client.state.status).toBe("error");
+    expect(client.state.error).toMatch(/401/);
+    vi.advanceTimersByTime(60_000);
+    expect(FakeEventSource.instances).toHaveLength(2);
+  });
+
+  it("403 fails the channel it names and streams the others", async () => {
+    const fetch = mockFetch(body("forbidden", "this token may not read project:p2", 403));
+    const client = sseClient({ fetch });
+    const errors: Error[] = [];
+    const p1 = client.subscribe("project:p1");
+    const p2 = client.subscribe("project:p2", { onError: (e) => errors.push(e) });
+    client.subscribe("project:p22"); // a name that merely starts like the refused one
+    client.connect();
+    FakeEventSource.last().error();
+    await settle();
+    expect(errors).toHaveLength(1);
+    expect(errors[0]).toMatchObject({ code: "forbidden", status: 403 });
+    expect(p2.state).toBe("error");
+    const es = FakeEventSource.last();
+    expect(es.params().get("channels")).toBe("project:p1,project:p22");
+    es.open();
+    expect(client.state.status).toBe("connected");
+    expect(p1.state).toBe("subscribed");
+    expect(p2.state).toBe("error");
+    client.subscribe("user:u1"); // later reopens leave it out too
+    await settle();
+    expect(FakeEventSource.last().params().get("channels")).toBe("project:p1,project:p22,user:u1");
+  });
+
+  it("a refusal that names no channel fails them all", async () => {
+    const fetch = mockFetch(body("bad_request", "at most 2 channels per connection", 400));
+    const client = sseClient({ fetch });
+    const subs = ["project:a", "project:b", "project:c"].map((c) => client.subscribe(c));
+    client.connect();
+    FakeEventSource.last().error();
+    await settle();
+    expect(subs.map((s) => s.state)).toEqual(["error", "error", "error"]);
+    expect(FakeEventSource.instances).toHaveLength(1);
+    expect(client.state.status).toBe("connected"); // nothing to stream; HTTP publishing still works
+  });
+
+  it("a stream that would open now (200) was a passing failure: aborted at once, then backoff", async () => {
+    let signal: AbortSignal | undefined;
+    const fetch = vi.fn(async (_url: string, init?: RequestInit) => {
+      signal = init?.signal ?? undefined;
+      return new Response("", { status: 200, headers: { "Content-Type": "text/event-stream" } });
+    });
+    const client = sseClient({ fetch });
+    client.subscribe("project:p1");
+    client.connect();
+    FakeEventSource.last().error();
+    await settle();
+    expect(signal?.aborted).toBe(true);
+    expect(client.state).toEqual({ status: "disconnected", reconnectAttempts: 1 });
+  });
+
+  it("gives up on an EventSource that does not open within timeout", () => {
+    const client = sseClient({ timeout: 3000 });
+    client.subscribe("project:p1");
+    client.connect();
+    const es = FakeEventSource.last();
+    vi.advanceTimersByTime(2999);
+    expect(es.closed).toBe(false);
+    vi.advanceTimersByTime(1);
+    expect(es.closed).toBe(true);
+    expect(client.state).toEqual({ status: "disconnected", reconnectAttempts: 1 });
   });
 });
 

@@ -109,6 +109,53 @@ describe("subscribing", () => {
   });
 });
 
+describe("refused subscriptions", () => {
+  it("a final refusal puts the subscription in state error; the next connect asks again", () => {
+    const client = newClient();
+    const sub = client.subscribe("project:secret");
+    const ws = connectLive(client);
+    ws.receive({ type: "reply", id: ws.framesOf("subscribe")[0]!.id, ok: false, error: { code: "forbidden", message: "no" } });
+    expect(sub.state).toBe("error");
+    vi.advanceTimersByTime(60_000);
+    expect(ws.framesOf("subscribe")).toHaveLength(1); // not retried on this connection
+    const ws2 = reconnect(ws);
+    expect(sub.state).toBe("subscribing");
+    ws2.reply(ws2.framesOf("subscribe")[0]!, { channel: "project:secret", epoch: "E1", recovered: true, missed: 0 });
+    expect(sub.state).toBe("subscribed");
+  });
+
+  it("retries unavailable/rate_limited with a growing full-jitter backoff per channel, reset by a success", () => {
+    vi.spyOn(Math, "random").mockReturnValue(0.999999); // the top of each window
+    const client = newClient({ minReconnectDelay: 500, maxReconnectDelay: 20_000 });
+    client.subscribe("project:p1");
+    const ws = connectLive(client, { heartbeat_ms: 0 });
+    const refuse = (code: string) => {
+      const f = ws.framesOf("subscribe").at(-1)!;
+      ws.receive({ type: "reply", id: f.id, ok: false, error: { code, message: "busy" } });
+    };
+    const nextRetry = (): number => {
+      const before = ws.framesOf("subscribe").length;
+      let waited = 0;
+      while (ws.framesOf("subscribe").length === before && waited < 100_000) {
+        vi.advanceTimersByTime(100);
+        waited += 100;
+      }
+      return waited;
+    };
+    const delays: number[] = [];
+    for (const code of ["unavailable", "rate_limited", "unavailable", "unavailable", "unavailable", "unavailable", "unavailable"]) {
+      refuse(code);
+      delays.push(nextRetry());
+    }
+    expect(delays).toEqual([500, 1000, 2000, 4000, 8000, 16000, 20000]);
+    ws.reply(ws.framesOf("subscribe").at(-1)!, { channel: "project:p1", epoch: "E1", recovered: true, missed: 0 });
+    ws.receive(message("project:p1", 5, 0));
+    ws.receive(message("project:p1", 9, 8)); // a gap: the channel is subscribed again…
+    refuse("unavailable"); // …and refused: the backoff starts over
+    expect(nextRetry()).toBe(500);
+  });
+});
+
 describe("positions", () => {
   it("tracks the last delivered position", () => {
     const { sub } = at6();
