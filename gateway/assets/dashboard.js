@@ -520,6 +520,7 @@ function bindInbox() {
 
 // dashboard/log.ts
 var MAX_EVENTS = 2e3;
+var CHUNK = 20;
 var PREVIEW_CHARS = 240;
 var rowData = /* @__PURE__ */ new WeakMap();
 var eventsTotal = 0;
@@ -551,18 +552,50 @@ function eventRow(m) {
   rowData.set(li, m);
   return li;
 }
+var rows = 0;
+function tailChunk(list) {
+  const last = list.lastElementChild;
+  if (last instanceof HTMLElement && last.childElementCount < CHUNK) return last;
+  const chunk = h("ol", "chunk");
+  list.append(chunk);
+  return chunk;
+}
+function trim(list) {
+  while (rows > MAX_EVENTS) {
+    const first = list.firstElementChild;
+    if (!(first instanceof HTMLElement)) return;
+    const excess = rows - MAX_EVENTS;
+    if (first.childElementCount <= excess) {
+      rows -= first.childElementCount;
+      first.remove();
+    } else {
+      for (let i = 0; i < excess; i++) first.firstElementChild?.remove();
+      rows -= excess;
+    }
+  }
+}
 function appendEvents(batch) {
   const list = $("events");
   const scroller = $("log-scroll");
   const follow = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 48;
-  const frag = document.createDocumentFragment();
+  let chunk = tailChunk(list);
+  let frag = document.createDocumentFragment();
+  let room = CHUNK - chunk.childElementCount;
   for (let i = Math.max(0, batch.length - MAX_EVENTS); i < batch.length; i++) {
     const m = batch[i];
-    if (m) frag.append(eventRow(m));
+    if (!m) continue;
+    if (room === 0) {
+      chunk.append(frag);
+      chunk = tailChunk(list);
+      frag = document.createDocumentFragment();
+      room = CHUNK;
+    }
+    frag.append(eventRow(m));
+    room--;
+    rows++;
   }
-  list.append(frag);
-  let excess = list.childElementCount - MAX_EVENTS;
-  while (excess-- > 0) list.firstElementChild?.remove();
+  chunk.append(frag);
+  trim(list);
   eventsTotal += batch.length;
   $("log-count").textContent = eventsTotal.toLocaleString();
   if (follow && !scrollPending) {

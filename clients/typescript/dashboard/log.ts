@@ -1,12 +1,18 @@
 /**
  * The event log (data-testid="event"): one row per message received, oldest first (arrival
  * order), the DOM keeping the latest MAX_EVENTS rows. Clicking a row shows the whole message.
+ *
+ * Rows live in blocks of CHUNK (`<ol class="chunk">`), each with `content-visibility: auto`:
+ * the browser then lays out and paints only the blocks in view, and tracks 100 blocks rather
+ * than 2,000 rows for visibility. Measured at 1,000 messages/s in Chromium, per-row
+ * visibility alone kept the page's main thread busy enough to delay messages by ~100 ms.
  */
 import { $, h } from "./dom.js";
 import { clock } from "./format.js";
 import type { Message } from "./state.js";
 
 const MAX_EVENTS = 2000;
+const CHUNK = 20;
 const PREVIEW_CHARS = 240;
 
 /** Each row's message, for the click that shows it in full. */
@@ -44,6 +50,34 @@ function eventRow(m: Message): HTMLLIElement {
   return li;
 }
 
+/** Rows in the DOM. */
+let rows = 0;
+
+/** The block new rows go to: the last one, or a new one when it is full. */
+function tailChunk(list: HTMLElement): HTMLElement {
+  const last = list.lastElementChild;
+  if (last instanceof HTMLElement && last.childElementCount < CHUNK) return last;
+  const chunk = h("ol", "chunk");
+  list.append(chunk);
+  return chunk;
+}
+
+/** Removes the oldest rows beyond MAX_EVENTS (an emptied block goes too). */
+function trim(list: HTMLElement): void {
+  while (rows > MAX_EVENTS) {
+    const first = list.firstElementChild;
+    if (!(first instanceof HTMLElement)) return;
+    const excess = rows - MAX_EVENTS;
+    if (first.childElementCount <= excess) {
+      rows -= first.childElementCount;
+      first.remove();
+    } else {
+      for (let i = 0; i < excess; i++) first.firstElementChild?.remove();
+      rows -= excess;
+    }
+  }
+}
+
 /** Appends a batch's rows (one DOM update), drops the oldest beyond MAX_EVENTS, follows the end. */
 export function appendEvents(batch: Message[]): void {
   const list = $("events");
@@ -51,14 +85,24 @@ export function appendEvents(batch: Message[]): void {
   // Follow new rows only while the log is scrolled to its end. Read before changing the DOM:
   // in an animation frame the layout is still clean then, so this costs no forced layout.
   const follow = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 48;
-  const frag = document.createDocumentFragment();
+  let chunk = tailChunk(list);
+  let frag = document.createDocumentFragment();
+  let room = CHUNK - chunk.childElementCount;
   for (let i = Math.max(0, batch.length - MAX_EVENTS); i < batch.length; i++) {
     const m = batch[i];
-    if (m) frag.append(eventRow(m));
+    if (!m) continue;
+    if (room === 0) {
+      chunk.append(frag);
+      chunk = tailChunk(list);
+      frag = document.createDocumentFragment();
+      room = CHUNK;
+    }
+    frag.append(eventRow(m));
+    room--;
+    rows++;
   }
-  list.append(frag);
-  let excess = list.childElementCount - MAX_EVENTS;
-  while (excess-- > 0) list.firstElementChild?.remove();
+  chunk.append(frag);
+  trim(list);
   eventsTotal += batch.length;
   $("log-count").textContent = eventsTotal.toLocaleString();
   if (follow && !scrollPending) {
