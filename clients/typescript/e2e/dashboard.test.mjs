@@ -8,7 +8,7 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 
-import { Cluster, api, artefacts, browser, githubSignature, publish, recordStates, token } from "./harness.mjs";
+import { Cluster, api, artefacts, browser, deliverGithub, publish, recordStates, token } from "./harness.mjs";
 
 const examples = createRequire(import.meta.url)("@octokit/webhooks-examples");
 const example = (event, pick) => examples.find((e) => e.name === event).examples.find(pick);
@@ -115,20 +115,10 @@ test("a gateway SIGKILLed and restarted: disconnected, connected, every message 
   assert.equal(await page.evaluate(() => window.tidings.stats.duplicates), 0);
 });
 
-/** Delivers `payload` to the GitHub route as GitHub does, signed. */
+/** Delivers `payload` to the GitHub route as GitHub does, signed, and expects it published. */
 async function github(event, payload, delivery) {
-  const body = JSON.stringify(payload);
-  const resp = await fetch(`${cluster.gateway.base}/api/v1/webhooks/github`, {
-    method: "POST",
-    headers: {
-      "Content-Type": "application/json",
-      "X-GitHub-Event": event,
-      "X-GitHub-Delivery": delivery,
-      "X-Hub-Signature-256": githubSignature(body),
-    },
-    body,
-  });
-  assert.equal(resp.status, 202, await resp.text());
+  const { status, answer } = await deliverGithub(cluster.gateway.base, event, payload, delivery);
+  assert.equal(status, 202, JSON.stringify(answer));
 }
 
 test("a signed GitHub pull_request example shows up as a PR item", async () => {

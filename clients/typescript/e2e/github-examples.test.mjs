@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import { createRequire } from "node:module";
 
-import { Cluster, api, githubSignature } from "./harness.mjs";
+import { Cluster, api, deliverGithub } from "./harness.mjs";
 
 const examples = createRequire(import.meta.url)("@octokit/webhooks-examples");
 const byEvent = (name) => examples.find((e) => e.name === name)?.examples ?? [];
@@ -19,20 +19,7 @@ after(async () => {
   await cluster?.stop();
 });
 
-async function deliver(event, payload, delivery) {
-  const body = JSON.stringify(payload);
-  const resp = await fetch(`${cluster.gateway.base}/api/v1/webhooks/github`, {
-    method: "POST",
-    headers: {
-      "Content-Type": "application/json",
-      "X-GitHub-Event": event,
-      "X-GitHub-Delivery": delivery,
-      "X-Hub-Signature-256": githubSignature(body),
-    },
-    body,
-  });
-  return { status: resp.status, answer: await resp.json() };
-}
+const deliver = (event, payload, delivery) => deliverGithub(cluster.gateway.base, event, payload, delivery);
 
 async function stored(channel, seq) {
   const { messages } = await api(cluster.gateway.base, "GET", `/api/v1/channels/${channel}/history?since=${seq - 1}&limit=1`);

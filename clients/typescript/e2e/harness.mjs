@@ -141,6 +141,23 @@ export function githubSignature(body, secret = GITHUB_SECRET) {
   return `sha256=${createHmac("sha256", secret).update(body).digest("hex")}`;
 }
 
+/** POSTs `payload` to `base`'s GitHub route as GitHub does, signed; returns status and answer. */
+export async function deliverGithub(base, event, payload, delivery) {
+  const body = JSON.stringify(payload);
+  const resp = await fetch(`${base}/api/v1/webhooks/github`, {
+    method: "POST",
+    headers: {
+      "Content-Type": "application/json",
+      "X-GitHub-Event": event,
+      "X-GitHub-Delivery": delivery,
+      "X-Hub-Signature-256": githubSignature(body),
+    },
+    body,
+  });
+  const text = await resp.text();
+  return { status: resp.status, answer: text ? JSON.parse(text) : null };
+}
+
 /**
  * One NATS server, one or more gateways, one worker. `stop()` ends them all.
  */
