@@ -296,6 +296,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::collections::BTreeMap;
 
     #[test]
     fn durations() {
@@ -331,53 +332,76 @@ mod tests {
         assert!(w.smtp_url.starts_with("file://"));
     }
 
+    /// Every `TIDINGS_*` variable a command reads, with the argument it sets; every such
+    /// argument's flag is the kebab-case form of its name.
+    fn wired(command: clap::Command) -> BTreeMap<String, String> {
+        command
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_str()?.to_owned();
+                let id = arg.get_id().as_str().to_owned();
+                assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()), "flag of {env}");
+                Some((env, id))
+            })
+            .collect()
+    }
+
+    fn expected(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(e, id)| (e.to_string(), id.to_string())).collect()
+    }
+
+    const COMMON: &[(&str, &str)] = &[
+        ("TIDINGS_NATS_URL", "nats_url"),
+        ("TIDINGS_LOG_FORMAT", "log_format"),
+        ("TIDINGS_OTLP_ENDPOINT", "otlp_endpoint"),
+        ("TIDINGS_STREAM_REPLICAS", "stream_replicas"),
+        ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private"),
+        ("TIDINGS_VAPID_PRIVATE_KEY_FILE", "vapid_private_key_file"),
+    ];
+
     #[test]
     fn flags_are_kebab_case_and_every_contract_variable_is_wired() {
-        let help = GatewayConfig::command().render_long_help().to_string();
-        for env in [
-            "TIDINGS_NATS_URL",
-            "TIDINGS_LOG_FORMAT",
-            "TIDINGS_OTLP_ENDPOINT",
-            "TIDINGS_LISTEN",
-            "TIDINGS_NODE_ID",
-            "TIDINGS_JWT_SECRET",
-            "TIDINGS_JWT_PUBLIC_KEY_FILE",
-            "TIDINGS_HEARTBEAT_MS",
-            "TIDINGS_MAX_FRAME_BYTES",
-            "TIDINGS_MAX_PAYLOAD_BYTES",
-            "TIDINGS_STREAM_REPLICAS",
-            "TIDINGS_DRAIN_MS",
-            "TIDINGS_EVENTS_MAX_AGE",
-            "TIDINGS_EVENTS_MAX_PER_CHANNEL",
-            "TIDINGS_GITHUB_WEBHOOK_SECRET",
-            "TIDINGS_VAPID_PRIVATE_KEY_FILE",
-            "TIDINGS_WEBHOOK_ALLOW_PRIVATE",
-        ] {
-            assert!(help.contains(env), "gateway --help lacks {env}");
-        }
-        let help = WorkerConfig::command().render_long_help().to_string();
-        for env in [
-            "TIDINGS_NATS_URL",
-            "TIDINGS_LOG_FORMAT",
-            "TIDINGS_OTLP_ENDPOINT",
-            "TIDINGS_METRICS_LISTEN",
-            "TIDINGS_SMTP_URL",
-            "TIDINGS_EMAIL_FROM",
-            "TIDINGS_SMS_API_URL",
-            "TIDINGS_SMS_ACCOUNT_SID",
-            "TIDINGS_SMS_AUTH_TOKEN",
-            "TIDINGS_SMS_FROM",
-            "TIDINGS_VAPID_PRIVATE_KEY_FILE",
-            "TIDINGS_VAPID_SUBJECT",
-            "TIDINGS_WEBHOOK_SECRET",
-            "TIDINGS_RETRY_BASE_MS",
-            "TIDINGS_RETRY_MAX_ATTEMPTS",
-            "TIDINGS_BATCH_WINDOW_MS",
-            "TIDINGS_STREAM_REPLICAS",
-            "TIDINGS_WEBHOOK_ALLOW_PRIVATE",
-        ] {
-            assert!(help.contains(env), "worker --help lacks {env}");
-        }
+        let mut gateway = expected(COMMON);
+        gateway.extend(expected(&[
+            ("TIDINGS_LISTEN", "listen"),
+            ("TIDINGS_NODE_ID", "node_id"),
+            ("TIDINGS_JWT_SECRET", "jwt_secret"),
+            ("TIDINGS_JWT_PUBLIC_KEY_FILE", "jwt_public_key_file"),
+            ("TIDINGS_HEARTBEAT_MS", "heartbeat_ms"),
+            ("TIDINGS_MAX_FRAME_BYTES", "max_frame_bytes"),
+            ("TIDINGS_MAX_PAYLOAD_BYTES", "max_payload_bytes"),
+            ("TIDINGS_DRAIN_MS", "drain_ms"),
+            ("TIDINGS_EVENTS_MAX_AGE", "events_max_age"),
+            ("TIDINGS_EVENTS_MAX_PER_CHANNEL", "events_max_per_channel"),
+            ("TIDINGS_MAX_CONNECTIONS", "max_connections"),
+            ("TIDINGS_MAX_SUBSCRIPTIONS", "max_subscriptions"),
+            ("TIDINGS_OUTBOUND_QUEUE", "outbound_queue"),
+            ("TIDINGS_COMMAND_RATE", "command_rate"),
+            ("TIDINGS_COMMAND_BURST", "command_burst"),
+            ("TIDINGS_REPLAY_MAX", "replay_max"),
+            ("TIDINGS_JWT_LEEWAY_SECS", "jwt_leeway_secs"),
+            ("TIDINGS_GITHUB_WEBHOOK_SECRET", "github_webhook_secret"),
+            ("TIDINGS_CORS_ORIGINS", "cors_origins"),
+        ]));
+        assert_eq!(wired(GatewayConfig::command()), gateway);
+        let mut worker = expected(COMMON);
+        worker.extend(expected(&[
+            ("TIDINGS_METRICS_LISTEN", "metrics_listen"),
+            ("TIDINGS_SMTP_URL", "smtp_url"),
+            ("TIDINGS_SMTP_CA_FILE", "smtp_ca_file"),
+            ("TIDINGS_EMAIL_FROM", "email_from"),
+            ("TIDINGS_SMS_API_URL", "sms_api_url"),
+            ("TIDINGS_SMS_ACCOUNT_SID", "sms_account_sid"),
+            ("TIDINGS_SMS_AUTH_TOKEN", "sms_auth_token"),
+            ("TIDINGS_SMS_FROM", "sms_from"),
+            ("TIDINGS_VAPID_SUBJECT", "vapid_subject"),
+            ("TIDINGS_WEBHOOK_SECRET", "webhook_secret"),
+            ("TIDINGS_RETRY_BASE_MS", "retry_base_ms"),
+            ("TIDINGS_RETRY_MAX_ATTEMPTS", "retry_max_attempts"),
+            ("TIDINGS_DELIVERY_ACK_WAIT_MS", "delivery_ack_wait_ms"),
+            ("TIDINGS_BATCH_WINDOW_MS", "batch_window_ms"),
+        ]));
+        assert_eq!(wired(WorkerConfig::command()), worker);
         let g = GatewayConfig::try_parse_from([
             "tidings-gateway",
             "--nats-url",

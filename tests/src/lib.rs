@@ -49,9 +49,10 @@ impl SseEvents {
     }
 }
 
-/// Polls `check` until it returns `Some`, or fails after `timeout`. For conditions with no
-/// event to wait on (an HTTP status, a metric): waits on the condition, never a fixed time.
-pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+/// Polls `check` until it returns `Some`, or gives up with `None` after `timeout`. For
+/// conditions with no event to wait on (an HTTP status, a metric): waits on the condition,
+/// never a fixed time. The check runs at least once, and once more at the deadline.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -60,13 +61,25 @@ where
     let mut delay = Duration::from_millis(10);
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(delay).await;
+        let now = Instant::now();
+        if now >= deadline {
+            return None;
+        }
+        tokio::time::sleep(delay.min(deadline - now)).await;
         delay = (delay * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// Like [`wait_for`], but panics after `timeout`, naming `what` it waited for.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match wait_for(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
     }
 }

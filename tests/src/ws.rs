@@ -51,6 +51,14 @@ impl WsClient {
 
     /// As [`WsClient::connect`], with a socket receive buffer of `recv_buffer` bytes (a tiny
     /// buffer makes a client that stops reading look slow to the server quickly).
+    /// The HTTP status a refused upgrade answered with (token in the query), or `None` if
+    /// the upgrade succeeded or failed without an HTTP answer.
+    pub async fn refused_status(base: &str, token: &str) -> Option<u16> {
+        match Self::connect(base, TokenIn::Query(token.to_owned()), None).await {
+            Err(WsError::Http(resp)) => Some(resp.status().as_u16()),
+            _ => None,
+        }
+    }
     pub async fn connect_with(
         base: &str,
         token: TokenIn,

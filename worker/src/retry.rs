@@ -9,10 +9,15 @@ pub const MAX_DELAY: Duration = Duration::from_secs(600);
 /// Delay before attempt `attempt + 1` after `attempt` failures (1-based): a random time up
 /// to `base × 2^(attempt-1)`, capped (full jitter spreads a fleet's retries out).
 pub fn backoff(attempt: u32, base: Duration) -> Duration {
-    let cap = base
-        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-        .min(MAX_DELAY);
+    let cap = backoff_cap(attempt, base);
     Duration::from_millis(fastrand::u64(0..=cap.as_millis() as u64))
+}
+
+/// The longest [`backoff`] after `attempt` failures: `base × 2^(attempt-1)`, at most
+/// [`MAX_DELAY`].
+pub fn backoff_cap(attempt: u32, base: Duration) -> Duration {
+    base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(MAX_DELAY)
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
@@ -31,15 +36,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_is_bounded_and_grows() {
+    fn backoff_cap_doubles_from_base_up_to_the_maximum() {
         let base = Duration::from_millis(100);
-        for attempt in 1..30 {
-            let cap = base.saturating_mul(1 << (attempt - 1).min(20)).min(MAX_DELAY);
-            for _ in 0..50 {
-                assert!(backoff(attempt, base) <= cap);
-            }
-        }
-        assert!(backoff(1, base) <= base);
+        assert_eq!(backoff_cap(1, base), base);
+        assert_eq!(backoff_cap(2, base), base * 2);
+        assert_eq!(backoff_cap(3, base), base * 4);
+        assert_eq!(backoff_cap(30, base), MAX_DELAY);
+    }
+
+    #[test]
+    fn backoff_is_jittered_over_the_whole_range_up_to_the_cap() {
+        fastrand::seed(7);
+        let base = Duration::from_millis(100);
+        let attempt = 5;
+        let cap = backoff_cap(attempt, base);
+        let samples: Vec<Duration> = (0..200).map(|_| backoff(attempt, base)).collect();
+        assert!(samples.iter().all(|d| *d <= cap));
+        assert!(samples.iter().any(|d| *d < cap / 4), "some below a quarter of the cap");
+        assert!(samples.iter().any(|d| *d > cap * 3 / 4), "some above three quarters");
     }
 
     #[test]
