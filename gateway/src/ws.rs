@@ -34,8 +34,6 @@ use crate::hub::{
 use crate::limit::{RateLimiter, Verdict};
 use crate::publish;
 
-/// How long a client without a token in the URL or headers has to send an `auth` frame.
-pub const AUTH_DEADLINE: Duration = Duration::from_secs(5);
 /// How many queued frames one write batch takes at most.
 const WRITE_BATCH: usize = 256;
 /// How long a close frame may take to leave before the socket is simply dropped.
@@ -114,29 +112,37 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
     .await;
 }
 
-/// Authenticates from the URL/header token or the first frame, within [`AUTH_DEADLINE`].
+/// Authenticates from the URL/header token or the first frame, within the configured auth
+/// deadline (`TIDINGS_AUTH_DEADLINE_MS`).
 async fn authenticate(
     state: &AppState,
     stream: &mut Stream,
     sink: &mut Sink,
     format: WireFormat,
     token: Option<String>,
-) -> Result<(Claims, Option<u64>), &'static str> {
+) -> Result<(Claims, Option<u64>), String> {
     if let Some(token) = token {
-        return state.verify(Some(&token)).map(|c| (c, None)).map_err(|r| r.as_str());
+        return state
+            .verify(Some(&token))
+            .map(|c| (c, None))
+            .map_err(|r| r.as_str().to_owned());
     }
-    let first = tokio::time::timeout(AUTH_DEADLINE, stream.next()).await;
+    let deadline = Duration::from_millis(state.config.auth_deadline_ms);
+    let first = tokio::time::timeout(deadline, stream.next()).await;
     let frame = match first {
         Err(_) => {
             state.metrics.auth_failures.with_label_values(&["missing"]).inc();
-            return Err("no token within 5 s");
+            return Err(format!("no token within {deadline:?}"));
         }
         Ok(Some(Ok(Message::Text(t)))) => WireFormat::Json.decode_client(t.as_bytes(), state.config.max_frame_bytes),
         Ok(Some(Ok(Message::Binary(b)))) => WireFormat::Msgpack.decode_client(&b, state.config.max_frame_bytes),
-        Ok(_) => return Err("connection closed before auth"),
+        Ok(_) => return Err("connection closed before auth".to_owned()),
     };
     match frame {
-        Ok(ClientFrame::Auth { id, token }) => state.verify(Some(&token)).map(|c| (c, id)).map_err(|r| r.as_str()),
+        Ok(ClientFrame::Auth { id, token }) => state
+            .verify(Some(&token))
+            .map(|c| (c, id))
+            .map_err(|r| r.as_str().to_owned()),
         _ => {
             let _ = send(
                 sink,
@@ -147,7 +153,7 @@ async fn authenticate(
             )
             .await;
             state.metrics.auth_failures.with_label_values(&["missing"]).inc();
-            Err("first frame was not auth")
+            Err("first frame was not auth".to_owned())
         }
     }
 }
@@ -163,7 +169,7 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
     let (claims, auth_id) = match Box::pin(authenticate(&state, &mut stream, &mut sink, format, token)).await {
         Ok(c) => c,
         Err(reason) => {
-            tracing::debug!(reason, "WebSocket refused");
+            tracing::debug!(%reason, "WebSocket refused");
             Box::pin(close(&mut sink, CLOSE_UNAUTHORIZED, &format!("unauthorized: {reason}"))).await;
             return;
         }

@@ -128,6 +128,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_REPLAY_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub replay_max: u32,
 
+    /// How long a WebSocket client without a token in the URL or headers has to send its
+    /// `auth` frame, milliseconds (then: close 4001).
+    #[arg(long, env = "TIDINGS_AUTH_DEADLINE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    pub auth_deadline_ms: u64,
+
     /// Clock leeway on token `exp`/`nbf`, seconds (the contract allows at most 30).
     #[arg(long, env = "TIDINGS_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
     pub jwt_leeway_secs: u64,
@@ -319,6 +324,7 @@ mod tests {
         assert_eq!(g.max_payload_bytes, 65_536);
         assert_eq!(g.common.stream_replicas, 1);
         assert_eq!(g.drain_ms, 10_000);
+        assert_eq!(g.auth_deadline_ms, 5_000);
         assert_eq!(g.events_max_age, Duration::from_secs(86_400));
         assert_eq!(g.events_max_per_channel, 10_000);
         assert!(g.common.otlp_endpoint.is_none());
@@ -379,6 +385,7 @@ mod tests {
             ("TIDINGS_COMMAND_RATE", "command_rate"),
             ("TIDINGS_COMMAND_BURST", "command_burst"),
             ("TIDINGS_REPLAY_MAX", "replay_max"),
+            ("TIDINGS_AUTH_DEADLINE_MS", "auth_deadline_ms"),
             ("TIDINGS_JWT_LEEWAY_SECS", "jwt_leeway_secs"),
             ("TIDINGS_GITHUB_WEBHOOK_SECRET", "github_webhook_secret"),
             ("TIDINGS_CORS_ORIGINS", "cors_origins"),
