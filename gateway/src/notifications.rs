@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tidings_shared::nats::publish_acked;
 use tidings_shared::notify::names::NOTIFICATION_EVENT;
 use tidings_shared::notify::{DeliveryChannel, DeliveryStatus, InboxItem, NotificationRequest, NotificationStatus};
 use tidings_shared::prefs::Preferences;
@@ -81,11 +82,7 @@ async fn create(
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
     let bytes = serde_json::to_vec(&req).map_err(|e| SharedError::Encode(e.to_string()))?;
-    state
-        .js
-        .publish_with_headers(NOTIFY_SUBJECT, headers, bytes.into())
-        .await
-        .map_err(SharedError::nats)?
+    publish_acked(&state.js, NOTIFY_SUBJECT, headers, bytes.into())
         .await
         .map_err(SharedError::nats)?;
     let mut doc = NotificationStatus {

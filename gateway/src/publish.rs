@@ -3,15 +3,13 @@
 
 use async_nats::HeaderMap;
 use bytes::Bytes;
+use tidings_shared::ack::{ACK_SUBJECT, ClientAck};
 use tidings_shared::body::{PublishBody, validate_event, validate_message_id};
+use tidings_shared::nats::publish_acked;
 use tidings_shared::{Channel, Error as SharedError};
 
 use crate::AppState;
 use crate::error::{Error, Result};
-
-/// Internal subject on which gateways forward client `ack` frames (consumed by workers to
-/// mark in-app notifications delivered).
-pub const ACK_SUBJECT: &str = "tidings.internal.acks";
 
 /// A validated message, encoded once, ready to publish.
 pub struct Prepared {
@@ -62,11 +60,7 @@ impl Prepared {
         if let Some(id) = &self.msg_id {
             headers.insert("Nats-Msg-Id", id.as_str());
         }
-        let ack = state
-            .js
-            .publish_with_headers(self.channel.durable_subject(), headers, self.payload)
-            .await
-            .map_err(SharedError::nats)?
+        let ack = publish_acked(&state.js, self.channel.durable_subject(), headers, self.payload)
             .await
             .map_err(SharedError::nats)?;
         Ok(ack.sequence)
@@ -84,10 +78,14 @@ impl Prepared {
 
 /// Forwards a client's delivery confirmation.
 pub async fn forward_ack(state: &AppState, user: &str, channel: &Channel, seq: u64) -> Result<()> {
-    let body = serde_json::json!({ "user": user, "channel": channel, "seq": seq });
+    let ack = ClientAck {
+        user: user.to_owned(),
+        channel: channel.to_string(),
+        seq,
+    };
     state
         .nats
-        .publish(ACK_SUBJECT, body.to_string().into())
+        .publish(ACK_SUBJECT, ack.encode()?)
         .await
         .map_err(|e| Error::from(SharedError::nats(e)))
 }

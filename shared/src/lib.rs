@@ -5,13 +5,15 @@
 //! - [`body`]: what other services publish on NATS;
 //! - [`auth`]: JWT verification and the access rule;
 //! - [`config`]: every `TIDINGS_*` setting;
-//! - [`nats`]: connecting and provisioning JetStream;
+//! - [`ack`]: the gateway → worker delivery confirmation (subject and payload);
+//! - [`nats`]: connecting, provisioning JetStream, publishing with an ack;
 //! - [`notify`] / [`prefs`] / [`template`] / [`store`]: the notification pipeline's types,
 //!   rules and JetStream-backed state;
 //! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces;
 //! - `client` (feature `client`): a reconnecting, recovering Rust client.
 #![warn(missing_docs)]
 
+pub mod ack;
 pub mod auth;
 pub mod body;
 pub mod channel;

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::connection::State;
+use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectOptions, Event, ServerAddr};
 use tokio::sync::Notify;
@@ -23,6 +25,22 @@ pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// Duplicate window of `TIDINGS_EVENTS`: a `Nats-Msg-Id` seen within it is stored once.
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Publishes to JetStream and waits for the stream's ack (both the send and the ack can
+/// fail with a [`PublishError`]). Empty `headers` publish without a header block.
+pub async fn publish_acked<S: async_nats::subject::ToSubject>(
+    js: &jetstream::Context,
+    subject: S,
+    headers: async_nats::HeaderMap,
+    payload: bytes::Bytes,
+) -> std::result::Result<PublishAck, PublishError> {
+    let sent = if headers.is_empty() {
+        js.publish(subject, payload).await?
+    } else {
+        js.publish_with_headers(subject, headers, payload).await?
+    };
+    sent.await
+}
 
 /// Parses `TIDINGS_NATS_URL` (comma-separated list allowed).
 pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>> {

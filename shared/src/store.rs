@@ -211,13 +211,7 @@ impl Store {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", expected.to_string().as_str());
         let bytes = serde_json::to_vec(doc).map_err(|e| Error::Encode(e.to_string()))?;
-        let ack = self
-            .js
-            .publish_with_headers(Self::status_subject(&doc.id), headers, bytes.into())
-            .await
-            .map_err(Error::nats)?
-            .await;
-        match ack {
+        match crate::nats::publish_acked(&self.js, Self::status_subject(&doc.id), headers, bytes.into()).await {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(None),
             Err(e) => Err(Error::nats(e)),

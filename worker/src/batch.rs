@@ -15,6 +15,7 @@ use aws_lc_rs::digest;
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tidings_shared::Error as SharedError;
+use tidings_shared::nats::publish_acked;
 use tidings_shared::notify::names::{BATCH_ITEMS_STREAM, BATCH_PREFIX};
 use tidings_shared::notify::{BatchItem, DeliveryChannel, DeliveryJob, DigestRef, NotificationRequest};
 use tidings_shared::template::Rendered;
@@ -58,10 +59,7 @@ pub async fn add(
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("batch.{id}.{}", channel.as_str()).as_str());
     let bytes = serde_json::to_vec(&item).map_err(|e| SharedError::Encode(e.to_string()))?;
-    ctx.js
-        .publish_with_headers(subject.clone(), headers, bytes.into())
-        .await
-        .map_err(SharedError::nats)?
+    publish_acked(&ctx.js, subject.clone(), headers, bytes.into())
         .await
         .map_err(SharedError::nats)?;
 

@@ -5,8 +5,10 @@
 
 use std::time::{Duration, Instant};
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
+use tidings_shared::nats::publish_acked;
 use tidings_shared::notify::names::DEAD_PREFIX;
 use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus, DigestRef, NotificationStatus};
 use tidings_shared::store::Store;
@@ -340,15 +342,14 @@ async fn dead_letter(ctx: &Ctx, job: &DeliveryJob, error: &str, attempts: u32) -
         "attempts": attempts,
         "failed_at": Store::now(),
     });
-    ctx.js
-        .publish(
-            format!("{DEAD_PREFIX}.{}", job.channel.as_str()),
-            letter.to_string().into(),
-        )
-        .await
-        .map_err(SharedError::nats)?
-        .await
-        .map_err(SharedError::nats)?;
+    publish_acked(
+        &ctx.js,
+        format!("{DEAD_PREFIX}.{}", job.channel.as_str()),
+        HeaderMap::new(),
+        letter.to_string().into(),
+    )
+    .await
+    .map_err(SharedError::nats)?;
     ctx.metrics
         .dead_letters
         .with_label_values(&[job.channel.as_str()])

@@ -4,8 +4,9 @@
 
 use async_nats::HeaderMap;
 use futures::StreamExt as _;
-use serde::Deserialize;
+use tidings_shared::ack::{ACK_SUBJECT, ClientAck};
 use tidings_shared::body::PublishBody;
+use tidings_shared::nats::publish_acked;
 use tidings_shared::notify::names::NOTIFICATION_EVENT;
 use tidings_shared::notify::{DeliveryChannel, DeliveryStatus, InboxItem, NotificationRequest};
 use tidings_shared::store::Store;
@@ -15,9 +16,6 @@ use tidings_shared::{Channel, Error as SharedError};
 
 use crate::Ctx;
 use crate::error::Result;
-
-/// Subject on which gateways forward client `ack`s.
-pub const ACK_SUBJECT: &str = "tidings.internal.acks";
 
 /// Stores the inbox entry and publishes the in-app message. Idempotent: the inbox entry,
 /// keyed by the notification id, is only created if absent (a redelivered request does not
@@ -55,20 +53,10 @@ pub async fn deliver(
     let channel = Channel::user(&req.user)?;
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("notif-{id}").as_str());
-    ctx.js
-        .publish_with_headers(channel.durable_subject(), headers, body.to_json()?.into())
-        .await
-        .map_err(SharedError::nats)?
+    publish_acked(&ctx.js, channel.durable_subject(), headers, body.to_json()?.into())
         .await
         .map_err(SharedError::nats)?;
     Ok(())
-}
-
-#[derive(Deserialize)]
-struct Ack {
-    user: String,
-    channel: String,
-    seq: u64,
 }
 
 /// Marks in-app notifications `delivered` as clients acknowledge them. One worker of the
@@ -93,7 +81,7 @@ pub async fn ack_loop(ctx: Ctx, store: Store) {
 }
 
 async fn handle_ack(ctx: &Ctx, store: &Store, payload: &[u8]) -> Result<()> {
-    let ack: Ack = serde_json::from_slice(payload).map_err(|e| SharedError::BadBody(e.to_string()))?;
+    let ack = ClientAck::decode(payload)?;
     let channel = Channel::user(&ack.user)?;
     if channel.to_string() != ack.channel {
         return Ok(()); // an ack of a project message: not a notification

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
+use tidings_shared::nats::publish_acked;
 use tidings_shared::notify::names::DELIVERY_PREFIX;
 use tidings_shared::notify::{
     ChannelState, DeliveryChannel, DeliveryJob, DeliveryStatus, NotificationRequest, NotificationStatus, Priority,
@@ -402,13 +403,7 @@ pub(crate) async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
     headers.insert("Nats-Msg-Id", format!("{}.{}", job.id, job.channel.as_str()).as_str());
     let bytes = serde_json::to_vec(job).map_err(|e| SharedError::Encode(e.to_string()))?;
     let subject = format!("{DELIVERY_PREFIX}.{}.{}", job.channel.as_str(), job.id);
-    let ack = ctx
-        .js
-        .publish_with_headers(subject, headers, bytes.into())
-        .await
-        .map_err(SharedError::nats)?
-        .await;
-    match ack {
+    match publish_acked(&ctx.js, subject, headers, bytes.into()).await {
         Ok(_) => Ok(()),
         Err(e) if already_queued(&e) => {
             tracing::debug!(channel = job.channel.as_str(), "delivery job already queued");
