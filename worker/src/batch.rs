@@ -103,7 +103,7 @@ pub async fn add(
             template: open.template,
         }),
     };
-    crate::intake::queue(ctx, &flush).await
+    crate::jobs::queue(ctx, &flush).await
 }
 
 /// The notifications waiting in a batch, oldest first and each once, with the last one's

@@ -5,19 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
-use tidings_shared::Error as SharedError;
-use tidings_shared::nats::publish_acked;
-use tidings_shared::notify::names::DEAD_PREFIX;
 use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus, DigestRef, NotificationStatus};
+use tidings_shared::prefs::Preferences;
 use tidings_shared::store::Store;
 
 use tracing::Instrument as _;
 
 use crate::Ctx;
 use crate::error::Result;
-use crate::webhook::Outcome;
+use crate::jobs::dead_letter;
+use crate::provider::Outcome;
+use crate::targets::missing;
 
 /// What to do with the job's message.
 enum Disposition {
@@ -84,7 +83,7 @@ async fn set_channel_digest(
             let c = doc
                 .channels
                 .entry(job.channel)
-                .or_insert_with(|| crate::intake::state(status, None, None));
+                .or_insert_with(|| crate::jobs::channel_state(status, None, None));
             c.status = status;
             c.attempts = attempts;
             c.error = error.clone();
@@ -194,25 +193,30 @@ async fn send(ctx: &Ctx, job: &DeliveryJob) -> Result<(Outcome, Option<String>)>
     let started = Instant::now();
     // Addresses are read now, not when the job was queued: the user may have changed them.
     let prefs = ctx.store.preferences(&job.user).await?;
-    let (outcome, via) = match job.channel {
-        DeliveryChannel::Webhook => match prefs.webhook_url {
-            None => (Outcome::Fail("no webhook_url in preferences".into()), None),
-            Some(url) => (ctx.webhook.send(&url, job).await, None),
-        },
-        DeliveryChannel::Email => match prefs.email {
-            None => (Outcome::Fail("no email address in preferences".into()), None),
-            Some(to) => ctx.mailer.send(&to, job).await,
-        },
-        DeliveryChannel::Sms => match (prefs.phone, &ctx.sms) {
-            (None, _) => (Outcome::Fail("no phone number in preferences".into()), None),
-            (_, None) => (
-                Outcome::Fail("SMS is not configured (TIDINGS_SMS_API_URL, _ACCOUNT_SID, _AUTH_TOKEN, _FROM)".into()),
-                None,
-            ),
-            (Some(to), Some(sms)) => (sms.send(&to, &job.content.body).await, None),
-        },
-        DeliveryChannel::Push => (push(ctx, job, prefs.push_subscriptions).await?, None),
-        DeliveryChannel::InApp => (Outcome::Fail("in-app is not delivered through jobs".into()), None),
+    let (outcome, via) = if let Some(lack) = missing(&prefs, job.channel) {
+        (Outcome::Fail(lack.to_owned()), None)
+    } else {
+        match (job.channel, prefs) {
+            (
+                DeliveryChannel::Webhook,
+                Preferences {
+                    webhook_url: Some(url), ..
+                },
+            ) => (ctx.webhook.send(&url, job).await, None),
+            (DeliveryChannel::Email, Preferences { email: Some(to), .. }) => ctx.mailer.send(&to, job).await,
+            (DeliveryChannel::Sms, Preferences { phone: Some(to), .. }) => match &ctx.sms {
+                None => (
+                    Outcome::Fail(
+                        "SMS is not configured (TIDINGS_SMS_API_URL, _ACCOUNT_SID, _AUTH_TOKEN, _FROM)".into(),
+                    ),
+                    None,
+                ),
+                Some(sms) => (sms.send(&to, &job.content.body).await, None),
+            },
+            (DeliveryChannel::Push, prefs) => (push(ctx, job, prefs.push_subscriptions).await?, None),
+            // In-app (every other channel's target was checked above).
+            _ => (Outcome::Fail("in-app is not delivered through jobs".into()), None),
+        }
     };
     ctx.metrics
         .delivery_duration
@@ -294,13 +298,10 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
     Ok(Disposition::Ack)
 }
 
-/// Sends to every subscription; those the push service reports gone are removed from the
-/// preferences. Delivered if any subscription took it (the others are not retried, so no
+/// Sends to every subscription (there is at least one: see [`missing`]); those the push
+/// service reports gone are removed from the preferences. Delivered if any subscription took it (the others are not retried, so no
 /// device gets it twice); else retried if any failure was transient.
 async fn push(ctx: &Ctx, job: &DeliveryJob, subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
-    if subs.is_empty() {
-        return Ok(Outcome::Fail("no push subscription in preferences".into()));
-    }
     let mut gone = Vec::new();
     let mut delivered = false;
     let mut retry: Option<Outcome> = None;
@@ -331,29 +332,4 @@ async fn push(ctx: &Ctx, job: &DeliveryJob, subs: Vec<tidings_shared::prefs::Pus
     } else {
         Outcome::Fail(errors.join("; "))
     })
-}
-
-/// Copies a job given up on to `tidings.dead.<channel>` with its last error, where operators
-/// can inspect it and replay it by publishing the `job` back to `tidings.delivery.<channel>`.
-async fn dead_letter(ctx: &Ctx, job: &DeliveryJob, error: &str, attempts: u32) -> Result<()> {
-    let letter = serde_json::json!({
-        "job": job,
-        "error": error,
-        "attempts": attempts,
-        "failed_at": Store::now(),
-    });
-    publish_acked(
-        &ctx.js,
-        format!("{DEAD_PREFIX}.{}", job.channel.as_str()),
-        HeaderMap::new(),
-        letter.to_string().into(),
-    )
-    .await
-    .map_err(SharedError::nats)?;
-    ctx.metrics
-        .dead_letters
-        .with_label_values(&[job.channel.as_str()])
-        .inc();
-    tracing::warn!(%error, attempts, "delivery dead-lettered");
-    Ok(())
 }

@@ -12,7 +12,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use tidings_shared::Error as SharedError;
 use tidings_shared::notify::DeliveryJob;
 
-use crate::webhook::Outcome;
+use crate::provider::Outcome;
 
 enum Transport {
     Smtp(AsyncSmtpTransport<Tokio1Executor>),

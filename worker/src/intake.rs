@@ -6,11 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
-use tidings_shared::nats::publish_acked;
-use tidings_shared::notify::names::DELIVERY_PREFIX;
 use tidings_shared::notify::{
     ChannelState, DeliveryChannel, DeliveryJob, DeliveryStatus, NotificationRequest, NotificationStatus, Priority,
 };
@@ -21,51 +18,8 @@ use tracing::Instrument as _;
 
 use crate::Ctx;
 use crate::error::Result;
-
-/// Channels a request without `channels` goes to: in-app always (unless switched off), the
-/// others where the user gave what they need.
-pub fn default_channels(prefs: &Preferences) -> Vec<DeliveryChannel> {
-    let mut out = vec![DeliveryChannel::InApp];
-    if prefs.email.is_some() {
-        out.push(DeliveryChannel::Email);
-    }
-    if prefs.phone.is_some() {
-        out.push(DeliveryChannel::Sms);
-    }
-    if !prefs.push_subscriptions.is_empty() {
-        out.push(DeliveryChannel::Push);
-    }
-    if prefs.webhook_url.is_some() {
-        out.push(DeliveryChannel::Webhook);
-    }
-    out
-}
-
-/// What the user lacks for `channel`, if anything.
-fn missing_target(prefs: &Preferences, channel: DeliveryChannel) -> Option<&'static str> {
-    match channel {
-        DeliveryChannel::InApp => None,
-        DeliveryChannel::Email => prefs.email.is_none().then_some("no email address in preferences"),
-        DeliveryChannel::Sms => prefs.phone.is_none().then_some("no phone number in preferences"),
-        DeliveryChannel::Push => prefs
-            .push_subscriptions
-            .is_empty()
-            .then_some("no push subscription in preferences"),
-        DeliveryChannel::Webhook => prefs.webhook_url.is_none().then_some("no webhook_url in preferences"),
-    }
-}
-
-pub(crate) fn state(status: DeliveryStatus, error: Option<String>, until: Option<String>) -> ChannelState {
-    ChannelState {
-        status,
-        attempts: 0,
-        error,
-        until,
-        updated_at: Store::now(),
-        via: None,
-        digest: None,
-    }
-}
+use crate::jobs::channel_state;
+use crate::targets::{default_channels, missing};
 
 /// Handles one message of `TIDINGS_NOTIFY`; acks it when done, naks it (to retry) when NATS
 /// failed under it.
@@ -167,26 +121,26 @@ fn decide(
         }
         let until = quiet.filter(|_| deferrable(channel));
         let first = if !prefs.allows(channel, req.category.as_deref()) {
-            state(DeliveryStatus::Suppressed, None, None)
-        } else if let Some(missing) = missing_target(prefs, channel) {
-            state(DeliveryStatus::Failed, Some(missing.to_owned()), None)
+            channel_state(DeliveryStatus::Suppressed, None, None)
+        } else if let Some(lack) = missing(prefs, channel) {
+            channel_state(DeliveryStatus::Failed, Some(lack.to_owned()), None)
         } else if req.batch_key.is_some()
             && matches!(req.priority, Priority::Low | Priority::Normal)
             && channel != DeliveryChannel::InApp
         {
             // Rendered later, once, over the whole batch.
-            state(DeliveryStatus::Batched, None, None)
+            channel_state(DeliveryStatus::Batched, None, None)
         } else {
             match template.render(channel, &req.data) {
-                Err(e) => state(DeliveryStatus::Failed, Some(e.to_string()), None),
+                Err(e) => channel_state(DeliveryStatus::Failed, Some(e.to_string()), None),
                 Ok(content) => {
                     rendered.insert(channel, content);
                     match until {
                         // Recorded `sent` before the message goes out, so that a client's
                         // quick `ack` finds it.
-                        _ if channel == DeliveryChannel::InApp => state(DeliveryStatus::Sent, None, None),
-                        Some(u) => state(DeliveryStatus::Deferred, None, Some(u.to_string())),
-                        None => state(DeliveryStatus::Pending, None, None),
+                        _ if channel == DeliveryChannel::InApp => channel_state(DeliveryStatus::Sent, None, None),
+                        Some(u) => channel_state(DeliveryStatus::Deferred, None, Some(u.to_string())),
+                        None => channel_state(DeliveryStatus::Pending, None, None),
                     }
                 }
             }
@@ -384,7 +338,7 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     futures::future::try_join_all(todo.into_iter().map(|(channel, action)| async move {
         match action {
             Action::InApp(content) => crate::inapp::deliver(ctx, id, req, &content, created_at).await,
-            Action::Queue(job) => queue(ctx, &job).await,
+            Action::Queue(job) => crate::jobs::queue(ctx, &job).await,
             Action::Batch { batch_key, until } => {
                 crate::batch::add(ctx, req, id, channel, &batch_key, created_at, until).await
             }
@@ -393,29 +347,4 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     .await?;
     tracing::info!(channels = recorded.channels.len(), "notification planned");
     Ok(())
-}
-
-/// Queues an external delivery, once: its subject names the notification, and the stream
-/// keeps one message per subject, refusing a copy while the job is there (see
-/// `delivery_stream_config`); `Nats-Msg-Id` also drops a copy within 10 minutes.
-pub(crate) async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
-    let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", format!("{}.{}", job.id, job.channel.as_str()).as_str());
-    let bytes = serde_json::to_vec(job).map_err(|e| SharedError::Encode(e.to_string()))?;
-    let subject = format!("{DELIVERY_PREFIX}.{}.{}", job.channel.as_str(), job.id);
-    match publish_acked(&ctx.js, subject, headers, bytes.into()).await {
-        Ok(_) => Ok(()),
-        Err(e) if already_queued(&e) => {
-            tracing::debug!(channel = job.channel.as_str(), "delivery job already queued");
-            Ok(())
-        }
-        Err(e) => Err(SharedError::nats(e).into()),
-    }
-}
-
-/// Whether JetStream refused a job because a copy of it is still queued.
-fn already_queued(e: &async_nats::jetstream::context::PublishError) -> bool {
-    use std::error::Error as _;
-    e.source()
-        .is_some_and(|s| s.to_string().contains("maximum messages per subject exceeded"))
 }

@@ -11,10 +11,13 @@ pub mod email;
 pub mod error;
 pub mod inapp;
 pub mod intake;
+pub mod jobs;
 pub mod metrics;
+pub mod provider;
 pub mod push;
 pub mod retry;
 pub mod sms;
+pub mod targets;
 pub mod webhook;
 
 use std::future::Future;
@@ -25,6 +28,7 @@ use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt as _;
 use tidings_shared::config::WorkerConfig;
 use tidings_shared::nats::{self, Ownership, Provisioner};
+use tidings_shared::notify::DeliveryChannel;
 use tidings_shared::notify::names::{DELIVERY_PREFIX, DELIVERY_STREAM};
 use tidings_shared::ops::Health;
 use tidings_shared::store::{self, Store};
@@ -119,7 +123,7 @@ pub async fn run(config: WorkerConfig, shutdown: impl Future<Output = ()> + Send
             None
         }
     };
-    let push_client = webhook::guarded_client(config.common.webhook_allow_private)
+    let push_client = provider::guarded_client(config.common.webhook_allow_private)
         .map_err(|e| tidings_shared::Error::Config(format!("HTTP client: {e}")))?;
     let push = Arc::new(push::PushSender::new(
         push_client,
@@ -245,31 +249,34 @@ async fn pipeline(
     );
     // One consumer per channel, so a slow or failing provider never holds back another
     // channel's deliveries.
-    let deliveries = ["webhook", "email", "sms", "push"].map(|channel| {
-        consume(
-            ctx.clone(),
-            DELIVERY_STREAM,
-            match channel {
-                "webhook" => "tidings-delivery-webhook",
-                "email" => "tidings-delivery-email",
-                "sms" => "tidings-delivery-sms",
-                _ => "tidings-delivery-push",
-            },
-            // Jobs are on `<prefix>.<channel>.<id>`; a job published by hand (a dead letter
-            // replayed) may be on `<prefix>.<channel>`.
-            vec![
-                format!("{DELIVERY_PREFIX}.{channel}"),
-                format!("{DELIVERY_PREFIX}.{channel}.>"),
-            ],
-            // Counted from when the worker starts a job (it sends a progress ack then).
-            Duration::from_millis(config.delivery_ack_wait_ms),
-            DELIVERY_CONCURRENCY,
-            stop.clone(),
-            |ctx, msg| Box::pin(async move { deliver::handle(&ctx, msg).await }),
-        )
-    });
-    let [webhooks, emails, sms, pushes] = deliveries;
-    tokio::join!(intake, webhooks, emails, sms, pushes);
+    let deliveries = DeliveryChannel::ALL
+        .into_iter()
+        .filter(|c| *c != DeliveryChannel::InApp)
+        .map(|channel| {
+            let (ctx, stop) = (ctx.clone(), stop.clone());
+            let ack_wait = Duration::from_millis(config.delivery_ack_wait_ms);
+            async move {
+                let channel = channel.as_str();
+                consume(
+                    ctx,
+                    DELIVERY_STREAM,
+                    &format!("tidings-delivery-{channel}"),
+                    // Jobs are on `<prefix>.<channel>.<id>`; a job published by hand (a dead
+                    // letter replayed) may be on `<prefix>.<channel>`.
+                    vec![
+                        format!("{DELIVERY_PREFIX}.{channel}"),
+                        format!("{DELIVERY_PREFIX}.{channel}.>"),
+                    ],
+                    // Counted from when the worker starts a job (it sends a progress ack then).
+                    ack_wait,
+                    DELIVERY_CONCURRENCY,
+                    stop,
+                    |ctx, msg| Box::pin(async move { deliver::handle(&ctx, msg).await }),
+                )
+                .await;
+            }
+        });
+    tokio::join!(intake, futures::future::join_all(deliveries));
 }
 
 /// Runs a durable pull consumer shared by every worker, `concurrency` messages at a time,

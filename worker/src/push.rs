@@ -15,7 +15,7 @@ use tidings_shared::notify::{DeliveryJob, Priority};
 use tidings_shared::prefs::{PushSubscription, validate_target_url};
 use tidings_shared::vapid::Vapid;
 
-use crate::webhook::Outcome;
+use crate::provider::Outcome;
 
 /// Record size announced in the header (one record carries the whole payload).
 const RECORD_SIZE: u32 = 4096;
@@ -179,9 +179,9 @@ impl PushSender {
             .send()
             .await;
         match resp {
-            Err(e) => PushResult::Outcome(crate::webhook::connection_error(&e)),
+            Err(e) => PushResult::Outcome(crate::provider::connection_error(&e)),
             Ok(r) if matches!(r.status().as_u16(), 404 | 410) => PushResult::Gone,
-            Ok(r) => PushResult::Outcome(crate::webhook::classify(r).await),
+            Ok(r) => PushResult::Outcome(crate::provider::classify(r).await),
         }
     }
 }

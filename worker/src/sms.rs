@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::webhook::Outcome;
+use crate::provider::Outcome;
 
 /// Sends SMS through a Twilio-compatible API.
 pub struct SmsSender {
@@ -44,8 +44,8 @@ impl SmsSender {
             .send()
             .await;
         match resp {
-            Err(e) => crate::webhook::connection_error(&e),
-            Ok(r) => crate::webhook::classify(r).await,
+            Err(e) => crate::provider::connection_error(&e),
+            Ok(r) => crate::provider::classify(r).await,
         }
     }
 }
