@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notifications;
 pub mod presence;
 pub mod publish;
+pub mod session;
 pub mod sse;
 pub mod ws;
 

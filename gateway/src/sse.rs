@@ -12,14 +12,14 @@ use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tidings_shared::auth::now_unix;
 use tidings_shared::{Channel, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::extract::bearer_token;
-use crate::hub::{ConnHandle, ConnId, ConnSignal, Outbound};
+use crate::hub::{ConnHandle, ConnSignal, Outbound};
+use crate::session::{self, Registration};
 
 /// Query of `GET /sse`.
 #[derive(Debug, Deserialize)]
@@ -30,19 +30,6 @@ pub struct SseQuery {
     /// set `Last-Event-ID`), e.g. because its channel list changed. The header wins.
     #[serde(default)]
     pub last_event_id: Option<String>,
-}
-
-/// Unregisters the connection when the client goes away (the response stream is dropped).
-struct Registration {
-    state: AppState,
-    id: ConnId,
-    channels: Vec<Channel>,
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        self.state.hub.unregister(self.id, self.channels.drain(..));
-    }
 }
 
 /// Where an SSE client is: the stream's epoch, the stream position when it first connected
@@ -94,15 +81,7 @@ impl Cursor {
 
 /// The handler.
 pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Query<SseQuery>) -> Result<Response> {
-    if state.health.is_draining() {
-        return Err(Error::api(
-            ErrorCode::Unavailable,
-            "node is draining; reconnect to another",
-        ));
-    }
-    if state.hub.connection_count() >= state.config.max_connections {
-        return Err(Error::api(ErrorCode::Unavailable, "node is at its connection limit"));
-    }
+    session::admit(&state)?;
     let claims = state
         .verify(bearer_token(&parts).as_deref())
         .map_err(|r| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {r}")))?;
@@ -130,12 +109,8 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         signal: signal.clone(),
         user: claims.sub.as_str().into(),
     };
-    let id = state.hub.register(handle.clone());
-    let mut registration = Registration {
-        state: state.clone(),
-        id,
-        channels: Vec::new(),
-    };
+    let mut registration = Registration::new(state.clone(), handle);
+    let id = registration.id;
     // Resume from Last-Event-ID, or start at the stream's current position: either way each
     // channel is subscribed holding, read back from its position, then joined with what was
     // held, so nothing stored around the connect is missed or repeated.
@@ -162,13 +137,19 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     let mut pending = VecDeque::new();
     let cap = state.config.replay_max as usize;
     for c in &channels {
-        if state.hub.subscribe(id, c, handle.clone(), true).await.is_err() {
+        if state
+            .hub
+            .subscribe(id, c, registration.handle.clone(), true)
+            .await
+            .is_err()
+        {
             return Err(Error::api(
                 ErrorCode::Unavailable,
                 "NATS did not confirm the subscription; retry",
             ));
         }
-        registration.channels.push(c.clone());
+        // The cursor, not the registration, keeps what was sent on each channel.
+        registration.channels.insert(c.clone(), 0);
         let since = cursor.since(c);
         let replay = crate::history::replay(&state, c, since, Some(&cursor.epoch), cap, None).await?;
         if replay.epoch != cursor.epoch {
@@ -187,13 +168,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
             }
         }
     }
-    let expires = tokio::time::Instant::now()
-        + Duration::from_secs(
-            claims
-                .exp
-                .saturating_add(state.verifier.leeway())
-                .saturating_sub(now_unix()),
-        );
+    let expires = session::token_deadline(claims.exp, state.verifier.leeway());
     let sse = SseStream {
         rx,
         signal,

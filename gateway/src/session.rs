@@ -1,0 +1,108 @@
+//! What WebSocket and SSE sessions share: admission (draining, connection limit), the
+//! registration with the hub that unregisters itself when the session goes away, and how
+//! long a token keeps a session open.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tidings_shared::auth::now_unix;
+use tidings_shared::{Channel, ErrorCode};
+
+use crate::AppState;
+use crate::error::{Error, Result};
+use crate::hub::{ConnHandle, ConnId};
+
+/// Longest a token may keep a session open without a refresh (one year).
+pub const MAX_SESSION_SECS: u64 = 365 * 86_400;
+
+/// Whether this node takes a new session: not while draining, nor at its connection limit
+/// (both answered 503, so the client tries another node).
+pub fn admit(state: &AppState) -> Result<()> {
+    if state.health.is_draining() {
+        return Err(Error::api(
+            ErrorCode::Unavailable,
+            "node is draining; reconnect to another",
+        ));
+    }
+    if state.hub.connection_count() >= state.config.max_connections {
+        return Err(Error::api(ErrorCode::Unavailable, "node is at its connection limit"));
+    }
+    Ok(())
+}
+
+/// When a session with a token expiring at `exp` ends: `exp` plus the same clock leeway the
+/// verification allowed, so a token accepted within the leeway is not cut off at once.
+/// Capped at [`MAX_SESSION_SECS`]: an issuer may put any `exp` in a token.
+pub fn token_deadline(exp: u64, leeway: u64) -> tokio::time::Instant {
+    let left = exp
+        .saturating_add(leeway)
+        .saturating_sub(now_unix())
+        .min(MAX_SESSION_SECS);
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+/// A session's place in the hub: registered on creation, and unregistered, with every
+/// subscription it still has, when dropped (the WebSocket task ends, the SSE response body
+/// is dropped).
+pub struct Registration {
+    /// The node's state.
+    pub state: AppState,
+    /// The hub's id of the connection.
+    pub id: ConnId,
+    /// The fan-out's handle on the connection.
+    pub handle: ConnHandle,
+    /// Subscribed channels, with the last durable `seq` written on each (0: none yet): a
+    /// durable message at or below it is never written again, whichever way it came
+    /// (replay, live, gap repair, a message queued before a re-subscription).
+    pub channels: HashMap<Channel, u64>,
+}
+
+impl Registration {
+    /// Registers the connection `handle` with the hub.
+    pub fn new(state: AppState, handle: ConnHandle) -> Self {
+        let id = state.hub.register(handle.clone());
+        Registration {
+            state,
+            id,
+            handle,
+            channels: HashMap::new(),
+        }
+    }
+
+    /// Leaves `channel`, if subscribed.
+    pub fn unsubscribe(&mut self, channel: &Channel) {
+        if self.channels.remove(channel).is_some() {
+            self.state.hub.unsubscribe(self.id, channel);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.state
+            .hub
+            .unregister(self.id, self.channels.drain().map(|(c, _)| c));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_exp_is_capped_at_a_year_instead_of_overflowing() {
+        let before = tokio::time::Instant::now();
+        let deadline = token_deadline(u64::MAX, 30);
+        let cap = Duration::from_secs(MAX_SESSION_SECS);
+        assert!(deadline >= before + cap);
+        assert!(deadline <= tokio::time::Instant::now() + cap);
+    }
+
+    #[test]
+    fn the_leeway_extends_the_deadline_and_the_past_ends_now() {
+        let now = now_unix();
+        let before = tokio::time::Instant::now();
+        assert!(token_deadline(now + 60, 30) >= before + Duration::from_secs(89));
+        assert!(token_deadline(0, 30) <= tokio::time::Instant::now());
+    }
+}

@@ -1,0 +1,396 @@
+//! `GET /ws`: one WebSocket session (contract §4).
+//!
+//! Each connection is one task. It reads commands and answers them directly (the handlers
+//! are in [`commands`]; admission, registration and the token deadline in
+//! [`crate::session`]), and writes channel messages from its bounded queue (filled by
+//! [`crate::hub`]) in batches: every frame already queued goes out in one flush. Heartbeats, token expiry and close requests
+//! (slow consumer, drain) are branches of the same `select!`, so an idle connection costs
+//! one task, one queue and the socket's buffers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt as _, StreamExt as _};
+use tidings_shared::ErrorCode;
+use tidings_shared::auth::Claims;
+use tidings_shared::codec::WireFormat;
+use tidings_shared::frame::{ClientFrame, ErrorBody, Reply, ServerFrame, Welcome};
+use tokio::sync::mpsc;
+use tracing::Instrument as _;
+
+use crate::AppState;
+use crate::extract::bearer_token;
+use crate::hub::{
+    CLOSE_DRAINING, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, ConnHandle, ConnSignal, Outbound,
+};
+use crate::limit::RateLimiter;
+use crate::session::{self, Registration, token_deadline};
+
+/// How many queued frames one write batch takes at most.
+const WRITE_BATCH: usize = 256;
+/// How long a close frame may take to leave before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Read buffer per connection, allocated up front by tungstenite: small, because most
+/// connections are idle and client commands are small; a larger frame still works (the
+/// buffer grows to the frame's length, up to the frame limit). 1 KiB instead of the 128 KiB
+/// default is most of what makes an idle connection cheap.
+const READ_BUFFER: usize = 1024;
+/// Bytes buffered before a write goes to the socket; batches are flushed explicitly anyway.
+const WRITE_BUFFER: usize = 16 * 1024;
+
+/// The subprotocol the client asked for, in its order of preference.
+fn pick_format(headers: &HeaderMap) -> Option<WireFormat> {
+    headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(WireFormat::from_subprotocol)
+}
+
+/// Upgrade handler. Authentication happens after the upgrade so that a browser can see the
+/// 4001 close code (an HTTP 401 during the handshake is invisible to page scripts).
+pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketUpgrade) -> Response {
+    if let Err(refused) = session::admit(&state) {
+        return refused.into_response();
+    }
+    let format = pick_format(&parts.headers);
+    let token = bearer_token(&parts);
+    let max = state.config.max_frame_bytes;
+    let ws = ws
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max.max(WRITE_BUFFER) * 4 + WRITE_BUFFER)
+        .max_message_size(max)
+        .max_frame_size(max);
+    let ws = match format {
+        Some(f) => ws.protocols([f.subprotocol()]),
+        None => ws,
+    };
+    // Split before the session future is built, so that the future holds two small halves
+    // rather than the whole WebSocket for its lifetime.
+    ws.on_upgrade(move |socket| {
+        let (sink, stream) = socket.split();
+        run(state, sink, stream, format.unwrap_or_default(), token)
+    })
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+type Stream = SplitStream<WebSocket>;
+
+fn encode(format: WireFormat, frame: &ServerFrame) -> Option<Message> {
+    match format.encode(frame) {
+        Ok(bytes) if format.is_binary() => Some(Message::Binary(bytes)),
+        Ok(bytes) => Utf8Bytes::try_from(bytes).ok().map(Message::Text),
+        Err(e) => {
+            tracing::error!(error = %e, "encoding a frame failed");
+            None
+        }
+    }
+}
+
+async fn close(sink: &mut Sink, code: u16, reason: &str) {
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(reason.to_owned()),
+    }));
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        sink.send(frame).await?;
+        sink.close().await
+    })
+    .await;
+}
+
+/// Authenticates from the URL/header token or the first frame, within the configured auth
+/// deadline (`TIDINGS_AUTH_DEADLINE_MS`).
+async fn authenticate(
+    state: &AppState,
+    stream: &mut Stream,
+    sink: &mut Sink,
+    format: WireFormat,
+    token: Option<String>,
+) -> Result<(Claims, Option<u64>), String> {
+    if let Some(token) = token {
+        return state
+            .verify(Some(&token))
+            .map(|c| (c, None))
+            .map_err(|r| r.as_str().to_owned());
+    }
+    let deadline = Duration::from_millis(state.config.auth_deadline_ms);
+    let first = tokio::time::timeout(deadline, stream.next()).await;
+    let frame = match first {
+        Err(_) => {
+            state.metrics.auth_failures.with_label_values(&["missing"]).inc();
+            return Err(format!("no token within {deadline:?}"));
+        }
+        Ok(Some(Ok(Message::Text(t)))) => WireFormat::Json.decode_client(t.as_bytes(), state.config.max_frame_bytes),
+        Ok(Some(Ok(Message::Binary(b)))) => WireFormat::Msgpack.decode_client(&b, state.config.max_frame_bytes),
+        Ok(_) => return Err("connection closed before auth".to_owned()),
+    };
+    match frame {
+        Ok(ClientFrame::Auth { id, token }) => state
+            .verify(Some(&token))
+            .map(|c| (c, id))
+            .map_err(|r| r.as_str().to_owned()),
+        _ => {
+            let _ = send(
+                sink,
+                format,
+                &ServerFrame::Error {
+                    error: ErrorBody::new(ErrorCode::Unauthorized, "the first frame must be auth"),
+                },
+            )
+            .await;
+            state.metrics.auth_failures.with_label_values(&["missing"]).inc();
+            Err("first frame was not auth".to_owned())
+        }
+    }
+}
+
+async fn send(sink: &mut Sink, format: WireFormat, frame: &ServerFrame) -> Result<(), axum::Error> {
+    match encode(format, frame) {
+        Some(m) => sink.send(m).await,
+        None => Ok(()),
+    }
+}
+
+async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFormat, token: Option<String>) {
+    let (claims, auth_id) = match Box::pin(authenticate(&state, &mut stream, &mut sink, format, token)).await {
+        Ok(c) => c,
+        Err(reason) => {
+            tracing::debug!(%reason, "WebSocket refused");
+            Box::pin(close(&mut sink, CLOSE_UNAUTHORIZED, &format!("unauthorized: {reason}"))).await;
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
+    let handle = ConnHandle {
+        tx,
+        signal: Arc::new(ConnSignal::default()),
+        user: claims.sub.as_str().into(),
+    };
+    let limiter = RateLimiter::new(state.config.command_rate, state.config.command_burst);
+    let reg = Registration::new(state, handle);
+    let session_id = format!("{}-{}", reg.state.node_id, reg.id);
+    let span = tracing::info_span!("ws", session = %session_id, user = %claims.sub);
+    let mut session = Session {
+        reg,
+        format,
+        claims,
+        sink,
+        limiter,
+    };
+    // The session is boxed apart from its rarely used parts (commands, closing), which are
+    // boxed again where they run: an idle connection's task then holds only the loop's state.
+    async move {
+        if let Some(id) = auth_id {
+            let reply = Reply {
+                exp: Some(session.claims.exp),
+                ..Reply::ok(Some(id))
+            };
+            session.send(&ServerFrame::Reply(reply)).await;
+        }
+        let welcome = ServerFrame::Welcome(Welcome {
+            session: session_id,
+            node: session.reg.state.node_id.to_string(),
+            user: session.claims.sub.clone(),
+            heartbeat_ms: session.reg.state.config.heartbeat_ms,
+        });
+        Box::pin(session.send(&welcome)).await;
+        let reason = session.serve(stream, rx).await;
+        tracing::debug!(reason, "WebSocket closed");
+        // Dropping the session unregisters it, with every subscription it still has.
+    }
+    .instrument(span)
+    .await;
+}
+
+struct Session {
+    /// The hub registration: state, id, queue handle and subscribed channels.
+    reg: Registration,
+    format: WireFormat,
+    claims: Claims,
+    sink: Sink,
+    limiter: RateLimiter,
+}
+
+mod commands;
+
+/// What [`Session::command`] tells the loop.
+enum Next {
+    Continue,
+    Close(u16, &'static str),
+}
+
+impl Session {
+    async fn send(&mut self, frame: &ServerFrame) {
+        if let Err(e) = send(&mut self.sink, self.format, frame).await {
+            tracing::debug!(error = %e, "write failed");
+        }
+    }
+
+    async fn reply(&mut self, reply: Reply) {
+        self.send(&ServerFrame::Reply(reply)).await;
+    }
+
+    async fn error(&mut self, id: Option<u64>, code: ErrorCode, message: impl Into<String>) {
+        let frame = match id {
+            Some(_) => ServerFrame::Reply(Reply::err(id, code, message)),
+            None => ServerFrame::Error {
+                error: ErrorBody::new(code, message),
+            },
+        };
+        self.send(&frame).await;
+    }
+
+    /// The session loop; returns why it ended.
+    async fn serve(&mut self, mut stream: Stream, mut rx: mpsc::Receiver<Outbound>) -> &'static str {
+        let heartbeat = Duration::from_millis(self.reg.state.config.heartbeat_ms);
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expiry = tokio::time::sleep_until(token_deadline(self.claims.exp, self.reg.state.verifier.leeway()));
+        tokio::pin!(expiry);
+        let signal = self.reg.handle.signal.clone();
+        let mut last_seen = Instant::now();
+        let mut batch: Vec<Outbound> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                code = signal.closed() => {
+                    Box::pin(self.close_for(code)).await;
+                    return "closed by server";
+                }
+                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        return "queue closed";
+                    }
+                    let written = tokio::select! {
+                        r = self.write_batch(&mut batch) => r,
+                        code = signal.closed() => {
+                            Box::pin(self.close_for(code)).await;
+                            return "closed by server during write";
+                        }
+                    };
+                    if written.is_err() {
+                        return "write failed";
+                    }
+                }
+                incoming = stream.next() => {
+                    last_seen = Instant::now();
+                    match incoming {
+                        None => return "peer went away",
+                        Some(Err(e)) => {
+                            if is_capacity_error(&e) {
+                                Box::pin(close(&mut self.sink, CLOSE_TOO_LARGE, "frame too large")).await;
+                                return "frame too large";
+                            }
+                            return "read error";
+                        }
+                        Some(Ok(Message::Close(_))) => return "peer closed",
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Text(t))) => {
+                            let decoded = WireFormat::Json.decode_client(t.as_bytes(), self.reg.state.config.max_frame_bytes);
+                            if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
+                                Box::pin(close(&mut self.sink, code, reason)).await;
+                                return reason;
+                            }
+                        }
+                        Some(Ok(Message::Binary(b))) => {
+                            let decoded = WireFormat::Msgpack.decode_client(&b, self.reg.state.config.max_frame_bytes);
+                            if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
+                                Box::pin(close(&mut self.sink, code, reason)).await;
+                                return reason;
+                            }
+                        }
+                    }
+                }
+                _ = ticker.tick() => {
+                    if last_seen.elapsed() > heartbeat * 2 {
+                        Box::pin(close(&mut self.sink, 1001, "heartbeat timeout")).await;
+                        return "heartbeat timeout";
+                    }
+                    if self.sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                        return "write failed";
+                    }
+                }
+                () = &mut expiry => {
+                    Box::pin(close(&mut self.sink, CLOSE_UNAUTHORIZED, "token expired")).await;
+                    return "token expired";
+                }
+            }
+        }
+    }
+
+    /// Writes every queued frame, then flushes once.
+    async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Result<(), axum::Error> {
+        let mut delivered = 0u64;
+        for out in batch.drain(..) {
+            let msg = match out {
+                Outbound::Message(enc) => {
+                    if !self.admit(&enc) {
+                        continue;
+                    }
+                    delivered += 1;
+                    let latency = SystemTime::now().duration_since(enc.stored_at).unwrap_or_default();
+                    self.reg.state.metrics.delivery_latency.observe(latency.as_secs_f64());
+                    enc.ws_message(self.format)
+                }
+                Outbound::Frame(m) => *m,
+            };
+            self.sink.feed(msg).await?;
+        }
+        self.sink.flush().await?;
+        self.reg.state.metrics.messages_delivered.inc_by(delivered);
+        Ok(())
+    }
+
+    /// Whether a channel message goes out: the channel is still subscribed and, for a
+    /// durable message, its `seq` is beyond the last one written (which it then becomes).
+    fn admit(&mut self, enc: &crate::message::Encoded) -> bool {
+        let Some(last) = self.reg.channels.get_mut(&enc.frame.channel) else {
+            return false;
+        };
+        match enc.frame.seq {
+            Some(seq) if seq <= *last => false,
+            Some(seq) => {
+                *last = seq;
+                true
+            }
+            None => true,
+        }
+    }
+
+    async fn close_for(&mut self, code: u16) {
+        match code {
+            CLOSE_DRAINING => {
+                let frame = ServerFrame::Reconnect {
+                    reason: "shutdown".into(),
+                    retry_ms: fastrand::u64(0..=1000),
+                };
+                self.send(&frame).await;
+                close(&mut self.sink, code, "node draining").await;
+            }
+            CLOSE_SLOW_CONSUMER => close(&mut self.sink, code, "slow consumer: outbound queue full").await,
+            _ => close(&mut self.sink, code, "closed by server").await,
+        }
+    }
+}
+
+/// Whether a read error is tungstenite refusing a frame over the size limit.
+fn is_capacity_error(e: &axum::Error) -> bool {
+    use std::error::Error as _;
+    let mut source: Option<&(dyn std::error::Error + 'static)> = e.source();
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
+            return matches!(t, tokio_tungstenite::tungstenite::Error::Capacity(_));
+        }
+        source = s.source();
+    }
+    e.to_string().contains("Space limit exceeded")
+}
