@@ -11,15 +11,13 @@ use std::time::{Duration, SystemTime};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream as JsStream;
 use futures::StreamExt as _;
-use tidings_shared::body::PublishBody;
-use tidings_shared::frame::MessageFrame;
 use tidings_shared::nats::epoch_of;
-use tidings_shared::subject::{CONTENT_TYPE_HEADER, EVENTS_STREAM};
+use tidings_shared::subject::EVENTS_STREAM;
 use tidings_shared::{Channel, Error as SharedError};
 
 use crate::AppState;
 use crate::error::Result;
-use crate::message::{Encoded, format_ts};
+use crate::message::{Encoded, encode_stored};
 use crate::metrics::Metrics;
 
 /// How long one stored message may take to arrive while replaying.
@@ -204,36 +202,23 @@ pub async fn read(
                 truncated = true;
                 break;
             }
-            let content_type = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-                .map(|v| v.as_str());
-            let body = match PublishBody::decode(&msg.payload, content_type, max_payload) {
-                Ok(b) => b,
-                Err(e) => {
-                    // Never delivered live either; keep the chain pointing at what was.
-                    let reason = if matches!(e, SharedError::TooLarge { .. }) {
-                        "too_large"
-                    } else {
-                        "invalid"
-                    };
-                    metrics.rejected_messages.with_label_values(&[reason]).inc();
-                    continue;
-                }
-            };
             let stored_at = SystemTime::from(published);
-            let frame = MessageFrame {
-                channel: channel.clone(),
-                event: body.event,
-                data: body.data,
-                id: body.id.unwrap_or_else(|| crate::message::stored_id(seq)),
-                ts: format_ts(stored_at),
-                seq: Some(seq),
-                prev: Some(prev),
-            };
-            prev = seq;
-            out.push(Encoded::new(frame, stored_at)?);
+            let durable = Some((seq, prev));
+            match encode_stored(
+                &msg.payload,
+                msg.headers.as_ref(),
+                channel,
+                durable,
+                stored_at,
+                max_payload,
+            ) {
+                Ok(m) => {
+                    prev = seq;
+                    out.push(m);
+                }
+                // Never delivered live either; keep the chain pointing at what was.
+                Err(rejected) => metrics.rejected_messages.with_label_values(&[rejected.reason]).inc(),
+            }
         }
     }
     if let Err(e) = stream.delete_consumer(&name).await {

@@ -119,15 +119,6 @@ pub fn from_nats(
     max_payload: usize,
 ) -> Result<Arc<Encoded>, Rejected> {
     let headers = msg.headers.as_ref();
-    let body =
-        PublishBody::decode(&msg.payload, header(headers, CONTENT_TYPE_HEADER), max_payload).map_err(|e| Rejected {
-            reason: if matches!(e, SharedError::TooLarge { .. }) {
-                "too_large"
-            } else {
-                "invalid"
-            },
-            detail: e.to_string(),
-        })?;
     let stored_at = match durable {
         Some(_) => header(headers, "Nats-Time-Stamp")
             .and_then(|t| OffsetDateTime::parse(t.trim(), &Rfc3339).ok())
@@ -135,6 +126,29 @@ pub fn from_nats(
             .unwrap_or_else(SystemTime::now),
         None => SystemTime::now(),
     };
+    encode_stored(&msg.payload, headers, channel, durable, stored_at, max_payload)
+}
+
+/// The one way from a publisher's payload to a channel message, for the live feed and for
+/// history alike: the body decoded (`too_large` / `invalid` if it cannot be), the id
+/// defaulted, the frame encoded. `durable` and `stored_at` as for [`from_nats`].
+pub fn encode_stored(
+    payload: &[u8],
+    headers: Option<&HeaderMap>,
+    channel: &Channel,
+    durable: Option<(u64, u64)>,
+    stored_at: SystemTime,
+    max_payload: usize,
+) -> Result<Arc<Encoded>, Rejected> {
+    let body =
+        PublishBody::decode(payload, header(headers, CONTENT_TYPE_HEADER), max_payload).map_err(|e| Rejected {
+            reason: if matches!(e, SharedError::TooLarge { .. }) {
+                "too_large"
+            } else {
+                "invalid"
+            },
+            detail: e.to_string(),
+        })?;
     let id = match (body.id, durable) {
         (Some(id), _) => id,
         (None, Some((seq, _))) => stored_id(seq),
