@@ -11,6 +11,7 @@ use tidings_shared::{Channel, ErrorCode};
 use crate::AppState;
 use crate::error::{Error, Result};
 use crate::extract::{Caller, Service};
+use crate::position::StreamPosition;
 use crate::presence::Presence;
 use crate::publish;
 
@@ -152,7 +153,17 @@ async fn history(
         ));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let replay = crate::history::replay(&state, &channel, q.since, q.epoch.as_deref(), limit, None).await?;
+    let replay = crate::history::replay(
+        &state,
+        &channel,
+        &StreamPosition {
+            seq: q.since,
+            epoch: q.epoch,
+        },
+        limit,
+        None,
+    )
+    .await?;
     let messages = replay
         .messages
         .iter()

@@ -19,6 +19,7 @@ use crate::AppState;
 use crate::error::Result;
 use crate::message::{Encoded, encode_stored};
 use crate::metrics::Metrics;
+use crate::position::{Link, StreamPosition};
 
 /// How long one stored message may take to arrive while replaying.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
@@ -88,8 +89,9 @@ async fn complete_after(
 }
 
 /// The messages a client missed after `since` on `channel`, at most `cap` of them.
-/// `epoch` is the epoch the client got `since` with (none: assume the current one). From
-/// another epoch, `since` means nothing: every held message is sent, `recovered: false`.
+/// `since.epoch` is the epoch the client got `since.seq` with (none: assume the current
+/// one). From another epoch, `since.seq` means nothing: every held message is sent,
+/// `recovered: false`.
 /// `live_from`: the position from which the caller's subscription already gets every message
 /// live; a client at or past it (in the current epoch) missed nothing, and nothing is read —
 /// one request (the stream's info) instead of a consumer's creation, fetch and deletion,
@@ -97,8 +99,7 @@ async fn complete_after(
 pub async fn replay(
     state: &AppState,
     channel: &Channel,
-    since: u64,
-    epoch: Option<&str>,
+    since: &StreamPosition,
     cap: usize,
     live_from: Option<u64>,
 ) -> Result<Replay> {
@@ -107,20 +108,25 @@ pub async fn replay(
     let info = stream.cached_info().clone();
     let current = epoch_of(&info);
     state.remember_epoch(&current);
-    let same_epoch = epoch.is_none_or(|e| e == current);
+    let same_epoch = since.epoch.as_deref().is_none_or(|e| e == current);
+    let since = since.seq;
     if same_epoch && live_from.is_some_and(|p| since >= p) {
         return Ok(Replay::up_to_date(current));
     }
-    let (start, prev) = if same_epoch {
-        (since.saturating_add(1), since)
+    // The first sequence to read, and the one to chain it to.
+    let start = if same_epoch {
+        Link {
+            seq: since.saturating_add(1),
+            prev: since,
+        }
     } else {
-        (1, 0)
+        Link { seq: 1, prev: 0 }
     };
     let max_payload = state.config.max_payload_bytes;
-    let read = if start > info.state.last_sequence {
+    let read = if start.seq > info.state.last_sequence {
         Read::default()
     } else {
-        read(&stream, channel, start, None, prev, cap, &state.metrics, max_payload).await?
+        read(&stream, channel, start, None, cap, &state.metrics, max_payload).await?
     };
     let complete = same_epoch
         && complete_after(
@@ -153,15 +159,13 @@ pub struct Read {
     pub held: u64,
 }
 
-/// Stored messages of `channel` with sequences in `from..until` (until exclusive; `None`: to
-/// the end), at most `cap`. `prev` is the sequence to chain the first one to.
-#[allow(clippy::too_many_arguments)]
+/// Stored messages of `channel` with sequences in `from.seq..until` (until exclusive;
+/// `None`: to the end), at most `cap`, the first chained to `from.prev`.
 pub async fn read(
     stream: &JsStream,
     channel: &Channel,
-    from: u64,
+    from: Link,
     until: Option<u64>,
-    mut prev: u64,
     cap: usize,
     metrics: &Metrics,
     max_payload: usize,
@@ -170,7 +174,7 @@ pub async fn read(
         .create_consumer(pull::OrderedConfig {
             filter_subject: channel.durable_subject(),
             deliver_policy: DeliverPolicy::ByStartSequence {
-                start_sequence: from.max(1),
+                start_sequence: from.seq.max(1),
             },
             ..Default::default()
         })
@@ -179,6 +183,7 @@ pub async fn read(
     let name = consumer.cached_info().name.clone();
     let mut pending = consumer.cached_info().num_pending;
     let held = pending;
+    let mut prev = from.prev;
     let mut out = Vec::new();
     let mut truncated = false;
     if pending > 0 {
@@ -203,7 +208,7 @@ pub async fn read(
                 break;
             }
             let stored_at = SystemTime::from(published);
-            let durable = Some((seq, prev));
+            let durable = Some(Link { seq, prev });
             match encode_stored(
                 &msg.payload,
                 msg.headers.as_ref(),

@@ -7,9 +7,11 @@
 
 pub mod api;
 pub mod assets;
+pub mod conn;
 pub mod cors;
 pub mod error;
 pub mod extract;
+pub mod feed;
 pub mod github;
 pub mod history;
 pub mod hub;
@@ -17,6 +19,7 @@ pub mod limit;
 pub mod message;
 pub mod metrics;
 pub mod notifications;
+pub mod position;
 pub mod presence;
 pub mod publish;
 pub mod session;
@@ -233,7 +236,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
             shutdown.await;
             health.start_draining();
             tracing::info!("draining: /readyz now answers 503");
-            hub.drain(hub::CLOSE_DRAINING, drain).await;
+            hub.drain(conn::CLOSE_DRAINING, drain).await;
             // Give the last connections time to send their close frames.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
             while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {

@@ -20,6 +20,8 @@ use tidings_shared::{Channel, Error as SharedError};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::position::Link;
+
 /// A channel message ready to be written to any number of clients.
 pub struct Encoded {
     /// The decoded message (kept for lazy MessagePack encoding and for SSE cursors).
@@ -95,12 +97,15 @@ pub fn format_ts(t: SystemTime) -> String {
     dt.format(&Rfc3339).unwrap_or_default()
 }
 
-/// The stream position a re-published durable message carries: its sequence and the
-/// sequence of the previous message of its subject (`Nats-Last-Sequence`).
-pub fn stored_position(msg: &async_nats::Message) -> Option<(u64, u64)> {
+/// The link a re-published durable message carries: its sequence and the sequence of the
+/// previous message of its subject (`Nats-Last-Sequence`).
+pub fn stored_position(msg: &async_nats::Message) -> Option<Link> {
     let headers = msg.headers.as_ref();
     let seq = header_u64(headers, "Nats-Sequence")?;
-    Some((seq, header_u64(headers, "Nats-Last-Sequence").unwrap_or(0)))
+    Some(Link {
+        seq,
+        prev: header_u64(headers, "Nats-Last-Sequence").unwrap_or(0),
+    })
 }
 
 /// The id of a durable message whose publisher gave none: derived from its sequence, so that
@@ -109,13 +114,13 @@ pub fn stored_id(seq: u64) -> String {
     format!("seq-{seq}")
 }
 
-/// Parses and encodes a NATS message for `channel`. `durable` is the `(seq, prev)` to show for
+/// Parses and encodes a NATS message for `channel`. `durable` is the link to show for
 /// a stored message (from [`stored_position`], `prev` possibly corrected by the caller), `None`
 /// for an ephemeral one.
 pub fn from_nats(
     msg: &async_nats::Message,
     channel: &Channel,
-    durable: Option<(u64, u64)>,
+    durable: Option<Link>,
     max_payload: usize,
 ) -> Result<Arc<Encoded>, Rejected> {
     let headers = msg.headers.as_ref();
@@ -136,7 +141,7 @@ pub fn encode_stored(
     payload: &[u8],
     headers: Option<&HeaderMap>,
     channel: &Channel,
-    durable: Option<(u64, u64)>,
+    durable: Option<Link>,
     stored_at: SystemTime,
     max_payload: usize,
 ) -> Result<Arc<Encoded>, Rejected> {
@@ -151,7 +156,7 @@ pub fn encode_stored(
         })?;
     let id = match (body.id, durable) {
         (Some(id), _) => id,
-        (None, Some((seq, _))) => stored_id(seq),
+        (None, Some(link)) => stored_id(link.seq),
         (None, None) => nuid::next().to_string(),
     };
     let frame = MessageFrame {
@@ -160,8 +165,8 @@ pub fn encode_stored(
         data: body.data,
         id,
         ts: format_ts(stored_at),
-        seq: durable.map(|(s, _)| s),
-        prev: durable.map(|(_, p)| p),
+        seq: durable.map(|l| l.seq),
+        prev: durable.map(|l| l.prev),
     };
     Encoded::new(frame, stored_at).map_err(|e| Rejected {
         reason: "invalid",

@@ -9,8 +9,8 @@ use tidings_shared::auth::now_unix;
 use tidings_shared::{Channel, ErrorCode};
 
 use crate::AppState;
+use crate::conn::{ConnHandle, ConnId};
 use crate::error::{Error, Result};
-use crate::hub::{ConnHandle, ConnId};
 
 /// Longest a token may keep a session open without a refresh (one year).
 pub const MAX_SESSION_SECS: u64 = 365 * 86_400;

@@ -16,9 +16,10 @@ use tidings_shared::{Channel, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::AppState;
+use crate::conn::{ConnHandle, ConnSignal, Outbound};
 use crate::error::{Error, Result};
 use crate::extract::bearer_token;
-use crate::hub::{ConnHandle, ConnSignal, Outbound};
+use crate::position::StreamPosition;
 use crate::session::{self, Registration};
 
 /// Query of `GET /sse`.
@@ -150,8 +151,11 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         }
         // The cursor, not the registration, keeps what was sent on each channel.
         registration.channels.insert(c.clone(), 0);
-        let since = cursor.since(c);
-        let replay = crate::history::replay(&state, c, since, Some(&cursor.epoch), cap, None).await?;
+        let since = StreamPosition {
+            seq: cursor.since(c),
+            epoch: Some(cursor.epoch.clone()),
+        };
+        let replay = crate::history::replay(&state, c, &since, cap, None).await?;
         if replay.epoch != cursor.epoch {
             // Old epoch: sequences restart, so does the cursor.
             cursor = Cursor {

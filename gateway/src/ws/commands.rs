@@ -10,8 +10,9 @@ use tidings_shared::{Channel, Error as SharedError, ErrorCode};
 use tracing::Instrument as _;
 
 use super::{Next, Session, encode};
-use crate::hub::{CLOSE_RATE_LIMITED, Outbound};
+use crate::conn::{CLOSE_RATE_LIMITED, Outbound};
 use crate::limit::Verdict;
+use crate::position::StreamPosition;
 use crate::publish;
 use crate::session::token_deadline;
 
@@ -147,7 +148,8 @@ impl Session {
         // back before it became ready). A client already past it is answered without reading
         // any message back, once the stream's current epoch is confirmed to be its own.
         let live_from = (position > 0).then_some(position);
-        let replay = match crate::history::replay(&self.reg.state, &c, since, epoch.as_deref(), cap, live_from).await {
+        let since = StreamPosition { seq: since, epoch };
+        let replay = match crate::history::replay(&self.reg.state, &c, &since, cap, live_from).await {
             Ok(r) => r,
             Err(e) => {
                 // Leave nothing half-done: the client retries the whole subscribe.

@@ -25,10 +25,10 @@ use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::AppState;
-use crate::extract::bearer_token;
-use crate::hub::{
+use crate::conn::{
     CLOSE_DRAINING, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, ConnHandle, ConnSignal, Outbound,
 };
+use crate::extract::bearer_token;
 use crate::limit::RateLimiter;
 use crate::session::{self, Registration, token_deadline};
 
