@@ -193,11 +193,11 @@ pub async fn read(
             let msg = match next {
                 Ok(Some(Ok(m))) => m,
                 Ok(Some(Err(e))) => return Err(SharedError::nats(e).into()),
-                Ok(None) | Err(_) => return Err(SharedError::Nats("history read timed out".into()).into()),
+                Ok(None) | Err(_) => return Err(SharedError::Timeout("a history read").into()),
             };
             let (seq, left, published) = match msg.info() {
                 Ok(i) => (i.stream_sequence, i.pending, i.published),
-                Err(e) => return Err(SharedError::Nats(format!("history message without info: {e}")).into()),
+                Err(e) => return Err(SharedError::nats(e).into()),
             };
             pending = left;
             if until.is_some_and(|u| seq >= u) {

@@ -31,7 +31,7 @@ impl ClientAck {
 
     /// Reads a payload received on [`ACK_SUBJECT`].
     pub fn decode(payload: &[u8]) -> Result<Self> {
-        serde_json::from_slice(payload).map_err(|e| Error::BadBody(e.to_string()))
+        serde_json::from_slice(payload).map_err(|e| Error::Invalid(format!("client ack: {e}")))
     }
 }
 

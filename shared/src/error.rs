@@ -143,6 +143,17 @@ pub enum Error {
     /// A publisher body (contract §3) that is not delivered.
     #[error("bad publisher body: {0}")]
     BadBody(String),
+    /// A request, preferences or push subscription with a field that is not acceptable
+    /// (`<field>: <why>`).
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// A template that does not parse, lacks a part, or does not render.
+    #[error("template: {0}")]
+    Template(String),
+    /// A stored record (preferences, status, inbox entry, template, batch) that does not
+    /// decode.
+    #[error("unreadable stored record: {0}")]
+    Stored(String),
     /// A frame or body over its size limit.
     #[error("too large: {size} bytes, limit {limit}")]
     TooLarge {
@@ -157,9 +168,16 @@ pub enum Error {
     /// A configuration value that cannot be used (bad key file, bad duration...).
     #[error("configuration: {0}")]
     Config(String),
-    /// A NATS or JetStream operation failed.
+    /// A NATS or JetStream operation failed; the client's error is kept as the source.
     #[error("nats: {0}")]
-    Nats(String),
+    Nats(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// NATS did not answer in time (`what` timed out).
+    #[error("nats: {0} timed out")]
+    Timeout(&'static str),
+    /// A record changed or vanished under a read-modify-write, past the retries; the
+    /// operation as a whole can be retried.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Telemetry could not be set up.
     #[error("telemetry: {0}")]
     Telemetry(String),
@@ -173,17 +191,22 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::BadChannel { .. } => ErrorCode::BadChannel,
-            Error::BadFrame { .. } | Error::BadBody(_) => ErrorCode::BadRequest,
+            Error::BadFrame { .. } | Error::BadBody(_) | Error::Invalid(_) | Error::Template(_) => {
+                ErrorCode::BadRequest
+            }
+            // As before the variant was split out of `BadBody`: a 400, not a 500.
+            Error::Stored(_) => ErrorCode::BadRequest,
             Error::TooLarge { .. } => ErrorCode::TooLarge,
             Error::Auth(_) => ErrorCode::Unauthorized,
-            Error::Nats(_) => ErrorCode::Unavailable,
+            Error::Nats(_) | Error::Timeout(_) | Error::Conflict(_) => ErrorCode::Unavailable,
             Error::Config(_) | Error::Telemetry(_) | Error::Encode(_) => ErrorCode::Internal,
         }
     }
 
-    /// Wraps any NATS client error; they all mean "try again later" to a caller.
-    pub fn nats(err: impl std::fmt::Display) -> Self {
-        Error::Nats(err.to_string())
+    /// Wraps any NATS client error, kept as the source; they all mean "try again later" to
+    /// a caller.
+    pub fn nats(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Error::Nats(err.into())
     }
 }
 

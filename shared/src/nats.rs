@@ -188,14 +188,14 @@ pub async fn ensure_stream(
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(stream = %want.name, error = %e, attempt, "creating stream failed; retrying");
-                last_err = Some(e.to_string());
+                last_err = Some(Error::nats(e));
                 continue;
             }
         };
         let info = match s.info().await {
             Ok(i) => i.clone(),
             Err(e) => {
-                last_err = Some(e.to_string());
+                last_err = Some(Error::nats(e));
                 continue;
             }
         };
@@ -209,15 +209,12 @@ pub async fn ensure_stream(
             }
             Err(e) => {
                 tracing::debug!(stream = %want.name, error = %e, attempt, "updating stream failed; retrying");
-                last_err = Some(e.to_string());
+                last_err = Some(Error::nats(e));
             }
         }
     }
-    Err(Error::Nats(format!(
-        "could not create or update stream {}: {}",
-        want.name,
-        last_err.unwrap_or_default()
-    )))
+    tracing::warn!(stream = %want.name, "could not create or update the stream");
+    Err(last_err.unwrap_or(Error::Timeout("creating or updating a stream")))
 }
 
 /// The stream's identity for clients' `epoch`: its creation time in nanoseconds, which

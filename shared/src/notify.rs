@@ -140,7 +140,7 @@ pub struct NotificationRequest {
 impl NotificationRequest {
     /// Checks every field; the error names the field at fault.
     pub fn validate(&self) -> crate::Result<()> {
-        let bad = |field: &str, why: &str| Err(crate::Error::BadBody(format!("{field}: {why}")));
+        let bad = |field: &str, why: &str| Err(crate::Error::Invalid(format!("{field}: {why}")));
         if let Some(id) = &self.id
             && !crate::channel::is_valid_id(id)
         {
@@ -154,7 +154,7 @@ impl NotificationRequest {
         {
             return bad("project", "must match [A-Za-z0-9_-]{1,128}");
         }
-        if !crate::template::is_valid_name(&self.template) {
+        if !crate::channel::is_valid_id(&self.template) {
             return bad("template", "must match [A-Za-z0-9_-]{1,128}");
         }
         if self.channels.as_ref().is_some_and(Vec::is_empty) {
@@ -276,6 +276,25 @@ pub struct InboxItem {
     pub read: bool,
 }
 
+/// What a channel part renders to: a delivery job's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendered {
+    /// Title / subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// Body / text.
+    pub body: String,
+    /// HTML body (email).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub html: Option<String>,
+    /// URL (push).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Rendered webhook object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 /// One external delivery, queued on `tidings.delivery.<channel>` (stream
 /// `TIDINGS_DELIVERIES`) and processed by whichever worker takes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,7 +314,7 @@ pub struct DeliveryJob {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// The rendered content.
-    pub content: crate::template::Rendered,
+    pub content: Rendered,
     /// The request's data (webhook payloads carry it).
     #[serde(default)]
     pub data: serde_json::Value,

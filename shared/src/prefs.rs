@@ -73,7 +73,7 @@ pub struct Preferences {
 }
 
 fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
-    Error::BadBody(format!("{field}: {why}"))
+    Error::Invalid(format!("{field}: {why}"))
 }
 
 /// Parses `HH:MM` (24-hour).

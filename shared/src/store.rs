@@ -155,9 +155,7 @@ impl Store {
     pub async fn preferences(&self, user: &str) -> Result<Preferences> {
         match self.prefs.get(user).await.map_err(Error::nats)? {
             None => Ok(Preferences::default()),
-            Some(bytes) => {
-                serde_json::from_slice(&bytes).map_err(|e| Error::BadBody(format!("stored preferences: {e}")))
-            }
+            Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::Stored(format!("preferences: {e}"))),
         }
     }
 
@@ -196,8 +194,7 @@ impl Store {
         let stream = self.js.get_stream_no_info(STATUS_STREAM).await.map_err(Error::nats)?;
         match stream.direct_get_last_for_subject(Self::status_subject(id)).await {
             Ok(m) => {
-                let doc =
-                    serde_json::from_slice(&m.payload).map_err(|e| Error::BadBody(format!("stored status: {e}")))?;
+                let doc = serde_json::from_slice(&m.payload).map_err(|e| Error::Stored(format!("status: {e}")))?;
                 Ok(Some((doc, m.sequence)))
             }
             Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
@@ -228,7 +225,7 @@ impl Store {
         match self.status(&doc.id).await? {
             Some((existing, seq)) => Ok(Created::Exists(existing, seq)),
             // Refused, yet gone: only if it was purged in between; the caller retries.
-            None => Err(Error::Nats(format!(
+            None => Err(Error::Conflict(format!(
                 "status of {} vanished while being created",
                 doc.id
             ))),
@@ -272,7 +269,7 @@ impl Store {
                 Err(e) => tracing::debug!(id, error = %e, "status update failed; retrying"),
             }
         }
-        Err(Error::Nats(format!("status of {id} kept changing under us")))
+        Err(Error::Conflict(format!("status of {id} kept changing under us")))
     }
 
     /// Timestamp for status documents and inbox entries.
@@ -307,7 +304,7 @@ impl Store {
             None => Ok(None),
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| Error::BadBody(e.to_string())),
+                .map_err(|e| Error::Stored(format!("inbox entry: {e}"))),
         }
     }
 

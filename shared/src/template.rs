@@ -5,7 +5,7 @@ use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::notify::DeliveryChannel;
+use crate::notify::{DeliveryChannel, Rendered};
 
 /// A template: the parts for each channel it supports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,25 +69,6 @@ pub struct PushPart {
     pub url: Option<String>,
 }
 
-/// What a channel part renders to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rendered {
-    /// Title / subject.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub title: Option<String>,
-    /// Body / text.
-    pub body: String,
-    /// HTML body (email).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub html: Option<String>,
-    /// URL (push).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// Rendered webhook object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fields: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
 /// Valid template names: `[A-Za-z0-9_-]{1,128}` (also a KV key).
 pub fn is_valid_name(name: &str) -> bool {
     crate::channel::is_valid_id(name)
@@ -111,9 +92,9 @@ fn render_one(name: &str, source: &str, data: &serde_json::Value) -> Result<Stri
     let env = env();
     let tmpl = env
         .template_from_named_str(name, source)
-        .map_err(|e| Error::BadBody(format!("template {name}: {e}")))?;
+        .map_err(|e| Error::Template(format!("{name}: {e}")))?;
     tmpl.render(minijinja::Value::from_serialize(data))
-        .map_err(|e| Error::BadBody(format!("rendering {name}: {e}")))
+        .map_err(|e| Error::Template(format!("rendering {name}: {e}")))
 }
 
 impl Template {
@@ -155,13 +136,13 @@ impl Template {
     pub fn validate(&self) -> Result<()> {
         let parts = self.sources();
         if parts.is_empty() {
-            return Err(Error::BadBody("template has no part for any channel".into()));
+            return Err(Error::Template("no part for any channel".into()));
         }
         let env = env();
         for (name, source) in parts {
             env.template_from_named_str(&name, source).map_err(|e| {
                 let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
-                Error::BadBody(format!("template part {name}{line}: {e}"))
+                Error::Template(format!("part {name}{line}: {e}"))
             })?;
         }
         Ok(())
@@ -170,7 +151,7 @@ impl Template {
     /// Renders the part for `channel` over `data` (the request's `data`, plus `items` and
     /// `count` for digests). A channel without a part is an error naming it.
     pub fn render(&self, channel: DeliveryChannel, data: &serde_json::Value) -> Result<Rendered> {
-        let missing = || Error::BadBody(format!("template has no {} part", channel.as_str()));
+        let missing = || Error::Template(format!("no {} part", channel.as_str()));
         Ok(match channel {
             DeliveryChannel::InApp => {
                 let p = self.in_app.as_ref().ok_or_else(missing)?;

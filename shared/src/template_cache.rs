@@ -46,7 +46,7 @@ impl Value {
         match self {
             Value::Template(t) => Ok(Some(t)),
             Value::Absent => Ok(None),
-            Value::Unreadable(e) => Err(Error::BadBody(e)),
+            Value::Unreadable(e) => Err(Error::Stored(e)),
         }
     }
 }
@@ -126,5 +126,5 @@ async fn watch_loop(kv: kv::Store, entries: Entries, mut dropped: watch::Receive
 
 /// A template as stored in the bucket (JSON), for the cache and direct reads alike.
 pub(crate) fn decode(bytes: &[u8]) -> Result<Template> {
-    serde_json::from_slice(bytes).map_err(|e| Error::BadBody(format!("stored template: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| Error::Stored(format!("template: {e}")))
 }

@@ -60,7 +60,7 @@ impl Vapid {
     /// `vapid t=<ES256 JWT with aud, exp, sub>, k=<public key>`.
     pub fn authorization(&self, endpoint: &str, subject: &str, now_unix: u64) -> Result<String> {
         let aud =
-            origin(endpoint).ok_or_else(|| Error::BadBody(format!("push endpoint {endpoint:?} has no origin")))?;
+            origin(endpoint).ok_or_else(|| Error::Invalid(format!("push endpoint {endpoint:?} has no origin")))?;
         let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
         let claims = serde_json::json!({"aud": aud, "exp": now_unix + 12 * 3600, "sub": subject});
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());

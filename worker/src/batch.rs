@@ -16,9 +16,9 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use tidings_shared::Error as SharedError;
 use tidings_shared::nats::publish_acked;
+use tidings_shared::notify::Rendered;
 use tidings_shared::notify::names::{BATCH_ITEMS_STREAM, BATCH_PREFIX};
 use tidings_shared::notify::{BatchItem, DeliveryChannel, DeliveryJob, DigestRef, NotificationRequest};
-use tidings_shared::template::Rendered;
 
 use crate::Ctx;
 use crate::error::Result;
@@ -76,8 +76,8 @@ pub async fn add(
         Ok(_) => open,
         // Already open: make sure its flush is queued (a redelivered first request).
         Err(_) => match ctx.batches.get(&key).await.map_err(SharedError::nats)? {
-            Some(v) => serde_json::from_slice(&v).map_err(|e| SharedError::BadBody(e.to_string()))?,
-            None => return Err(SharedError::Nats("batch closed while joining; retrying".into()).into()),
+            Some(v) => serde_json::from_slice(&v).map_err(|e| SharedError::Stored(format!("open batch: {e}")))?,
+            None => return Err(SharedError::Conflict("batch closed while joining".into()).into()),
         },
     };
     let flush = DeliveryJob {
@@ -126,9 +126,9 @@ pub async fn items(ctx: &Ctx, subject: &str) -> Result<(Vec<BatchItem>, u64)> {
         let mut messages = consumer.messages().await.map_err(SharedError::nats)?;
         while pending > 0 {
             let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else {
-                return Err(SharedError::Nats("reading a batch timed out".into()).into());
+                return Err(SharedError::Timeout("reading a batch").into());
             };
-            let info = msg.info().map_err(|e| SharedError::Nats(e.to_string()))?;
+            let info = msg.info().map_err(SharedError::nats)?;
             pending = info.pending;
             last = info.stream_sequence;
             // A request carried out again long after it joined (past the stream's duplicate

@@ -7,11 +7,11 @@ use futures::StreamExt as _;
 use tidings_shared::ack::{ACK_SUBJECT, ClientAck};
 use tidings_shared::body::PublishBody;
 use tidings_shared::nats::publish_acked;
+use tidings_shared::notify::Rendered;
 use tidings_shared::notify::names::NOTIFICATION_EVENT;
 use tidings_shared::notify::{DeliveryChannel, DeliveryStatus, InboxItem, NotificationRequest};
 use tidings_shared::store::Store;
 use tidings_shared::subject::EVENTS_STREAM;
-use tidings_shared::template::Rendered;
 use tidings_shared::{Channel, Error as SharedError};
 
 use crate::Ctx;

@@ -8,12 +8,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
+use tidings_shared::notify::Rendered;
 use tidings_shared::notify::{
     ChannelState, DeliveryChannel, DeliveryJob, DeliveryStatus, NotificationRequest, NotificationStatus, Priority,
 };
 use tidings_shared::prefs::Preferences;
 use tidings_shared::store::{Created, Store};
-use tidings_shared::template::{Rendered, Template};
+use tidings_shared::template::Template;
 use tracing::Instrument as _;
 
 use crate::Ctx;
@@ -305,7 +306,7 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
                     true
                 })
                 .await?
-                .ok_or_else(|| SharedError::Nats(format!("status of {id} vanished while being planned")))?
+                .ok_or_else(|| SharedError::Conflict(format!("status of {id} vanished while being planned")))?
         }
     };
     for (channel, status) in &added {

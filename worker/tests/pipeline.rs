@@ -338,10 +338,7 @@ async fn templates_and_requests_are_validated() {
     let (code, body) = env.notify(json!({"user":"u 1","template":"pr_merged"})).await;
     assert_eq!(code, 400);
     assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("bad publisher body: user")
+        body["error"]["message"].as_str().unwrap().starts_with("invalid: user")
             || body["error"]["message"].as_str().unwrap().contains("user"),
         "{body}"
     );
@@ -1232,7 +1229,7 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
         project: None,
         priority: tidings_shared::notify::Priority::Normal,
         category: None,
-        content: tidings_shared::template::Rendered {
+        content: tidings_shared::notify::Rendered {
             title: Some("PR #7 merged".into()),
             body: "t".into(),
             html: None,
