@@ -31,7 +31,6 @@ pub mod store;
 pub mod subject;
 pub mod telemetry;
 pub mod template;
-pub mod template_cache;
 pub mod vapid;
 
 pub use channel::Channel;

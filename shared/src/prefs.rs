@@ -1,15 +1,11 @@
-//! User preferences (contract §7) and the quiet-hours arithmetic.
-//!
-//! Preferences are validated when they are written (`PUT`), so the worker can rely on them;
-//! quiet hours are computed in the user's IANA time zone from an instant the caller passes
-//! in, so tests can use any clock.
+//! User preferences (contract §7), validated when they are written (`PUT`) so that the
+//! worker can rely on them (the worker's `quiet` module computes quiet hours from them).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use jiff::civil::Time;
 use jiff::tz::TimeZone;
-use jiff::{Timestamp, ToSpan as _, Zoned};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -243,55 +239,11 @@ impl Preferences {
             .unwrap_or(true);
         on && category_on
     }
-
-    /// The user's time zone (UTC when unset or unknown).
-    pub fn time_zone(&self) -> TimeZone {
-        self.timezone
-            .as_deref()
-            .and_then(|tz| TimeZone::get(tz).ok())
-            .unwrap_or(TimeZone::UTC)
-    }
-
-    /// If `now` falls in the user's quiet hours, the instant they end.
-    pub fn quiet_until(&self, now: Timestamp) -> Option<Timestamp> {
-        let q = self.quiet_hours.as_ref()?;
-        let (start, end) = (parse_hhmm(&q.start)?, parse_hhmm(&q.end)?);
-        if start == end {
-            return None;
-        }
-        let local: Zoned = now.to_zoned(self.time_zone());
-        let t = local.time();
-        let inside = if start < end {
-            t >= start && t < end
-        } else {
-            t >= start || t < end
-        };
-        if !inside {
-            return None;
-        }
-        // The end is today, unless the window spans midnight and we are before it.
-        let end_date = if start > end && t >= start {
-            local.date().checked_add(1.day()).ok()?
-        } else {
-            local.date()
-        };
-        let end_local = end_date.to_datetime(end);
-        // A wall time skipped by a DST change resolves forward, as people expect.
-        self.time_zone()
-            .to_ambiguous_zoned(end_local)
-            .compatible()
-            .ok()
-            .map(|z| z.timestamp())
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
 
     fn prefs(tz: &str, start: &str, end: &str) -> Preferences {
         Preferences {
@@ -302,52 +254,6 @@ mod tests {
             }),
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn quiet_hours_across_midnight_in_new_york() {
-        let p = prefs("America/New_York", "22:00", "07:00");
-        // 23:30 EST on Jan 10 = 04:30 UTC Jan 11 → until 07:00 EST Jan 11 = 12:00 UTC.
-        assert_eq!(
-            p.quiet_until(ts("2026-01-11T04:30:00Z")),
-            Some(ts("2026-01-11T12:00:00Z"))
-        );
-        // 05:00 EST (after midnight) → same morning.
-        assert_eq!(
-            p.quiet_until(ts("2026-01-11T10:00:00Z")),
-            Some(ts("2026-01-11T12:00:00Z"))
-        );
-        // 07:00 sharp is no longer quiet; 21:59 is not yet.
-        assert_eq!(p.quiet_until(ts("2026-01-11T12:00:00Z")), None);
-        assert_eq!(p.quiet_until(ts("2026-01-11T02:59:00Z")), None);
-        // Summer time (EDT, UTC-4): 23:00 EDT Jul 1 → 07:00 EDT Jul 2 = 11:00 UTC.
-        assert_eq!(
-            p.quiet_until(ts("2026-07-02T03:00:00Z")),
-            Some(ts("2026-07-02T11:00:00Z"))
-        );
-        // The night the clocks go forward (Mar 8 2026, 02:00 → 03:00): still 07:00 local.
-        assert_eq!(
-            p.quiet_until(ts("2026-03-08T05:00:00Z")),
-            Some(ts("2026-03-08T11:00:00Z"))
-        );
-    }
-
-    #[test]
-    fn quiet_hours_in_kolkata_half_hour_offset() {
-        let p = prefs("Asia/Kolkata", "22:30", "06:15");
-        // 23:00 IST (UTC+5:30) = 17:30 UTC → until 06:15 IST next day = 00:45 UTC.
-        assert_eq!(
-            p.quiet_until(ts("2026-05-01T17:30:00Z")),
-            Some(ts("2026-05-02T00:45:00Z"))
-        );
-        // 12:00 IST: not quiet.
-        assert_eq!(p.quiet_until(ts("2026-05-01T06:30:00Z")), None);
-        // Daytime window.
-        let day = prefs("Asia/Kolkata", "13:00", "14:00");
-        assert_eq!(
-            day.quiet_until(ts("2026-05-01T07:45:00Z")),
-            Some(ts("2026-05-01T08:30:00Z"))
-        );
     }
 
     #[test]

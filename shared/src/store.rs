@@ -16,7 +16,6 @@ use crate::notify::names::*;
 use crate::notify::{InboxItem, NotificationStatus};
 use crate::prefs::Preferences;
 use crate::template::Template;
-use crate::template_cache::TemplateCache;
 
 /// Configuration of `TIDINGS_STATUS`: every transition of every notification for a week.
 pub fn status_stream_config(replicas: usize) -> stream::Config {
@@ -117,8 +116,6 @@ pub struct Store {
     js: jetstream::Context,
     prefs: kv::Store,
     templates: kv::Store,
-    /// Set by [`Store::cache_templates`].
-    template_cache: Option<TemplateCache>,
     inbox: kv::Store,
 }
 
@@ -134,16 +131,13 @@ impl Store {
             prefs: ensure_kv(&js, PREFERENCES_BUCKET, replicas).await?,
             templates: ensure_kv(&js, TEMPLATES_BUCKET, replicas).await?,
             inbox: ensure_kv(&js, INBOX_BUCKET, replicas).await?,
-            template_cache: None,
             js,
         })
     }
 
-    /// Keeps templates in memory, current through a watch on their bucket (see
-    /// [`TemplateCache`]): for processes that read a template per notification.
-    pub fn cache_templates(mut self) -> Self {
-        self.template_cache = Some(TemplateCache::spawn(self.templates.clone()));
-        self
+    /// The templates bucket (the worker keeps it in memory through a watch).
+    pub fn templates_bucket(&self) -> &kv::Store {
+        &self.templates
     }
 
     /// The JetStream context.
@@ -166,14 +160,11 @@ impl Store {
         Ok(())
     }
 
-    /// A template, if it exists.
+    /// A template, if it exists (read from JetStream each time).
     pub async fn template(&self, name: &str) -> Result<Option<Arc<Template>>> {
-        if let Some(cache) = &self.template_cache {
-            return cache.get(name).await;
-        }
         match self.templates.get(name).await.map_err(Error::nats)? {
             None => Ok(None),
-            Some(bytes) => crate::template_cache::decode(&bytes).map(|t| Some(Arc::new(t))),
+            Some(bytes) => crate::template::decode_stored(&bytes).map(|t| Some(Arc::new(t))),
         }
     }
 

@@ -225,6 +225,11 @@ impl Template {
     }
 }
 
+/// A template as the templates bucket stores it (JSON).
+pub fn decode_stored(bytes: &[u8]) -> Result<Template> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Stored(format!("template: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

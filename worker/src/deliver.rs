@@ -240,7 +240,7 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
         "items": items.iter().map(|i| i.data.clone()).collect::<Vec<_>>(),
         "count": items.len(),
     });
-    let rendered = match ctx.store.template(&d.template).await? {
+    let rendered = match ctx.templates.get(&d.template).await? {
         None => Err(format!("unknown template {:?}", d.template)),
         Some(t) => t.render(job.channel, &data).map_err(|e| e.to_string()),
     };

@@ -97,7 +97,7 @@ fn quiet_until(req: &NotificationRequest, prefs: &Preferences) -> Option<jiff::T
     if req.priority == Priority::Critical {
         None
     } else {
-        prefs.quiet_until(jiff::Timestamp::now())
+        crate::quiet::until(prefs, jiff::Timestamp::now())
     }
 }
 
@@ -253,7 +253,7 @@ fn actions(
 /// out again (its worker died before acking, or took longer than the ack wait) carries out
 /// the recorded plan again, while a new request reusing the id is not planned twice.
 async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) -> Result<()> {
-    let (template, prefs) = tokio::try_join!(ctx.store.template(&req.template), ctx.store.preferences(&req.user))?;
+    let (template, prefs) = tokio::try_join!(ctx.templates.get(&req.template), ctx.store.preferences(&req.user))?;
     let mut doc = NotificationStatus {
         id: id.to_owned(),
         user: req.user.clone(),

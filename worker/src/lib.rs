@@ -15,9 +15,11 @@ pub mod jobs;
 pub mod metrics;
 pub mod provider;
 pub mod push;
+pub mod quiet;
 pub mod retry;
 pub mod sms;
 pub mod targets;
+pub mod templates;
 pub mod webhook;
 
 use std::future::Future;
@@ -55,6 +57,8 @@ pub struct Ctx {
     pub js: async_nats::jetstream::Context,
     /// Preferences, templates, inbox, statuses.
     pub store: Store,
+    /// Templates, kept in memory through a watch on their bucket.
+    pub templates: templates::TemplateCache,
     /// Metrics.
     pub metrics: Metrics,
     /// Webhook client.
@@ -219,8 +223,9 @@ async fn pipeline(
         }
     };
     // Planning reads a template per notification: kept in memory, current through a watch.
-    let store = store.cache_templates();
+    let templates = templates::TemplateCache::spawn(store.templates_bucket().clone());
     let ctx = Ctx {
+        templates,
         nats: client,
         js: js.clone(),
         store: store.clone(),

@@ -18,8 +18,8 @@ use async_nats::jetstream::kv;
 use futures::StreamExt as _;
 use tokio::sync::watch;
 
-use crate::error::{Error, Result};
-use crate::template::Template;
+use tidings_shared::error::{Error, Result};
+use tidings_shared::template::{self, Template};
 
 /// A template as the bucket holds it.
 #[derive(Clone)]
@@ -34,7 +34,7 @@ enum Value {
 impl Value {
     fn of(entry: &kv::Entry) -> Value {
         match entry.operation {
-            kv::Operation::Put => match decode(&entry.value) {
+            kv::Operation::Put => match template::decode_stored(&entry.value) {
                 Ok(t) => Value::Template(Arc::new(t)),
                 Err(e) => Value::Unreadable(e.to_string()),
             },
@@ -122,9 +122,4 @@ async fn watch_loop(kv: kv::Store, entries: Entries, mut dropped: watch::Receive
             _ = dropped.changed() => return,
         }
     }
-}
-
-/// A template as stored in the bucket (JSON), for the cache and direct reads alike.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Template> {
-    serde_json::from_slice(bytes).map_err(|e| Error::Stored(format!("template: {e}")))
 }
