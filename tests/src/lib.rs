@@ -2,9 +2,11 @@
 //! and three-node cluster), the project's own binaries as child processes, and waiting on
 //! conditions with a deadline instead of fixed sleeps.
 
+pub mod fakes;
 pub mod nats;
 pub mod process;
 pub mod smtp;
+pub mod tokens;
 pub mod ws;
 
 use std::time::{Duration, Instant};

@@ -1,0 +1,84 @@
+//! A webhook receiver that checks Tidings' signatures and answers per path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use tidings_shared::auth::now_unix;
+
+/// Everything a webhook receiver saw.
+#[derive(Default)]
+pub struct Received {
+    /// Requests per notification id (including failed answers).
+    pub attempts: HashMap<String, u32>,
+    /// Bodies accepted (2xx), per id.
+    pub accepted: HashMap<String, u32>,
+    pub bad_signatures: u32,
+}
+
+/// What the receiver saw, shared with the test.
+pub type Receiver = Arc<Mutex<Received>>;
+
+fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
+    let Some(sig) = headers.get("tidings-signature").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some((t, v1)) = sig.split_once(",v1=") else {
+        return false;
+    };
+    let t = t.trim_start_matches("t=");
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret.as_bytes());
+    let mut msg = t.as_bytes().to_vec();
+    msg.push(b'.');
+    msg.extend_from_slice(body);
+    let tag = aws_lc_rs::hmac::sign(&key, &msg);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    hex == v1 && t.parse::<i64>().is_ok_and(|t| (t - now_unix() as i64).abs() < 300)
+}
+
+/// A webhook receiver checking signatures made with `secret`: `/ok`, `/flaky` (500, 500, then 200 per id), `/bad` (400), `/down`
+/// (503 always).
+pub async fn start(secret: &str) -> (String, Receiver) {
+    let received: Receiver = Arc::default();
+    async fn hook(
+        State((r, secret)): State<(Receiver, Arc<str>)>,
+        Path(mode): Path<String>,
+        headers: HeaderMap,
+        body: axum::body::Bytes,
+    ) -> StatusCode {
+        let id = headers
+            .get("tidings-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let mut r = r.lock().unwrap();
+        if !verify(&secret, &headers, &body) {
+            r.bad_signatures += 1;
+            return StatusCode::UNAUTHORIZED;
+        }
+        let n = {
+            let a = r.attempts.entry(id.clone()).or_default();
+            *a += 1;
+            *a
+        };
+        let status = match mode.as_str() {
+            "ok" => StatusCode::OK,
+            "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
+            "flaky" => StatusCode::OK,
+            "bad" => StatusCode::BAD_REQUEST,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status.is_success() {
+            *r.accepted.entry(id).or_default() += 1;
+        }
+        status
+    }
+    let app = axum::Router::new()
+        .route("/{mode}", axum::routing::post(hook))
+        .with_state((received.clone(), Arc::<str>::from(secret)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}"), received)
+}

@@ -1,0 +1,174 @@
+//! What the worker's pipeline tests share: real NATS, a gateway in process, worker
+//! processes, and requests to the gateway's API.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use clap::Parser as _;
+use serde_json::{Value, json};
+use tidings_tests::fakes::webhook::{self, Receiver};
+use tidings_tests::{NatsServer, Process, eventually, free_port, tokens};
+
+pub const SECRET: &str = "pipeline-test-secret";
+pub const WEBHOOK_SECRET: &str = "webhook-secret";
+pub const WORKER: &str = env!("CARGO_BIN_EXE_tidings-worker");
+
+pub fn token(sub: &str, service: bool) -> String {
+    let claims = tokens::claims(sub, &["*"], &[], 3600);
+    let claims = if service { tokens::service(claims) } else { claims };
+    tokens::sign(&claims, SECRET)
+}
+
+/// A webhook receiver checking the workers' signatures (see [`webhook::start`]).
+pub async fn start_receiver() -> (String, Receiver) {
+    webhook::start(WEBHOOK_SECRET).await
+}
+
+pub struct Env {
+    pub nats: NatsServer,
+    pub gateway: String,
+    pub workers: Vec<(Process, String)>,
+    pub http: reqwest::Client,
+    pub svc: String,
+    pub _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+/// A worker process and its metrics URL.
+pub fn spawn_worker(nats_url: &str, extra: &[(&str, String)]) -> (Process, String) {
+    let port = free_port();
+    let mut env = vec![
+        ("TIDINGS_NATS_URL", nats_url.to_owned()),
+        ("TIDINGS_METRICS_LISTEN", format!("127.0.0.1:{port}")),
+        ("TIDINGS_WEBHOOK_SECRET", WEBHOOK_SECRET.to_owned()),
+        ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+        ("TIDINGS_RETRY_BASE_MS", "50".to_owned()),
+        ("TIDINGS_RETRY_MAX_ATTEMPTS", "3".to_owned()),
+        ("TIDINGS_DELIVERY_ACK_WAIT_MS", "5000".to_owned()),
+        (
+            "TIDINGS_SMTP_URL",
+            format!("file://{}", std::env::temp_dir().join("tidings-test-mail").display()),
+        ),
+    ];
+    env.extend(extra.iter().cloned());
+    let process = Process::spawn(WORKER, &env).unwrap();
+    (process, format!("http://127.0.0.1:{port}/metrics"))
+}
+
+/// A worker's count of webhooks sent.
+pub async fn webhooks_sent(metrics_url: &str) -> f64 {
+    let (_, text) = tidings_tests::http_get(metrics_url, None).await.unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("tidings_worker_notifications_total{channel=\"webhook\",status=\"sent\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub async fn start(workers: usize) -> Env {
+    start_with(workers, &[]).await
+}
+
+/// The test VAPID key (a throw-away P-256 key).
+pub fn vapid_key_file() -> String {
+    format!("{}/../shared/tests/fixtures/ec-private.pem", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
+    let nats = NatsServer::start().await.unwrap();
+    let port = free_port();
+    let config = tidings_shared::config::GatewayConfig::try_parse_from([
+        "tidings-gateway",
+        "--nats-url",
+        &nats.url(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--jwt-secret",
+        SECRET,
+        "--webhook-allow-private",
+        "true",
+        "--vapid-private-key-file",
+        &vapid_key_file(),
+    ])
+    .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(tidings_gateway::run(config, async move {
+        let _ = stopped.await;
+    }));
+    let gateway = format!("http://127.0.0.1:{port}");
+    let ready = format!("{gateway}/readyz");
+    eventually(Duration::from_secs(30), "gateway ready", || async {
+        (tidings_tests::http_get(&ready, None).await.map(|r| r.0) == Some(200)).then_some(())
+    })
+    .await;
+    let workers = (0..workers).map(|_| spawn_worker(&nats.url(), worker_env)).collect();
+    let env = Env {
+        nats,
+        gateway,
+        workers,
+        http: reqwest::Client::new(),
+        svc: token("ops", true),
+        _stop: stop,
+    };
+    env.put(
+        "/api/v1/templates/pr_merged",
+        json!({
+            "in_app": {"title": "PR #{{ pr }} merged", "body": "{{ title }}"},
+            "email": {"subject": "PR #{{ pr }}", "text": "{{ title }}", "html": "<b>{{ title }}</b>"},
+            "webhook": {"text": "PR {{ pr }}: {{ title }}"}
+        }),
+    )
+    .await;
+    env
+}
+
+impl Env {
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .put(format!("{}{path}", self.gateway))
+            .bearer_auth(&self.svc)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn notify(&self, body: Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/notifications", self.gateway))
+            .bearer_auth(&self.svc)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET url` with `token`, as JSON.
+    pub async fn get_json(&self, url: &str, token: &str) -> Value {
+        let r = self.http.get(url).bearer_auth(token).send().await.unwrap();
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    pub async fn status(&self, id: &str) -> Value {
+        self.get_json(&format!("{}/api/v1/notifications/{id}", self.gateway), &self.svc)
+            .await
+    }
+
+    /// Waits until channel `channel` of `id` has status `want`.
+    pub async fn wait_channel(&self, id: &str, channel: &str, want: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.status(id).await;
+            if s["channels"][channel]["status"] == want {
+                return s;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {id}.{channel} == {want}; status: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! In-app notifications end to end: delivered over WebSocket, then read.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::json;
+use tidings_tests::{TokenIn, WsClient};
+
+use common::*;
+
+#[tokio::test]
+async fn end_to_end_in_app_delivered_then_read() {
+    let env = start(1).await;
+    let mut ws = WsClient::connect(&env.gateway, TokenIn::Query(token("carol", false)), None)
+        .await
+        .unwrap();
+    assert_eq!(ws.frame().await["type"], "welcome");
+    ws.subscribe("user:carol").await;
+    let (code, body) = env
+        .notify(json!({"user":"carol","project":"p1","template":"pr_merged","data":{"pr":42,"title":"Fix <b>"},"priority":"high"}))
+        .await;
+    assert_eq!(code, 202);
+    let id = body["id"].as_str().unwrap().to_owned();
+    let m = ws.frame_of("message").await;
+    assert_eq!(
+        (m["channel"].as_str(), m["event"].as_str(), m["id"].as_str()),
+        (Some("user:carol"), Some("notification"), Some(id.as_str()))
+    );
+    assert_eq!(m["data"]["title"], "PR #42 merged");
+    assert_eq!(m["data"]["body"], "Fix <b>");
+    ws.send(json!({"type":"ack","channel":"user:carol","seq":m["seq"]}))
+        .await
+        .unwrap();
+    env.wait_channel(&id, "in_app", "delivered", Duration::from_secs(10))
+        .await;
+
+    let inbox_url = format!("{}/api/v1/users/carol/inbox?unread=true", env.gateway);
+    let inbox = env.get_json(&inbox_url, &token("carol", false)).await;
+    assert_eq!(inbox["unread"], 1, "{inbox}");
+    assert_eq!(inbox["items"][0]["id"], id.as_str());
+    assert_eq!(inbox["items"][0]["read"], false);
+    let other = env
+        .http
+        .get(inbox_url.replace("carol", "dave"))
+        .bearer_auth(token("carol", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 403);
+    let read = env
+        .http
+        .post(format!("{}/api/v1/users/carol/inbox/{id}/read", env.gateway))
+        .bearer_auth(token("carol", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    let s = env.wait_channel(&id, "in_app", "read", Duration::from_secs(10)).await;
+    assert_eq!(s["status"], "read");
+    let inbox = env.get_json(&inbox_url, &token("carol", false)).await;
+    assert_eq!(inbox["unread"], 0, "{inbox}");
+}
