@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Gateway, user_token};
+use common::{Gateway, gateways, user_token};
 use serde_json::{Value, json};
 use tidings_shared::Channel;
 use tidings_shared::client::{Client, ClientOptions, Event};
@@ -196,7 +196,7 @@ async fn connect_raw(gw: &Gateway, token: &str) -> WsClient {
 #[tokio::test]
 async fn offline_client_gets_exactly_the_1000_it_missed_then_live_ones() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[]).await;
+    let gw = gateways().start(&nats.url(), &[]).await;
     let js = async_nats::jetstream::new(nats.client().await.unwrap());
     let token = user_token("u1", &["p1", "p2"], &[]);
     let ch = channel(1);
@@ -282,8 +282,8 @@ async fn offline_client_gets_exactly_the_1000_it_missed_then_live_ones() {
 #[tokio::test]
 async fn a_sigkilled_gateway_loses_its_clients_nothing() {
     let nats = NatsServer::start().await.unwrap();
-    let a = Gateway::start(&nats.url(), &[]).await;
-    let b = Gateway::start(&nats.url(), &[]).await;
+    let a = gateways().start(&nats.url(), &[]).await;
+    let b = gateways().start(&nats.url(), &[]).await;
     let token = user_token("u1", &["*"], &[]);
     let clients: Vec<(Channel, Received)> = (0..100)
         .map(|i| {
@@ -311,8 +311,8 @@ async fn a_sigkilled_gateway_loses_its_clients_nothing() {
 async fn a_rolling_restart_of_both_gateways_loses_nothing() {
     let nats = NatsServer::start().await.unwrap();
     let drain = [("TIDINGS_DRAIN_MS", "300".to_owned())];
-    let mut a = Gateway::start(&nats.url(), &drain).await;
-    let mut b = Gateway::start(&nats.url(), &drain).await;
+    let mut a = gateways().start(&nats.url(), &drain).await;
+    let mut b = gateways().start(&nats.url(), &drain).await;
     let token = user_token("u1", &["*"], &[]);
     let clients = spread_clients(100, &a, &b, &token).await;
     let (published, publisher) = start_publisher(nats.url(), 1000, Duration::from_secs(4));
@@ -322,7 +322,7 @@ async fn a_rolling_restart_of_both_gateways_loses_nothing() {
         let exit = gw.process.wait_exit(Duration::from_secs(15)).await.expect("drained");
         assert!(exit.success());
         let port = gw.port();
-        *gw = Gateway::spawn_on(port, &nats.url(), &drain);
+        *gw = gateways().spawn_on(port, &nats.url(), &drain);
         gw.wait_status("/readyz", 200, Duration::from_secs(30)).await;
     }
     publisher.await.unwrap();
@@ -334,8 +334,8 @@ async fn losing_a_nats_node_of_three_loses_nothing() {
     let mut cluster = NatsCluster::start(3).await.unwrap();
     let urls = cluster.urls();
     let replicas = [("TIDINGS_STREAM_REPLICAS", "3".to_owned())];
-    let a = Gateway::start(&urls, &replicas).await;
-    let b = Gateway::start(&urls, &replicas).await;
+    let a = gateways().start(&urls, &replicas).await;
+    let b = gateways().start(&urls, &replicas).await;
     let token = user_token("u1", &["*"], &[]);
     let clients = spread_clients(40, &a, &b, &token).await;
     let (published, publisher) = start_publisher(urls.clone(), 500, Duration::from_secs(6));
@@ -356,7 +356,9 @@ async fn losing_a_nats_node_of_three_loses_nothing() {
 #[tokio::test]
 async fn a_client_kicked_as_slow_consumer_recovers_everything() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_OUTBOUND_QUEUE", "16".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_OUTBOUND_QUEUE", "16".into())])
+        .await;
     let js = async_nats::jetstream::new(nats.client().await.unwrap());
     let ch = channel(3);
     let mut options = ClientOptions::new(vec![gw.base.clone()], user_token("u1", &["*"], &[]), vec![ch.clone()]);
@@ -410,7 +412,9 @@ async fn a_client_kicked_as_slow_consumer_recovers_everything() {
 #[tokio::test]
 async fn past_retention_or_epoch_recovered_is_false_and_what_is_held_comes() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_EVENTS_MAX_PER_CHANNEL", "5".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_EVENTS_MAX_PER_CHANNEL", "5".into())])
+        .await;
     let js = async_nats::jetstream::new(nats.client().await.unwrap());
     let token = user_token("u1", &["*"], &[]);
     let ch = channel(4);
@@ -471,7 +475,7 @@ async fn past_retention_or_epoch_recovered_is_false_and_what_is_held_comes() {
 #[tokio::test]
 async fn sse_resumes_from_last_event_id_across_channels() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[]).await;
+    let gw = gateways().start(&nats.url(), &[]).await;
     let js = async_nats::jetstream::new(nats.client().await.unwrap());
     let token = user_token("u1", &["*"], &[]);
     let http = reqwest::Client::new();
@@ -542,7 +546,7 @@ async fn events_calls_until_marker(
 #[tokio::test]
 async fn a_client_that_missed_nothing_resumes_without_reading_messages_back() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[]).await;
+    let gw = gateways().start(&nats.url(), &[]).await;
     let client = nats.client().await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
     let token = user_token("u1", &["p1"], &[]);

@@ -3,14 +3,13 @@
 
 use std::time::Duration;
 
-use tidings_shared::auth::{Claims, now_unix, sign_hs256};
-use tidings_tests::{NatsCluster, NatsServer, Process, free_port, http_get};
+use tidings_tests::{NatsCluster, NatsServer, Process, free_port, http_get, tokens};
 
 mod common;
-use common::{BIN, Gateway, SECRET};
+use common::{BIN, Gateway, SECRET, gateways};
 
 fn spawn_gateway(nats_url: &str, extra: &[(&str, String)]) -> Gateway {
-    Gateway::spawn(nats_url, extra)
+    gateways().spawn(nats_url, extra)
 }
 
 async fn status(url: &str) -> Option<u16> {
@@ -22,15 +21,9 @@ async fn wait_status(gw: &Gateway, path: &str, want: u16, timeout: Duration) {
 }
 
 fn token(role: Option<&str>) -> String {
-    let claims = Claims {
-        sub: "u1".into(),
-        projects: vec!["p1".into()],
-        publish: vec![],
-        role: role.map(Into::into),
-        exp: now_unix() + 600,
-        nbf: None,
-    };
-    sign_hs256(&claims, SECRET.as_bytes()).unwrap()
+    let mut claims = tokens::claims("u1", &["p1"], &[], 600);
+    claims.role = role.map(Into::into);
+    tokens::sign(&claims, SECRET)
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tidings_tests::NatsServer;
 
 mod common;
-use common::{Gateway, service_token};
+use common::{Gateway, gateways, service_token};
 
 const GH_SECRET: &str = "github-test-secret";
 
@@ -61,7 +61,9 @@ async fn history(gw: &Gateway, channel: &str) -> Vec<Value> {
 #[tokio::test]
 async fn a_signed_pull_request_becomes_one_pr_notification_even_when_redelivered() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_GITHUB_WEBHOOK_SECRET", GH_SECRET.into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_GITHUB_WEBHOOK_SECRET", GH_SECRET.into())])
+        .await;
     let client = nats.client().await.unwrap();
     let mut live = client.subscribe("tidings.events.project.4242").await.unwrap();
     client.flush().await.unwrap();
@@ -135,7 +137,9 @@ async fn a_signed_pull_request_becomes_one_pr_notification_even_when_redelivered
 #[tokio::test]
 async fn bad_signatures_and_sha1_are_refused_and_ping_and_other_events_publish_nothing() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_GITHUB_WEBHOOK_SECRET", GH_SECRET.into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_GITHUB_WEBHOOK_SECRET", GH_SECRET.into())])
+        .await;
     let body = pull_request(77, "closed");
 
     let (status, err) = deliver(&gw, "pull_request", "d1", &body, None).await;
@@ -202,7 +206,7 @@ async fn bad_signatures_and_sha1_are_refused_and_ping_and_other_events_publish_n
 #[tokio::test]
 async fn without_a_secret_the_github_route_does_not_exist() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[]).await;
+    let gw = gateways().start(&nats.url(), &[]).await;
     let body = pull_request(1, "opened");
     let (status, _) = deliver(&gw, "pull_request", "d1", &body, Some(&signature(GH_SECRET, &body))).await;
     assert_eq!(status, 404);
@@ -211,14 +215,15 @@ async fn without_a_secret_the_github_route_does_not_exist() {
 #[tokio::test]
 async fn cors_answers_listed_origins_only() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(
-        &nats.url(),
-        &[(
-            "TIDINGS_CORS_ORIGINS",
-            "https://app.example.com,http://localhost:3000".into(),
-        )],
-    )
-    .await;
+    let gw = gateways()
+        .start(
+            &nats.url(),
+            &[(
+                "TIDINGS_CORS_ORIGINS",
+                "https://app.example.com,http://localhost:3000".into(),
+            )],
+        )
+        .await;
     let http = reqwest::Client::new();
     let preflight = |origin: &'static str| {
         http.request(reqwest::Method::OPTIONS, format!("{}/api/v1/publish", gw.base))
@@ -247,7 +252,7 @@ async fn cors_answers_listed_origins_only() {
     assert_eq!(sdk.headers()["access-control-allow-origin"], "http://localhost:3000");
 
     // Without the setting, no origin is allowed.
-    let plain = Gateway::start(&nats.url(), &[]).await;
+    let plain = gateways().start(&nats.url(), &[]).await;
     let resp = http
         .get(format!("{}/healthz", plain.base))
         .header("Origin", "https://app.example.com")
@@ -260,7 +265,7 @@ async fn cors_answers_listed_origins_only() {
 #[tokio::test]
 async fn the_dashboard_and_the_sdk_are_served_from_the_binary() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[]).await;
+    let gw = gateways().start(&nats.url(), &[]).await;
     let http = reqwest::Client::new();
     let page = http.get(format!("{}/", gw.base)).send().await.unwrap();
     assert_eq!(page.status().as_u16(), 200);

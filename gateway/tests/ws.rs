@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Gateway, claims, service_token, sign, user_token};
+use common::{Gateway, claims, gateways, service_token, sign, user_token};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tidings_tests::{Incoming, NatsServer, SseEvents, TokenIn, WsClient, eventually, http_get};
@@ -45,12 +45,14 @@ async fn expect_silence(c: &mut WsClient, d: Duration) {
 #[tokio::test]
 async fn every_kind_of_bad_token_is_closed_with_4001_and_counted() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_AUTH_DEADLINE_MS", "300".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_AUTH_DEADLINE_MS", "300".into())])
+        .await;
     let expired = sign(&claims("u1", &[], &[], -120));
     let mut future = claims("u1", &[], &[], 600);
     future.nbf = Some(tidings_shared::auth::now_unix() + 600);
     let not_yet = sign(&future);
-    let forged = tidings_shared::auth::sign_hs256(&claims("u1", &[], &[], 600), b"someone-else").unwrap();
+    let forged = tidings_tests::tokens::sign(&claims("u1", &[], &[], 600), "someone-else");
     let rsa_key = EncodingKey::from_rsa_pem(include_bytes!("../../shared/tests/fixtures/rsa-private.pem")).unwrap();
     let wrong_key =
         jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims("u1", &[], &[], 600), &rsa_key).unwrap();
@@ -110,7 +112,9 @@ fn base64_url(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn every_way_of_passing_a_token_works_and_refresh_extends_the_session() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_JWT_LEEWAY_SECS", "0".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_JWT_LEEWAY_SECS", "0".into())])
+        .await;
     let token = user_token("u1", &["p1"], &[]);
 
     let mut by_query = connect(&gw, &token).await;
@@ -164,7 +168,9 @@ async fn every_way_of_passing_a_token_works_and_refresh_extends_the_session() {
 #[tokio::test]
 async fn access_rules_and_bad_input_get_the_contract_answers_and_the_connection_stays() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_MAX_FRAME_BYTES", "4096".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_MAX_FRAME_BYTES", "4096".into())])
+        .await;
     let mut c = connect(&gw, &user_token("u1", &["p1"], &[])).await;
     let client = nats.client().await.unwrap();
 
@@ -244,8 +250,8 @@ async fn access_rules_and_bad_input_get_the_contract_answers_and_the_connection_
 #[tokio::test]
 async fn fan_out_reaches_every_subscriber_on_two_gateways_and_no_one_else() {
     let nats = NatsServer::start().await.unwrap();
-    let gw1 = Gateway::start(&nats.url(), &[]).await;
-    let gw2 = Gateway::start(&nats.url(), &[]).await;
+    let gw1 = gateways().start(&nats.url(), &[]).await;
+    let gw2 = gateways().start(&nats.url(), &[]).await;
     let client = nats.client().await.unwrap();
     let token = user_token("u1", &["p1", "p2"], &[]);
     let mut a = connect(&gw1, &token).await;
@@ -348,7 +354,9 @@ async fn fan_out_reaches_every_subscriber_on_two_gateways_and_no_one_else() {
 #[tokio::test]
 async fn a_slow_consumer_is_closed_with_4009_while_100_others_get_everything() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_OUTBOUND_QUEUE", "32".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_OUTBOUND_QUEUE", "32".into())])
+        .await;
     let client = nats.client().await.unwrap();
     let token = user_token("u1", &["p1"], &[]);
     let mut fast = Vec::new();
@@ -415,16 +423,17 @@ async fn a_slow_consumer_is_closed_with_4009_while_100_others_get_everything() {
 #[tokio::test]
 async fn limits_rate_subscriptions_and_connections() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(
-        &nats.url(),
-        &[
-            ("TIDINGS_COMMAND_RATE", "1".into()),
-            ("TIDINGS_COMMAND_BURST", "5".into()),
-            ("TIDINGS_MAX_SUBSCRIPTIONS", "2".into()),
-            ("TIDINGS_MAX_CONNECTIONS", "3".into()),
-        ],
-    )
-    .await;
+    let gw = gateways()
+        .start(
+            &nats.url(),
+            &[
+                ("TIDINGS_COMMAND_RATE", "1".into()),
+                ("TIDINGS_COMMAND_BURST", "5".into()),
+                ("TIDINGS_MAX_SUBSCRIPTIONS", "2".into()),
+                ("TIDINGS_MAX_CONNECTIONS", "3".into()),
+            ],
+        )
+        .await;
     let token = user_token("u1", &["*"], &[]);
 
     let mut subs = connect(&gw, &token).await;
@@ -467,7 +476,9 @@ async fn limits_rate_subscriptions_and_connections() {
 #[tokio::test]
 async fn silent_peers_are_closed_after_two_heartbeats_and_live_ones_stay() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[("TIDINGS_HEARTBEAT_MS", "300".into())]).await;
+    let gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_HEARTBEAT_MS", "300".into())])
+        .await;
     let token = user_token("u1", &["p1"], &[]);
     // This one never reads again, so it never answers the server's pings.
     let mut silent = connect(&gw, &token).await;
@@ -498,7 +509,9 @@ async fn silent_peers_are_closed_after_two_heartbeats_and_live_ones_stay() {
 #[tokio::test]
 async fn sigterm_drains_with_reconnect_frames_and_1012() {
     let nats = NatsServer::start().await.unwrap();
-    let mut gw = Gateway::start(&nats.url(), &[("TIDINGS_DRAIN_MS", "500".into())]).await;
+    let mut gw = gateways()
+        .start(&nats.url(), &[("TIDINGS_DRAIN_MS", "500".into())])
+        .await;
     let token = user_token("u1", &["p1"], &[]);
     let mut clients = Vec::new();
     for _ in 0..10 {
@@ -525,7 +538,7 @@ async fn sigterm_drains_with_reconnect_frames_and_1012() {
 #[tokio::test]
 async fn msgpack_clients_receive_the_same_content_as_json_clients() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = Gateway::start(&nats.url(), &[]).await;
+    let gw = gateways().start(&nats.url(), &[]).await;
     let token = user_token("u1", &["p1"], &["project:p1"]);
     let mut json_client = WsClient::connect(&gw.base, TokenIn::Query(token.clone()), Some("tidings.v1.json"))
         .await
@@ -569,8 +582,8 @@ async fn msgpack_clients_receive_the_same_content_as_json_clients() {
 #[tokio::test]
 async fn http_publish_presence_across_gateways_and_sse() {
     let nats = NatsServer::start().await.unwrap();
-    let gw1 = Gateway::start(&nats.url(), &[]).await;
-    let gw2 = Gateway::start(&nats.url(), &[]).await;
+    let gw1 = gateways().start(&nats.url(), &[]).await;
+    let gw2 = gateways().start(&nats.url(), &[]).await;
     let mut alice = connect(&gw1, &user_token("alice", &["p1"], &[])).await;
     let mut bob = connect(&gw2, &user_token("bob", &["p1"], &[])).await;
     alice.subscribe("project:p1").await;

@@ -6,23 +6,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tidings_shared::auth::{Claims, now_unix, sign_hs256};
-use tidings_tests::{NatsServer, Process, eventually, free_port, http_get};
+use tidings_tests::gateway::Launcher;
+use tidings_tests::{NatsServer, Process, eventually, free_port, http_get, tokens};
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_tidings-loadtest");
 const SECRET: &str = "demo-secret";
 const GITHUB_SECRET: &str = "demo-github-secret";
 
 fn service_token() -> String {
-    let claims = Claims {
-        sub: "ops".into(),
-        projects: vec![],
-        publish: vec![],
-        role: Some("service".into()),
-        exp: now_unix() + 600,
-        nbf: None,
-    };
-    sign_hs256(&claims, SECRET.as_bytes()).expect("sign")
+    tokens::sign(&tokens::service(tokens::claims("ops", &[], &[], 600)), SECRET)
 }
 
 async fn get(url: &str) -> Value {
@@ -42,19 +34,17 @@ async fn ready(url: String) {
 async fn one_demo_round_fills_every_panel_of_the_dashboard() {
     let nats = NatsServer::start().await.expect("nats-server");
     let bin = |name: &str| Path::new(LOADTEST).with_file_name(name);
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let _gateway = Process::spawn(
-        bin("tidings-gateway"),
-        &[
-            ("TIDINGS_NATS_URL", nats.url()),
-            ("TIDINGS_LISTEN", format!("127.0.0.1:{port}")),
-            ("TIDINGS_JWT_SECRET", SECRET.to_owned()),
-            ("TIDINGS_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET.to_owned()),
-        ],
-    )
-    .expect("spawn gateway");
-    ready(format!("{base}/readyz")).await;
+    let gateways = Launcher {
+        bin: bin("tidings-gateway"),
+        secret: SECRET.into(),
+    };
+    let gateway = gateways
+        .start(
+            &nats.url(),
+            &[("TIDINGS_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET.to_owned())],
+        )
+        .await;
+    let base = gateway.base.clone();
     let metrics = free_port();
     let _worker = Process::spawn(
         bin("tidings-worker"),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use tidings_tests::gateway::{Gateway, Launcher};
 use tidings_tests::{NatsServer, Process, eventually, free_port, http_get};
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_tidings-loadtest");
@@ -27,7 +28,7 @@ fn binary(name: &str) -> PathBuf {
 
 struct Stack {
     nats: NatsServer,
-    gateways: Vec<(Process, String)>,
+    gateways: Vec<Gateway>,
     worker: Option<Process>,
 }
 
@@ -41,24 +42,18 @@ async fn ready(url: String) {
 impl Stack {
     async fn start(gateways: usize, worker: bool) -> Stack {
         let nats = NatsServer::start_with_websocket().await.expect("nats-server");
+        let launcher = Launcher {
+            bin: binary("tidings-gateway"),
+            secret: SECRET.into(),
+        };
         let mut gws = Vec::new();
         for i in 0..gateways {
-            let port = free_port();
-            let process = Process::spawn(
-                binary("tidings-gateway"),
-                &[
-                    ("TIDINGS_NATS_URL", nats.url()),
-                    ("TIDINGS_LISTEN", format!("127.0.0.1:{port}")),
-                    ("TIDINGS_JWT_SECRET", SECRET.to_owned()),
-                    ("TIDINGS_NODE_ID", format!("smoke-gw-{i}")),
-                    // The notify scenario's webhook receiver is on loopback.
-                    ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
-                ],
-            )
-            .expect("spawn gateway");
-            let base = format!("http://127.0.0.1:{port}");
-            ready(format!("{base}/readyz")).await;
-            gws.push((process, base));
+            let extra = [
+                ("TIDINGS_NODE_ID", format!("smoke-gw-{i}")),
+                // The notify scenario's webhook receiver is on loopback.
+                ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+            ];
+            gws.push(launcher.start(&nats.url(), &extra).await);
         }
         let worker = if worker {
             let port = free_port();
@@ -87,7 +82,7 @@ impl Stack {
     fn target(&self, baseline: bool) -> Vec<String> {
         let mut a = vec![
             "--url".into(),
-            self.gateways[0].1.clone(),
+            self.gateways[0].base.clone(),
             "--nats-url".into(),
             self.nats.url(),
             "--secret".into(),
@@ -102,7 +97,7 @@ impl Stack {
                 "--nats-pid".into(),
                 self.nats.pid().to_string(),
                 "--gateway-pid".into(),
-                self.gateways[0].0.pid().to_string(),
+                self.gateways[0].process.pid().to_string(),
             ]);
         }
         a
@@ -251,7 +246,7 @@ async fn reconnect_storm_loses_nothing() {
         "60s",
         "--url-b",
     ]);
-    args.push(stack.gateways[1].1.clone());
+    args.push(stack.gateways[1].base.clone());
     args.extend(stack.target(false));
     let r = loadtest(&args).await;
     assert_eq!(r["on_killed_gateway"], 300, "{r:#}");
@@ -263,7 +258,7 @@ async fn reconnect_storm_loses_nothing() {
     assert!(r["messages_delivered"].as_u64() > Some(0));
     // Gateway A really died.
     assert!(
-        http_get(&format!("{}/readyz", stack.gateways[0].1), None)
+        http_get(&format!("{}/readyz", stack.gateways[0].base), None)
             .await
             .is_none()
     );

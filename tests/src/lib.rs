@@ -3,6 +3,7 @@
 //! conditions with a deadline instead of fixed sleeps.
 
 pub mod fakes;
+pub mod gateway;
 pub mod nats;
 pub mod process;
 pub mod smtp;
