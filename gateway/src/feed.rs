@@ -146,20 +146,9 @@ pub async fn channel_task(
         None => opening_position(&js, &channel).await,
     };
     outlet.opened(opening.stream.unwrap_or(0));
-    let (stored, live) = match (
-        ctx.nats.subscribe(channel.stored_subject()).await,
-        ctx.nats.subscribe(channel.live_subject()).await,
-    ) {
-        (Ok(s), Ok(l)) => (s, l),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "NATS subscribe failed");
-            return;
-        }
-    };
-    if let Err(e) = ctx.nats.flush().await {
-        tracing::warn!(error = %e, "NATS flush after subscribe failed");
+    let Some((stored, live)) = subscribe(&ctx.nats, &channel).await else {
         return;
-    }
+    };
     let mut chain = Chain::new(opening);
     // Anything stored between the opening position and the subscription becoming active did
     // not come through it: read it back before anyone is told the channel is ready, so a
@@ -220,6 +209,29 @@ pub async fn channel_task(
             }
         }
     }
+}
+
+/// The channel's durable and live subscriptions, confirmed by NATS (flushed); `None` (logged)
+/// if NATS refused them.
+async fn subscribe(
+    nats: &async_nats::Client,
+    channel: &Channel,
+) -> Option<(async_nats::Subscriber, async_nats::Subscriber)> {
+    let (stored, live) = match (
+        nats.subscribe(channel.stored_subject()).await,
+        nats.subscribe(channel.live_subject()).await,
+    ) {
+        (Ok(s), Ok(l)) => (s, l),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "NATS subscribe failed");
+            return None;
+        }
+    };
+    if let Err(e) = nats.flush().await {
+        tracing::warn!(error = %e, "NATS flush after subscribe failed");
+        return None;
+    }
+    Some((stored, live))
 }
 
 /// Where `channel` stands now (see [`Opening`]); `stream: None` and `channel_last: 0` if
