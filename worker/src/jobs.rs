@@ -13,7 +13,7 @@ use crate::error::Result;
 
 /// Queues an external delivery, once: its subject names the notification, and the stream
 /// keeps one message per subject, refusing a copy while the job is there (see
-/// `delivery_stream_config`); `Nats-Msg-Id` also drops a copy within 10 minutes.
+/// `streams::delivery_stream_config`); `Nats-Msg-Id` also drops a copy within 10 minutes.
 pub(crate) async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{}.{}", job.id, job.channel.as_str()).as_str());

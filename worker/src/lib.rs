@@ -18,6 +18,7 @@ pub mod push;
 pub mod quiet;
 pub mod retry;
 pub mod sms;
+pub mod streams;
 pub mod targets;
 pub mod templates;
 pub mod webhook;
@@ -91,9 +92,9 @@ pub fn streams(config: &WorkerConfig) -> Vec<(async_nats::jetstream::stream::Con
             Ownership::User,
         ),
         (store::status_stream_config(replicas), Ownership::Owner),
-        (store::delivery_stream_config(replicas), Ownership::Owner),
-        (store::dead_letter_stream_config(replicas), Ownership::Owner),
-        (store::batch_items_stream_config(replicas), Ownership::Owner),
+        (streams::delivery_stream_config(replicas), Ownership::Owner),
+        (streams::dead_letter_stream_config(replicas), Ownership::Owner),
+        (streams::batch_items_stream_config(replicas), Ownership::Owner),
     ]
 }
 
