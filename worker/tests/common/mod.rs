@@ -121,27 +121,19 @@ pub async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
 }
 
 impl Env {
+    /// `PUT path` with `body`, as the service: the status and the JSON answer.
     pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .put(format!("{}{path}", self.gateway))
-            .bearer_auth(&self.svc)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+        self.send(self.http.put(format!("{}{path}", self.gateway)), body).await
     }
 
+    /// `POST /api/v1/notifications` with `body`, as the service.
     pub async fn notify(&self, body: Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/notifications", self.gateway))
-            .bearer_auth(&self.svc)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let url = format!("{}/api/v1/notifications", self.gateway);
+        self.send(self.http.post(url), body).await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder, body: Value) -> (u16, Value) {
+        let r = request.bearer_auth(&self.svc).json(&body).send().await.unwrap();
         (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
     }
 
