@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
+use tidings_shared::auth::Claims;
 use tidings_shared::{Channel, ErrorCode};
 use tokio::sync::mpsc;
 
@@ -86,23 +87,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     let claims = state
         .verify(bearer_token(&parts).as_deref())
         .map_err(|r| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {r}")))?;
-    let mut channels: Vec<Channel> = Vec::new();
-    for name in q.channels.split(',').filter(|s| !s.is_empty()) {
-        let c = Channel::parse(name)?;
-        if !claims.can_read(&c) {
-            return Err(Error::api(ErrorCode::Forbidden, format!("this token may not read {c}")));
-        }
-        if !channels.contains(&c) {
-            channels.push(c);
-        }
-    }
-    if channels.is_empty() {
-        return Err(Error::api(ErrorCode::BadRequest, "channels is empty"));
-    }
-    if channels.len() > state.config.max_subscriptions {
-        let msg = format!("at most {} channels per connection", state.config.max_subscriptions);
-        return Err(Error::api(ErrorCode::BadRequest, msg));
-    }
+    let channels = requested_channels(&q.channels, &claims, state.config.max_subscriptions)?;
     let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
     let signal = Arc::new(ConnSignal::default());
     let handle = ConnHandle {
@@ -115,24 +100,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     // Resume from Last-Event-ID, or start at the stream's current position: either way each
     // channel is subscribed holding, read back from its position, then joined with what was
     // held, so nothing stored around the connect is missed or repeated.
-    let resume = parts
-        .headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .or(q.last_event_id.as_deref())
-        .and_then(Cursor::parse);
-    let mut cursor = match resume {
-        Some(c) => c,
-        None => {
-            let mut stream = crate::history::stream(&state).await?;
-            let info = stream.info().await.map_err(tidings_shared::Error::nats)?;
-            Cursor {
-                epoch: tidings_shared::nats::epoch_of(info),
-                watermark: info.state.last_sequence,
-                seqs: BTreeMap::new(),
-            }
-        }
-    };
+    let mut cursor = starting_cursor(&state, &parts, q.last_event_id.as_deref()).await?;
     // A cursor names only what this stream carries: it is echoed in every event id.
     cursor.seqs.retain(|c, _| channels.contains(c));
     let mut pending = VecDeque::new();
@@ -188,6 +156,50 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     });
     let keep_alive = KeepAlive::new().interval(Duration::from_millis(state.config.heartbeat_ms));
     Ok(Sse::new(stream).keep_alive(keep_alive).into_response())
+}
+
+/// The channels of `?channels=a,b`, each readable with `claims`, without repeats: at least
+/// one, at most `max`.
+fn requested_channels(list: &str, claims: &Claims, max: usize) -> Result<Vec<Channel>> {
+    let mut channels: Vec<Channel> = Vec::new();
+    for name in list.split(',').filter(|s| !s.is_empty()) {
+        let c = Channel::parse(name)?;
+        if !claims.can_read(&c) {
+            return Err(Error::api(ErrorCode::Forbidden, format!("this token may not read {c}")));
+        }
+        if !channels.contains(&c) {
+            channels.push(c);
+        }
+    }
+    if channels.is_empty() {
+        return Err(Error::api(ErrorCode::BadRequest, "channels is empty"));
+    }
+    if channels.len() > max {
+        let msg = format!("at most {max} channels per connection");
+        return Err(Error::api(ErrorCode::BadRequest, msg));
+    }
+    Ok(channels)
+}
+
+/// Where the client resumes: its `Last-Event-ID` (header, else query), or the stream's
+/// current position.
+async fn starting_cursor(state: &AppState, parts: &Parts, last_event_id: Option<&str>) -> Result<Cursor> {
+    let resume = parts
+        .headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .or(last_event_id)
+        .and_then(Cursor::parse);
+    if let Some(c) = resume {
+        return Ok(c);
+    }
+    let mut stream = crate::history::stream(state).await?;
+    let info = stream.info().await.map_err(tidings_shared::Error::nats)?;
+    Ok(Cursor {
+        epoch: tidings_shared::nats::epoch_of(info),
+        watermark: info.state.last_sequence,
+        seqs: BTreeMap::new(),
+    })
 }
 
 /// The SSE event for a message; durable ones advance the cursor and carry it as `id`. A

@@ -139,16 +139,23 @@ impl Session {
             };
             return self.reply(reply).await;
         };
+        self.recover(id, c, StreamPosition { seq: since, epoch }, position)
+            .await;
+    }
+
+    /// The rest of a `subscribe` with `since`: the missed messages read back, the reply, then
+    /// the replay joined with what was held live meanwhile. `position`: where the
+    /// subscription's live delivery starts.
+    async fn recover(&mut self, id: Option<u64>, c: Channel, since: StreamPosition, position: u64) {
         // The client asks for everything after `since` (it may have dropped messages this
         // session already wrote, on seeing a gap): that is the floor now.
-        self.reg.channels.insert(c.clone(), since);
+        self.reg.channels.insert(c.clone(), since.seq);
         let cap = self.reg.state.config.replay_max as usize;
         // `live_from`: every message after `position` reaches this subscription live (held
         // until the reply is out; what was stored while the channel was being opened was read
         // back before it became ready). A client already past it is answered without reading
         // any message back, once the stream's current epoch is confirmed to be its own.
         let live_from = (position > 0).then_some(position);
-        let since = StreamPosition { seq: since, epoch };
         let replay = match crate::history::replay(&self.reg.state, &c, &since, cap, live_from).await {
             Ok(r) => r,
             Err(e) => {
