@@ -107,6 +107,24 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
     .await;
 }
 
+/// How long a closed session still reads what its peer sends.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// The end of the closing handshake (RFC 6455 §7.1.1): read and drop what the peer still
+/// sends until its Close or the end of the stream, for at most [`LINGER`]. A socket closed
+/// with unread data makes Linux send RST instead of FIN, and an RST can destroy the Close
+/// frame still on its way to the peer, which then sees no close code (not 4008, 4009, …).
+async fn linger(stream: &mut Stream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 /// Authenticates from the URL/header token or the first frame, within the configured auth
 /// deadline (`TIDINGS_AUTH_DEADLINE_MS`).
 async fn authenticate(
@@ -203,9 +221,13 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
             heartbeat_ms: session.reg.state.config.heartbeat_ms,
         });
         Box::pin(session.send(&welcome)).await;
-        let reason = session.serve(stream, rx).await;
+        let mut stream = stream;
+        let reason = session.serve(&mut stream, rx).await;
         tracing::debug!(reason, "WebSocket closed");
-        // Dropping the session unregisters it, with every subscription it still has.
+        // Dropping the session unregisters it, with every subscription it still has: the
+        // connection no longer counts while it lingers.
+        drop(session);
+        linger(&mut stream).await;
     }
     .instrument(span)
     .await;
@@ -250,7 +272,7 @@ impl Session {
     }
 
     /// The session loop; returns why it ended.
-    async fn serve(&mut self, mut stream: Stream, mut rx: mpsc::Receiver<Outbound>) -> &'static str {
+    async fn serve(&mut self, stream: &mut Stream, mut rx: mpsc::Receiver<Outbound>) -> &'static str {
         let heartbeat = Duration::from_millis(self.reg.state.config.heartbeat_ms);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
