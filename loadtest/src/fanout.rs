@@ -303,6 +303,8 @@ pub async fn run(args: FanoutArgs, scenario: &'static str) -> anyhow::Result<Fan
     Ok(result)
 }
 
+/// Runs the stepped load on one system: connects the clients, then raises the rate step
+/// by step until the limit is passed `--patience` times in a row.
 async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemRun> {
     sysinfo::ensure_open_files(args.connections)?;
     let k = args.channels.max(1);
@@ -312,137 +314,22 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
         System::NatsWs => "n",
     };
     let prefix = format!("lt{}{tag}", std::process::id());
-    let (addr, server_pid, offset) = match system {
-        System::Tidings => (crate::ensure_loopback(&args.target.url).await?, args.gateway_pid, 0),
-        System::NatsWs => (
-            crate::ensure_loopback(&args.baseline.nats_ws_url).await?,
-            args.baseline.nats_pid,
-            crate::BASELINE_SOURCE_OFFSET,
-        ),
-    };
-    let host = args
-        .target
-        .url
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let token = crate::mint(&args.target.secret, "loadtest-fanout", &["*"], None)?;
-    let mut clients = Vec::with_capacity(args.connections);
-    let gate = Arc::new(tokio::sync::Semaphore::new(200));
-    let mut setups = Vec::new();
-    let current_step = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    for i in 0..args.connections {
-        let stats = ClientStats::new(args.rates.len(), current_step.clone())?;
-        clients.push((i % k, stats.clone()));
-        let permit = gate.clone().acquire_owned().await?;
-        let channel = format!("project:{prefix}-{}", i % k);
-        let source = crate::source_for(i + offset);
-        let url = format!("ws://{host}/ws?token={token}");
-        setups.push(tokio::spawn(async move {
-            let r = match system {
-                System::Tidings => open_tidings(addr, source, url, channel, stats).await,
-                System::NatsWs => open_nats_ws(addr, source, channel, stats).await,
-            };
-            drop(permit);
-            r
-        }));
-    }
-    let mut readers = Vec::with_capacity(args.connections);
-    for s in setups {
-        readers.push(s.await??);
-    }
-    let readers = crate::AbortOnDrop(readers);
+    let fleet = Fleet::connect(args, system, &prefix, k).await?;
     tokio::time::sleep(args.warmup).await;
     let nats = async_nats::connect(&args.target.nats_url).await?;
-    let js = async_nats::jetstream::new(nats);
-    let pad = "x".repeat(args.payload);
-    let subscribers: Vec<u64> = (0..k)
-        .map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64)
-        .collect();
-    let mut steps: Vec<Step> = Vec::new();
-    let step_sum = |f: fn(&ClientStats) -> &[AtomicU64], i: usize| -> u64 {
-        clients
-            .iter()
-            .map(|(_, s)| f(s).get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
-            .sum()
+    let load = Load {
+        js: async_nats::jetstream::new(nats),
+        prefix,
+        k,
+        pad: "x".repeat(args.payload),
     };
+    let server_pid = match system {
+        System::Tidings => args.gateway_pid,
+        System::NatsWs => args.baseline.nats_pid,
+    };
+    let mut steps: Vec<Step> = Vec::new();
     for (i, &rate) in args.rates.iter().enumerate() {
-        current_step.store(i, Ordering::Relaxed);
-        for (_, s) in &clients {
-            if let Ok(mut h) = s.histogram.lock() {
-                h.reset();
-            }
-        }
-        let cpu0 = Cpu::sample(server_pid, args.baseline.nats_pid)?;
-        let total = (rate as f64 * args.step.as_secs_f64()) as u64;
-        let mut per_channel = vec![0u64; k];
-        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-        let start = Instant::now();
-        let mut acks = Vec::with_capacity(256);
-        for n in 0..total {
-            let due = start + interval.mul_f64(n as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                tokio::time::sleep(wait).await;
-            }
-            let c = (n as usize) % k;
-            per_channel[c] += 1;
-            let body = format!(r#"{{"event":"lt","data":{{"t":{},"s":{i},"pad":"{pad}"}}}}"#, now_us());
-            acks.push(
-                js.publish(format!("tidings.events.project.{prefix}-{c}"), body.into())
-                    .await?,
-            );
-            if acks.len() >= 256 {
-                for a in acks.drain(..) {
-                    a.await?;
-                }
-            }
-        }
-        for a in acks.drain(..) {
-            a.await?;
-        }
-        let published_in = start.elapsed().as_secs_f64();
-        let expected: u64 = (0..k).map(|c| per_channel[c] * subscribers[c]).sum();
-        // Let the last deliveries arrive (bounded).
-        let settle = Instant::now() + Duration::from_secs(10);
-        loop {
-            if step_sum(|s| &s.received, i) >= expected || Instant::now() > settle {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let elapsed = start.elapsed().as_secs_f64();
-        let cpu = Cpu::sample(server_pid, args.baseline.nats_pid)?.since(&cpu0);
-        let received = step_sum(|s| &s.received, i);
-        let duplicates = step_sum(|s| &s.duplicates, i);
-        let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        for (_, s) in &clients {
-            if let Ok(h) = s.histogram.lock() {
-                merged.add(&*h)?;
-            }
-        }
-        let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
-        let step = Step {
-            offered_messages_per_second: rate,
-            published_messages_per_second: total as f64 / published_in.max(1e-9),
-            offered_deliveries_per_second: expected as f64 / published_in.max(1e-9),
-            clients_connected: readers.0.iter().filter(|h| !h.is_finished()).count(),
-            expected_deliveries: expected,
-            received,
-            deliveries_per_second: received as f64 / elapsed.max(1e-9),
-            lost: expected.saturating_sub(received),
-            arrived_late: 0,
-            duplicates,
-            latency_ms_p50: ms(0.5),
-            latency_ms_p90: ms(0.9),
-            latency_ms_p99: ms(0.99),
-            latency_ms_p999: ms(0.999),
-            latency_ms_max: merged.max() as f64 / 1000.0,
-            server_cpu_seconds: cpu.server,
-            server_cpu_us_per_delivery: cpu.server.map(|c| c * 1e6 / received.max(1) as f64),
-            server_user_cpu_us_per_delivery: cpu.server_user.map(|c| c * 1e6 / received.max(1) as f64),
-            nats_cpu_seconds: cpu.nats,
-            generator_cpu_seconds: cpu.generator,
-        };
+        let step = run_step(args, &fleet, &load, server_pid, i, rate).await?;
         eprintln!(
             "{system:?}: {rate} msg/s → {:.0} deliveries/s, p99 {:.1} ms, lost {}, duplicates {}",
             step.deliveries_per_second, step.latency_ms_p99, step.lost, step.duplicates
@@ -454,9 +341,10 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
             break;
         }
     }
+    // Deliveries that came after a step's settling time are counted late, not lost.
     for (i, step) in steps.iter_mut().enumerate() {
-        step.arrived_late = step_sum(|s| &s.received, i).saturating_sub(step.received);
-        step.duplicates = step_sum(|s| &s.duplicates, i);
+        step.arrived_late = fleet.step_sum(|s| &s.received, i).saturating_sub(step.received);
+        step.duplicates = fleet.step_sum(|s| &s.duplicates, i);
     }
     let max = steps
         .iter()
@@ -467,6 +355,199 @@ async fn run_system(args: &FanoutArgs, system: System) -> anyhow::Result<SystemR
         system,
         steps,
         max_deliveries_per_second_p99_under_50ms: max,
+    })
+}
+
+/// The connected clients of one system's run, with their channel index and counters.
+struct Fleet {
+    clients: Vec<(usize, Arc<ClientStats>)>,
+    /// The step the clients attribute what they receive to.
+    current_step: Arc<std::sync::atomic::AtomicUsize>,
+    readers: crate::AbortOnDrop,
+    /// Subscribers per channel.
+    subscribers: Vec<u64>,
+}
+
+impl Fleet {
+    /// Connects `args.connections` clients over `k` channels, at most 200 at once, so
+    /// that a slow handshake does not hold up the rest.
+    async fn connect(args: &FanoutArgs, system: System, prefix: &str, k: usize) -> anyhow::Result<Self> {
+        let (addr, offset) = match system {
+            System::Tidings => (crate::ensure_loopback(&args.target.url).await?, 0),
+            System::NatsWs => (
+                crate::ensure_loopback(&args.baseline.nats_ws_url).await?,
+                crate::BASELINE_SOURCE_OFFSET,
+            ),
+        };
+        let host = args
+            .target
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let token = crate::mint(&args.target.secret, "loadtest-fanout", &["*"], None)?;
+        let mut clients = Vec::with_capacity(args.connections);
+        let gate = Arc::new(tokio::sync::Semaphore::new(200));
+        let mut setups = Vec::new();
+        let current_step = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for i in 0..args.connections {
+            let stats = ClientStats::new(args.rates.len(), current_step.clone())?;
+            clients.push((i % k, stats.clone()));
+            let permit = gate.clone().acquire_owned().await?;
+            let channel = format!("project:{prefix}-{}", i % k);
+            let source = crate::source_for(i + offset);
+            let url = format!("ws://{host}/ws?token={token}");
+            setups.push(tokio::spawn(async move {
+                let r = match system {
+                    System::Tidings => open_tidings(addr, source, url, channel, stats).await,
+                    System::NatsWs => open_nats_ws(addr, source, channel, stats).await,
+                };
+                drop(permit);
+                r
+            }));
+        }
+        let mut readers = Vec::with_capacity(args.connections);
+        for s in setups {
+            readers.push(s.await??);
+        }
+        let subscribers = (0..k)
+            .map(|c| clients.iter().filter(|(cc, _)| *cc == c).count() as u64)
+            .collect();
+        Ok(Fleet {
+            clients,
+            current_step,
+            readers: crate::AbortOnDrop(readers),
+            subscribers,
+        })
+    }
+
+    /// One counter of step `i`, summed over the clients.
+    fn step_sum(&self, f: fn(&ClientStats) -> &[AtomicU64], i: usize) -> u64 {
+        self.clients
+            .iter()
+            .map(|(_, s)| f(s).get(i).map_or(0, |c| c.load(Ordering::Relaxed)))
+            .sum()
+    }
+
+    /// Starts step `i`: what arrives from now on counts for it, latencies afresh.
+    fn start_step(&self, i: usize) {
+        self.current_step.store(i, Ordering::Relaxed);
+        for (_, s) in &self.clients {
+            if let Ok(mut h) = s.histogram.lock() {
+                h.reset();
+            }
+        }
+    }
+
+    /// The clients' latency histograms merged.
+    fn latencies(&self) -> anyhow::Result<Histogram<u64>> {
+        let mut merged = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        for (_, s) in &self.clients {
+            if let Ok(h) = s.histogram.lock() {
+                merged.add(&*h)?;
+            }
+        }
+        Ok(merged)
+    }
+}
+
+/// Where and what the publisher sends.
+struct Load {
+    js: async_nats::jetstream::Context,
+    prefix: String,
+    k: usize,
+    pad: String,
+}
+
+impl Load {
+    /// Publishes `total` messages of step `i` at `rate` per second, round robin over the
+    /// channels, acks awaited in batches of 256 so publishing keeps pace. Returns the
+    /// messages per channel.
+    async fn publish(&self, i: usize, rate: u64, total: u64, start: Instant) -> anyhow::Result<Vec<u64>> {
+        let mut per_channel = vec![0u64; self.k];
+        let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+        let mut acks = Vec::with_capacity(256);
+        for n in 0..total {
+            let due = start + interval.mul_f64(n as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                tokio::time::sleep(wait).await;
+            }
+            let c = (n as usize) % self.k;
+            per_channel[c] += 1;
+            let body = format!(
+                r#"{{"event":"lt","data":{{"t":{},"s":{i},"pad":"{}"}}}}"#,
+                now_us(),
+                self.pad
+            );
+            acks.push(
+                self.js
+                    .publish(format!("tidings.events.project.{}-{c}", self.prefix), body.into())
+                    .await?,
+            );
+            if acks.len() >= 256 {
+                for a in acks.drain(..) {
+                    a.await?;
+                }
+            }
+        }
+        for a in acks.drain(..) {
+            a.await?;
+        }
+        Ok(per_channel)
+    }
+}
+
+/// One step at `rate`: publish, let the deliveries arrive (bounded), measure.
+async fn run_step(
+    args: &FanoutArgs,
+    fleet: &Fleet,
+    load: &Load,
+    server_pid: Option<u32>,
+    i: usize,
+    rate: u64,
+) -> anyhow::Result<Step> {
+    fleet.start_step(i);
+    let cpu0 = Cpu::sample(server_pid, args.baseline.nats_pid)?;
+    let total = (rate as f64 * args.step.as_secs_f64()) as u64;
+    let start = Instant::now();
+    let per_channel = load.publish(i, rate, total, start).await?;
+    let published_in = start.elapsed().as_secs_f64();
+    let expected: u64 = (0..load.k).map(|c| per_channel[c] * fleet.subscribers[c]).sum();
+    // Let the last deliveries arrive (bounded).
+    let settle = Instant::now() + Duration::from_secs(10);
+    loop {
+        if fleet.step_sum(|s| &s.received, i) >= expected || Instant::now() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = Cpu::sample(server_pid, args.baseline.nats_pid)?.since(&cpu0);
+    let received = fleet.step_sum(|s| &s.received, i);
+    let duplicates = fleet.step_sum(|s| &s.duplicates, i);
+    let merged = fleet.latencies()?;
+    let ms = |q: f64| merged.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Step {
+        offered_messages_per_second: rate,
+        published_messages_per_second: total as f64 / published_in.max(1e-9),
+        offered_deliveries_per_second: expected as f64 / published_in.max(1e-9),
+        clients_connected: fleet.readers.0.iter().filter(|h| !h.is_finished()).count(),
+        expected_deliveries: expected,
+        received,
+        deliveries_per_second: received as f64 / elapsed.max(1e-9),
+        lost: expected.saturating_sub(received),
+        arrived_late: 0,
+        duplicates,
+        latency_ms_p50: ms(0.5),
+        latency_ms_p90: ms(0.9),
+        latency_ms_p99: ms(0.99),
+        latency_ms_p999: ms(0.999),
+        latency_ms_max: merged.max() as f64 / 1000.0,
+        server_cpu_seconds: cpu.server,
+        server_cpu_us_per_delivery: cpu.server.map(|c| c * 1e6 / received.max(1) as f64),
+        server_user_cpu_us_per_delivery: cpu.server_user.map(|c| c * 1e6 / received.max(1) as f64),
+        nats_cpu_seconds: cpu.nats,
+        generator_cpu_seconds: cpu.generator,
     })
 }
 

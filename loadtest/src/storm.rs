@@ -107,6 +107,9 @@ struct Tracker {
     caught_up_at: AtomicU64,
 }
 
+/// Each client's channel index and what its consumer saw.
+type Trackers = [(usize, Arc<Tracker>)];
+
 /// Runs the scenario.
 pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
     let machine = sysinfo::machine();
@@ -119,48 +122,9 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
     let b_cpu0 = sysinfo::cpu_time(b.pid)?;
     let k = args.channels.max(1);
     let prefix = format!("st{}", std::process::id());
-    let token = crate::mint(&args.target.secret, "loadtest-storm", &["*"], None)?;
     let killed_at = Arc::new(AtomicU64::new(0));
 
-    // Clients, at most 200 connecting at once, each followed by its consumer task.
-    let gate = Arc::new(tokio::sync::Semaphore::new(200));
-    let mut trackers = Vec::with_capacity(args.connections);
-    let mut setups = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        let tracker = Arc::new(Tracker::default());
-        trackers.push((i % k, tracker.clone()));
-        let channel = Channel::parse(&format!("project:{prefix}-{}", i % k))?;
-        let mut options = ClientOptions::new(vec![args.target.url.clone(), args.url_b.clone()], &token, vec![channel]);
-        options.buffer = 64;
-        let permit = gate.clone().acquire_owned().await?;
-        let (killed_at, node_a) = (killed_at.clone(), a.node.clone());
-        setups.push(tokio::spawn(async move {
-            let client = Client::connect(options);
-            let mut state = client.state();
-            let node = tokio::time::timeout(
-                Duration::from_secs(30),
-                state.wait_for(|s| matches!(s, ConnectionState::Connected { .. })),
-            )
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .and_then(|s| match &*s {
-                ConnectionState::Connected { node } => Some(node.clone()),
-                _ => None,
-            });
-            drop(permit);
-            let on_a = node.as_deref() == Some(node_a.as_str());
-            let task = tokio::spawn(consume(client, tracker, killed_at, node_a));
-            (on_a, task)
-        }));
-    }
-    let mut tasks = Vec::with_capacity(args.connections);
-    let mut on_a = 0;
-    for s in setups {
-        let (a_side, task) = s.await?;
-        on_a += usize::from(a_side);
-        tasks.push(task);
-    }
+    let (trackers, tasks, on_a) = connect_clients(&args, &prefix, k, &killed_at, &a.node).await?;
     let _stop = crate::AbortOnDrop(tasks);
     anyhow::ensure!(
         on_a == args.connections,
@@ -171,136 +135,23 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
     // The publisher: numbered messages, round robin over the channels, until told to stop.
     let published: Arc<Vec<AtomicU64>> = Arc::new((0..k).map(|_| AtomicU64::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
-    let publisher = {
-        let js = async_nats::jetstream::new(async_nats::connect(&args.target.nats_url).await?);
-        let (published, stop, prefix, rate) = (published.clone(), stop.clone(), prefix.clone(), args.rate.max(1));
-        tokio::spawn(async move {
-            let interval = Duration::from_secs_f64(1.0 / rate as f64);
-            let start = Instant::now();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = start + interval.mul_f64(i as f64);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    tokio::time::sleep(wait).await;
-                }
-                let c = (i as usize) % published.len();
-                let n = published[c].load(Ordering::Relaxed);
-                let body = format!(r#"{{"event":"storm","data":{{"n":{n},"t":{}}}}}"#, now_us());
-                // Acked one by one, so every number counted was stored.
-                js.publish(format!("tidings.events.project.{prefix}-{c}"), body.into())
-                    .await?
-                    .await?;
-                published[c].fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-            Ok::<_, anyhow::Error>(())
-        })
-    };
+    let js = async_nats::jetstream::new(async_nats::connect(&args.target.nats_url).await?);
+    let publisher = tokio::spawn(publish(js, published.clone(), stop.clone(), prefix, args.rate.max(1)));
 
     let deadline = Instant::now() + args.timeout;
-    let warm = Instant::now() + args.before;
-    loop {
-        let all = trackers.iter().all(|(_, t)| t.got_any.load(Ordering::Relaxed));
-        if all && Instant::now() >= warm {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "not every client received a message before the kill"
-        );
-        anyhow::ensure!(!publisher.is_finished(), "the publisher stopped");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Kill A.
+    wait_until_warm(&trackers, Instant::now() + args.before, deadline, &publisher).await?;
     let kill_us = now_us();
     killed_at.store(kill_us, Ordering::Relaxed);
-    let status = std::process::Command::new("kill")
-        .args(["-KILL", &a.pid.to_string()])
-        .status()?;
-    anyhow::ensure!(status.success(), "could not kill gateway A (pid {})", a.pid);
+    kill(a.pid)?;
     eprintln!("reconnect-storm: killed gateway A (pid {}) under {on_a} clients", a.pid);
-
-    let done = |f: fn(&Tracker) -> u64| trackers.iter().all(|(_, t)| f(t) != 0);
-    while !(done(|t| t.resumed_at.load(Ordering::Relaxed)) && done(|t| t.caught_up_at.load(Ordering::Relaxed)))
-        && Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_recovery(&trackers, deadline).await;
     stop.store(true, Ordering::Relaxed);
     publisher.await??;
-    // Let the last messages arrive (bounded).
-    let settle = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < settle
-        && !trackers
-            .iter()
-            .all(|(c, t)| t.next.load(Ordering::Relaxed) >= published[*c].load(Ordering::Relaxed))
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    settle(&trackers, &published).await;
 
-    let since_kill = |at: u64| (at.saturating_sub(kill_us)) as f64 / 1000.0;
-    let mut resume: Vec<f64> = trackers
-        .iter()
-        .map(|(_, t)| t.resumed_at.load(Ordering::Relaxed))
-        .filter(|&at| at != 0)
-        .map(since_kill)
-        .collect();
-    resume.sort_by(f64::total_cmp);
-    let caught_up: Vec<u64> = trackers
-        .iter()
-        .map(|(_, t)| t.caught_up_at.load(Ordering::Relaxed))
-        .collect();
-    let all_caught_up_ms = if caught_up.contains(&0) {
-        f64::INFINITY
-    } else {
-        caught_up.iter().copied().map(since_kill).fold(0.0, f64::max)
-    };
-    let sum = |f: fn(&Tracker) -> u64| trackers.iter().map(|(_, t)| f(t)).sum::<u64>();
-    let lost: u64 = trackers
-        .iter()
-        .map(|(c, t)| {
-            t.gaps.load(Ordering::Relaxed)
-                + published[*c]
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(t.next.load(Ordering::Relaxed))
-        })
-        .sum();
-    let duplicates = sum(|t| t.duplicates.load(Ordering::Relaxed));
-    let resets = sum(|t| t.resets.load(Ordering::Relaxed));
-    let curve = resume
-        .iter()
-        .enumerate()
-        .map(|(i, &ms)| (ms, i + 1))
-        .step_by((resume.len() / 200).max(1))
-        .chain(resume.last().map(|&ms| (ms, resume.len())))
-        .collect();
-    let result = StormResult {
-        scenario: "reconnect-storm",
-        machine,
-        connections: args.connections,
-        channels: k,
-        rate: args.rate,
-        on_killed_gateway: on_a,
-        resumed: resume.len(),
-        resume_ms_p50: crate::percentile(&resume, 0.5),
-        resume_ms_p99: crate::percentile(&resume, 0.99),
-        all_resumed_ms: if resume.len() == args.connections {
-            resume.last().copied().unwrap_or(0.0)
-        } else {
-            f64::INFINITY
-        },
-        all_caught_up_ms,
-        messages_recovered: sum(|t| t.recovered.load(Ordering::Relaxed)),
-        messages_published: published.iter().map(|p| p.load(Ordering::Relaxed)).sum(),
-        messages_delivered: sum(|t| t.delivered.load(Ordering::Relaxed)),
-        lost,
-        duplicates,
-        resets,
-        gateway_b_cpu_seconds: sysinfo::cpu_time(b.pid)?.saturating_sub(b_cpu0).as_secs_f64(),
-        clean: lost == 0 && duplicates == 0 && resets == 0 && resume.len() == args.connections,
-        resume_curve: curve,
-    };
+    let tally = Tally::of(&trackers, &published, kill_us);
+    let b_cpu = sysinfo::cpu_time(b.pid)?.saturating_sub(b_cpu0).as_secs_f64();
+    let result = tally.into_result(&args, machine, k, on_a, b_cpu);
     eprintln!(
         "reconnect-storm: all {} resumed in {:.0} ms, caught up in {:.0} ms, recovered {}, lost {}, duplicates {}",
         result.resumed,
@@ -314,6 +165,248 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
         chart::write(path, &render_chart(&result))?;
     }
     Ok(result)
+}
+
+/// Connects the clients, at most 200 at once, each followed by its consumer task, so
+/// that a slow handshake does not hold up the rest. Returns the trackers, the consumer
+/// tasks and how many clients landed on gateway A (`node_a`).
+async fn connect_clients(
+    args: &StormArgs,
+    prefix: &str,
+    k: usize,
+    killed_at: &Arc<AtomicU64>,
+    node_a: &str,
+) -> anyhow::Result<(Vec<(usize, Arc<Tracker>)>, Vec<tokio::task::JoinHandle<()>>, usize)> {
+    let token = crate::mint(&args.target.secret, "loadtest-storm", &["*"], None)?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(200));
+    let mut trackers = Vec::with_capacity(args.connections);
+    let mut setups = Vec::with_capacity(args.connections);
+    for i in 0..args.connections {
+        let tracker = Arc::new(Tracker::default());
+        trackers.push((i % k, tracker.clone()));
+        let channel = Channel::parse(&format!("project:{prefix}-{}", i % k))?;
+        let mut options = ClientOptions::new(vec![args.target.url.clone(), args.url_b.clone()], &token, vec![channel]);
+        options.buffer = 64;
+        let permit = gate.clone().acquire_owned().await?;
+        let (killed_at, node_a) = (killed_at.clone(), node_a.to_owned());
+        setups.push(tokio::spawn(async move {
+            let client = Client::connect(options);
+            let node = connected_node(&client).await;
+            drop(permit);
+            let on_a = node.as_deref() == Some(node_a.as_str());
+            let task = tokio::spawn(consume(client, tracker, killed_at, node_a));
+            (on_a, task)
+        }));
+    }
+    let mut tasks = Vec::with_capacity(args.connections);
+    let mut on_a = 0;
+    for s in setups {
+        let (a_side, task) = s.await?;
+        on_a += usize::from(a_side);
+        tasks.push(task);
+    }
+    Ok((trackers, tasks, on_a))
+}
+
+/// The node a client first connects to, or `None` if it does not connect within 30 s.
+async fn connected_node(client: &Client) -> Option<String> {
+    let mut state = client.state();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        state.wait_for(|s| matches!(s, ConnectionState::Connected { .. })),
+    )
+    .await
+    .ok()
+    .and_then(|r| r.ok())
+    .and_then(|s| match &*s {
+        ConnectionState::Connected { node } => Some(node.clone()),
+        _ => None,
+    })
+}
+
+/// Publishes numbered messages at `rate` per second, round robin over the channels,
+/// until `stop`; `published[c]` counts what channel `c` has stored.
+async fn publish(
+    js: async_nats::jetstream::Context,
+    published: Arc<Vec<AtomicU64>>,
+    stop: Arc<AtomicBool>,
+    prefix: String,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let due = start + interval.mul_f64(i as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        let c = (i as usize) % published.len();
+        let n = published[c].load(Ordering::Relaxed);
+        let body = format!(r#"{{"event":"storm","data":{{"n":{n},"t":{}}}}}"#, now_us());
+        // Acked one by one, so every number counted was stored.
+        js.publish(format!("tidings.events.project.{prefix}-{c}"), body.into())
+            .await?
+            .await?;
+        published[c].fetch_add(1, Ordering::Relaxed);
+        i += 1;
+    }
+    Ok(())
+}
+
+/// Waits until every client has received a message and `warm` has passed, so the kill
+/// hits clients in steady state; fails at `deadline` or if the publisher stopped.
+async fn wait_until_warm(
+    trackers: &Trackers,
+    warm: Instant,
+    deadline: Instant,
+    publisher: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    loop {
+        let all = trackers.iter().all(|(_, t)| t.got_any.load(Ordering::Relaxed));
+        if all && Instant::now() >= warm {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not every client received a message before the kill"
+        );
+        anyhow::ensure!(!publisher.is_finished(), "the publisher stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGKILLs gateway A: no graceful drain, as in a crash.
+fn kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "could not kill gateway A (pid {pid})");
+    Ok(())
+}
+
+/// Waits until every client has resumed and caught up, or until `deadline` (the result
+/// then reports who did not).
+async fn wait_for_recovery(trackers: &Trackers, deadline: Instant) {
+    let done = |f: fn(&Tracker) -> u64| trackers.iter().all(|(_, t)| f(t) != 0);
+    while !(done(|t| t.resumed_at.load(Ordering::Relaxed)) && done(|t| t.caught_up_at.load(Ordering::Relaxed)))
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Lets the last published messages arrive (bounded to 10 s), so they are not counted lost.
+async fn settle(trackers: &Trackers, published: &[AtomicU64]) {
+    let settle = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < settle
+        && !trackers
+            .iter()
+            .all(|(c, t)| t.next.load(Ordering::Relaxed) >= published[*c].load(Ordering::Relaxed))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The trackers' counts, summed over the clients.
+struct Tally {
+    /// Ms from the kill to each resumption, sorted.
+    resume: Vec<f64>,
+    all_caught_up_ms: f64,
+    lost: u64,
+    duplicates: u64,
+    resets: u64,
+    recovered: u64,
+    published: u64,
+    delivered: u64,
+}
+
+impl Tally {
+    fn of(trackers: &Trackers, published: &[AtomicU64], kill_us: u64) -> Self {
+        let since_kill = |at: u64| (at.saturating_sub(kill_us)) as f64 / 1000.0;
+        let mut resume: Vec<f64> = trackers
+            .iter()
+            .map(|(_, t)| t.resumed_at.load(Ordering::Relaxed))
+            .filter(|&at| at != 0)
+            .map(since_kill)
+            .collect();
+        resume.sort_by(f64::total_cmp);
+        let caught_up: Vec<u64> = trackers
+            .iter()
+            .map(|(_, t)| t.caught_up_at.load(Ordering::Relaxed))
+            .collect();
+        let all_caught_up_ms = if caught_up.contains(&0) {
+            f64::INFINITY
+        } else {
+            caught_up.iter().copied().map(since_kill).fold(0.0, f64::max)
+        };
+        let sum = |f: fn(&Tracker) -> u64| trackers.iter().map(|(_, t)| f(t)).sum::<u64>();
+        let lost: u64 = trackers
+            .iter()
+            .map(|(c, t)| {
+                t.gaps.load(Ordering::Relaxed)
+                    + published[*c]
+                        .load(Ordering::Relaxed)
+                        .saturating_sub(t.next.load(Ordering::Relaxed))
+            })
+            .sum();
+        Tally {
+            resume,
+            all_caught_up_ms,
+            lost,
+            duplicates: sum(|t| t.duplicates.load(Ordering::Relaxed)),
+            resets: sum(|t| t.resets.load(Ordering::Relaxed)),
+            recovered: sum(|t| t.recovered.load(Ordering::Relaxed)),
+            published: published.iter().map(|p| p.load(Ordering::Relaxed)).sum(),
+            delivered: sum(|t| t.delivered.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// The result of the run, with the resume curve thinned to about 200 points.
+    fn into_result(
+        self,
+        args: &StormArgs,
+        machine: sysinfo::Machine,
+        channels: usize,
+        on_a: usize,
+        gateway_b_cpu_seconds: f64,
+    ) -> StormResult {
+        let resume = self.resume;
+        let curve = resume
+            .iter()
+            .enumerate()
+            .map(|(i, &ms)| (ms, i + 1))
+            .step_by((resume.len() / 200).max(1))
+            .chain(resume.last().map(|&ms| (ms, resume.len())))
+            .collect();
+        let all_resumed = resume.len() == args.connections;
+        StormResult {
+            scenario: "reconnect-storm",
+            machine,
+            connections: args.connections,
+            channels,
+            rate: args.rate,
+            on_killed_gateway: on_a,
+            resumed: resume.len(),
+            resume_ms_p50: crate::percentile(&resume, 0.5),
+            resume_ms_p99: crate::percentile(&resume, 0.99),
+            all_resumed_ms: if all_resumed {
+                resume.last().copied().unwrap_or(0.0)
+            } else {
+                f64::INFINITY
+            },
+            all_caught_up_ms: self.all_caught_up_ms,
+            messages_recovered: self.recovered,
+            messages_published: self.published,
+            messages_delivered: self.delivered,
+            lost: self.lost,
+            duplicates: self.duplicates,
+            resets: self.resets,
+            gateway_b_cpu_seconds,
+            clean: self.lost == 0 && self.duplicates == 0 && self.resets == 0 && all_resumed,
+            resume_curve: curve,
+        }
+    }
 }
 
 /// One client's application: checks numbering, notes when it resumed on another gateway.
