@@ -68,65 +68,110 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
+/// Draws one panel at `x0`: title, grid, axes' labels, then each line with its legend.
 fn panel(out: &mut String, p: &Panel, x0: f64, width: f64) {
-    let all = p.lines.iter().flat_map(|l| l.points.iter());
-    let (xmax, ymax) = all.fold((0f64, 0f64), |(x, y), &(px, py)| (x.max(px), y.max(py)));
-    let (xmax, xstep) = nice_axis(xmax);
-    let (ymax, ystep) = nice_axis(ymax);
-    let pw = width - LEFT - RIGHT;
-    let ph = H - TOP - BOTTOM;
-    let sx = |x: f64| x0 + LEFT + x / xmax * pw;
-    let sy = |y: f64| TOP + ph - y / ymax * ph;
+    let f = Frame::of(p, x0, width);
     let _ = write!(
         out,
         r#"<text x="{:.1}" y="18" font-weight="bold" text-anchor="middle">{}</text>"#,
-        x0 + LEFT + pw / 2.0,
+        x0 + LEFT + f.pw / 2.0,
         escape(&p.title)
     );
-    let mut t = 0.0;
-    while t <= ymax + ystep / 2.0 {
-        let y = sy(t);
-        let _ = write!(
-            out,
-            r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
-            sx(0.0),
-            sx(xmax),
-            sx(0.0) - 4.0,
-            y + 4.0,
-            fmt_tick(t)
-        );
-        t += ystep;
-    }
-    let mut t = 0.0;
-    while t <= xmax + xstep / 2.0 {
-        let x = sx(t);
-        let _ = write!(
-            out,
-            r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
-            sy(0.0),
-            sy(ymax),
-            sy(0.0) + 14.0,
-            fmt_tick(t)
-        );
-        t += xstep;
-    }
+    f.grid(out);
     let _ = write!(
         out,
-        r##"<rect x="{:.1}" y="{TOP}" width="{pw:.1}" height="{ph:.1}" fill="none" stroke="#888"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle">{}</text>"##,
-        sx(0.0),
-        x0 + LEFT + pw / 2.0,
+        r##"<rect x="{:.1}" y="{TOP}" width="{:.1}" height="{:.1}" fill="none" stroke="#888"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text><text transform="translate({:.1},{:.1}) rotate(-90)" text-anchor="middle">{}</text>"##,
+        f.sx(0.0),
+        f.pw,
+        f.ph,
+        x0 + LEFT + f.pw / 2.0,
         H - 10.0,
         escape(&p.x_label),
         x0 + 14.0,
-        TOP + ph / 2.0,
+        TOP + f.ph / 2.0,
         escape(&p.y_label)
     );
     for (i, l) in p.lines.iter().enumerate() {
+        f.line(out, i, l);
+    }
+}
+
+/// A panel's plot area and axes: maps data to SVG coordinates.
+struct Frame {
+    x0: f64,
+    /// Plot width and height.
+    pw: f64,
+    ph: f64,
+    xmax: f64,
+    xstep: f64,
+    ymax: f64,
+    ystep: f64,
+}
+
+impl Frame {
+    /// Axes that cover every point of `p`, with round steps.
+    fn of(p: &Panel, x0: f64, width: f64) -> Self {
+        let all = p.lines.iter().flat_map(|l| l.points.iter());
+        let (xmax, ymax) = all.fold((0f64, 0f64), |(x, y), &(px, py)| (x.max(px), y.max(py)));
+        let (xmax, xstep) = nice_axis(xmax);
+        let (ymax, ystep) = nice_axis(ymax);
+        Frame {
+            x0,
+            pw: width - LEFT - RIGHT,
+            ph: H - TOP - BOTTOM,
+            xmax,
+            xstep,
+            ymax,
+            ystep,
+        }
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        self.x0 + LEFT + x / self.xmax * self.pw
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        TOP + self.ph - y / self.ymax * self.ph
+    }
+
+    /// Horizontal then vertical grid lines, with their tick labels.
+    fn grid(&self, out: &mut String) {
+        let mut t = 0.0;
+        while t <= self.ymax + self.ystep / 2.0 {
+            let y = self.sy(t);
+            let _ = write!(
+                out,
+                r##"<line x1="{:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"##,
+                self.sx(0.0),
+                self.sx(self.xmax),
+                self.sx(0.0) - 4.0,
+                y + 4.0,
+                fmt_tick(t)
+            );
+            t += self.ystep;
+        }
+        let mut t = 0.0;
+        while t <= self.xmax + self.xstep / 2.0 {
+            let x = self.sx(t);
+            let _ = write!(
+                out,
+                r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{:.1}" stroke="#eee"/><text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
+                self.sy(0.0),
+                self.sy(self.ymax),
+                self.sy(0.0) + 14.0,
+                fmt_tick(t)
+            );
+            t += self.xstep;
+        }
+    }
+
+    /// Line `l`, its markers, and its legend entry (the `i`-th, top left).
+    fn line(&self, out: &mut String, i: usize, l: &Line) {
         let dash = if l.dashed { r#" stroke-dasharray="6 4""# } else { "" };
         let pts: Vec<String> = l
             .points
             .iter()
-            .map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y)))
+            .map(|&(x, y)| format!("{:.1},{:.1}", self.sx(x), self.sy(y)))
             .collect();
         let _ = write!(
             out,
@@ -139,13 +184,13 @@ fn panel(out: &mut String, p: &Panel, x0: f64, width: f64) {
             let _ = write!(
                 out,
                 r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
-                sx(x),
-                sy(y),
+                self.sx(x),
+                self.sy(y),
                 l.color
             );
         }
         let ly = TOP + 12.0 + 14.0 * i as f64;
-        let lx = sx(0.0) + 8.0;
+        let lx = self.sx(0.0) + 8.0;
         let _ = write!(
             out,
             r#"<line x1="{lx:.1}" y1="{:.1}" x2="{:.1}" y2="{:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}">{}</text>"#,

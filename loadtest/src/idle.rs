@@ -112,6 +112,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
     Ok(result)
 }
 
+/// Opens the connections on one system and measures the server's RSS and CPU growth.
 async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> {
     sysinfo::ensure_open_files(args.connections)?;
     let (pid, addr, offset) = match system {
@@ -128,7 +129,6 @@ async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> 
             crate::BASELINE_SOURCE_OFFSET,
         ),
     };
-    let host = args.target.url.trim_start_matches("http://").trim_end_matches('/');
     let rss_before = sysinfo::rss_bytes(pid)?;
     let cpu_before = sysinfo::cpu_time(pid)?;
     let me_before = sysinfo::cpu_time(std::process::id())?;
@@ -137,54 +137,18 @@ async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> 
         .collect::<anyhow::Result<_>>()?;
     let failed = Arc::new(AtomicUsize::new(0));
     let up = Arc::new(AtomicUsize::new(0));
-    let gate = Arc::new(Semaphore::new(args.concurrency));
     let curve = Arc::new(std::sync::Mutex::new(vec![(0usize, rss_before)]));
-    let sampler = {
-        let (up, curve) = (up.clone(), curve.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(100));
-            loop {
-                tick.tick().await;
-                if let (Ok(rss), Ok(mut c)) = (sysinfo::rss_bytes(pid), curve.lock()) {
-                    c.push((up.load(Ordering::Relaxed), rss));
-                }
-            }
-        })
-    };
+    let sampler = sample_rss(pid, up.clone(), curve.clone());
     let start = Instant::now();
-    let mut handles = Vec::with_capacity(args.connections);
-    for i in 0..args.connections {
-        let permit = gate.clone().acquire_owned().await?;
-        let channel = format!("project:p{}", i % args.channels.max(1));
-        let url = format!("ws://{host}/ws?token={}", tokens[i % tokens.len()]);
-        let (failed, up) = (failed.clone(), up.clone());
-        let source = crate::source_for(i + offset);
-        handles.push(tokio::spawn(async move {
-            let opened = match system {
-                System::Tidings => open_tidings(addr, source, url, &channel).await,
-                System::NatsWs => open_nats_ws(addr, source, &channel).await,
-            };
-            drop(permit);
-            match opened {
-                Ok(reader) => {
-                    up.fetch_add(1, Ordering::Relaxed);
-                    Some(reader)
-                }
-                Err(e) => {
-                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
-                        eprintln!("connection {i} failed: {e}");
-                    }
-                    None
-                }
-            }
-        }));
-    }
-    let mut readers = Vec::with_capacity(args.connections);
-    for h in handles {
-        if let Ok(Some(r)) = h.await {
-            readers.push(r);
-        }
-    }
+    let opener = Opener {
+        system,
+        addr,
+        offset,
+        tokens,
+        up,
+        failed: failed.clone(),
+    };
+    let readers = opener.open_all(args).await?;
     let setup = start.elapsed();
     tokio::time::sleep(args.settle).await;
     let rss_after = sysinfo::rss_bytes(pid)?;
@@ -215,6 +179,74 @@ async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> 
         generator_cpu_seconds: me.as_secs_f64(),
         rss_curve: curve,
     })
+}
+
+/// Samples the server's RSS every 100 ms against the connections up, for the chart.
+fn sample_rss(pid: u32, up: Arc<AtomicUsize>, curve: Arc<std::sync::Mutex<Vec<(usize, u64)>>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            if let (Ok(rss), Ok(mut c)) = (sysinfo::rss_bytes(pid), curve.lock()) {
+                c.push((up.load(Ordering::Relaxed), rss));
+            }
+        }
+    })
+}
+
+/// How one system's connections are opened, and what counts them.
+struct Opener {
+    system: System,
+    addr: SocketAddr,
+    /// Added to the connection index to pick its source address.
+    offset: usize,
+    tokens: Vec<String>,
+    up: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+}
+
+impl Opener {
+    /// Opens `args.connections`, `args.concurrency` at a time; returns the readers of
+    /// those that opened (failures are counted, the first five printed).
+    async fn open_all(&self, args: &IdleArgs) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let host = args.target.url.trim_start_matches("http://").trim_end_matches('/');
+        let gate = Arc::new(Semaphore::new(args.concurrency));
+        let mut handles = Vec::with_capacity(args.connections);
+        for i in 0..args.connections {
+            let permit = gate.clone().acquire_owned().await?;
+            let channel = format!("project:p{}", i % args.channels.max(1));
+            let url = format!("ws://{host}/ws?token={}", self.tokens[i % self.tokens.len()]);
+            let (failed, up) = (self.failed.clone(), self.up.clone());
+            let source = crate::source_for(i + self.offset);
+            let (system, addr) = (self.system, self.addr);
+            handles.push(tokio::spawn(async move {
+                let opened = match system {
+                    System::Tidings => open_tidings(addr, source, url, &channel).await,
+                    System::NatsWs => open_nats_ws(addr, source, &channel).await,
+                };
+                drop(permit);
+                match opened {
+                    Ok(reader) => {
+                        up.fetch_add(1, Ordering::Relaxed);
+                        Some(reader)
+                    }
+                    Err(e) => {
+                        if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("connection {i} failed: {e}");
+                        }
+                        None
+                    }
+                }
+            }));
+        }
+        let mut readers = Vec::with_capacity(args.connections);
+        for h in handles {
+            if let Ok(Some(r)) = h.await {
+                readers.push(r);
+            }
+        }
+        Ok(readers)
+    }
 }
 
 async fn open_tidings(

@@ -92,46 +92,12 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
     let machine = sysinfo::machine();
     crate::ensure_loopback(&args.target.url).await?;
     let user = format!("load-{}", std::process::id());
-    let svc = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
-    let http = reqwest::Client::new();
     let seen: Seen = Arc::default();
     let hook = receiver(seen.clone()).await?;
-    let put = |path: String, body: serde_json::Value| {
-        let req = http
-            .put(format!("{}{path}", args.target.url))
-            .bearer_auth(&svc)
-            .json(&body);
-        async move {
-            let r = req.send().await?;
-            anyhow::ensure!(
-                r.status().is_success(),
-                "PUT failed: {}",
-                r.text().await.unwrap_or_default()
-            );
-            Ok::<_, anyhow::Error>(())
-        }
-    };
-    put(
-        "/api/v1/templates/loadtest".into(),
-        json!({"in_app":{"title":"Run {{ n }}","body":"step {{ n }} done"},"webhook":{"text":"run {{ n }}"}}),
-    )
-    .await?;
-    put(
-        format!("/api/v1/users/{user}/preferences"),
-        json!({"webhook_url": hook}),
-    )
-    .await?;
+    configure(&args, &user, &hook).await?;
 
     let nats = async_nats::connect(&args.target.nats_url).await?;
-    let mut stored = nats.subscribe(format!("tidings.stored.user.{user}")).await?;
-    let in_app = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = in_app.clone();
-    tokio::spawn(async move {
-        while stored.next().await.is_some() {
-            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
-    nats.flush().await?;
+    let in_app = count_in_app(&nats, &user).await?;
     let js = async_nats::jetstream::new(nats);
     let gateway_pid = crate::gateway_stats(&args.target.url, &args.target.secret).await?.pid;
     let pids = [
@@ -143,31 +109,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
     let cpu_before = pids.map(|p| p.map(sysinfo::cpu_time).transpose());
 
     let start = Instant::now();
-    let mut pace = (args.rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64)));
-    let mut sent_at = HashMap::with_capacity(args.count);
-    let mut acks = Vec::with_capacity(1000);
-    for n in 0..args.count {
-        if let Some(p) = pace.as_mut() {
-            p.tick().await;
-        }
-        let id = format!("{user}-{n}");
-        let req = json!({"id": id, "user": user, "template": "loadtest", "data": {"n": n}, "channels": ["in_app", "webhook"]});
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", id.as_str());
-        sent_at.insert(id, Instant::now());
-        acks.push(
-            js.publish_with_headers("tidings.notify", headers, req.to_string().into())
-                .await?,
-        );
-        if acks.len() == 1000 || pace.is_some() {
-            for a in acks.drain(..) {
-                a.await?;
-            }
-        }
-    }
-    for a in acks.drain(..) {
-        a.await?;
-    }
+    let sent_at = send_requests(&js, &args, &user).await?;
     let deadline = start + args.timeout;
     loop {
         let webhooks = seen.lock().map(|s| s.len()).unwrap_or(0);
@@ -178,16 +120,7 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed();
-    // CPU seconds of each process since the first request (None: no pid, or it was gone).
-    let mut cpu = [None; 4];
-    for ((slot, pid), before) in cpu.iter_mut().zip(pids).zip(cpu_before) {
-        if let (Some(pid), Ok(Some(before))) = (pid, before) {
-            *slot = sysinfo::cpu_time(pid)
-                .ok()
-                .map(|now| now.saturating_sub(before).as_secs_f64());
-        }
-    }
-    let [worker_cpu, nats_cpu, gateway_cpu, generator_cpu] = cpu;
+    let [worker_cpu, nats_cpu, gateway_cpu, generator_cpu] = cpu_since(pids, cpu_before);
     let received: HashMap<String, Instant> = seen.lock().map(|s| s.clone()).unwrap_or_default();
     let mut latencies: Vec<f64> = received
         .iter()
@@ -220,21 +153,126 @@ pub async fn run(args: NotifyArgs) -> anyhow::Result<NotifyResult> {
         clean: received.len() == args.count && in_app_stored == args.count,
     };
     if let Some(path) = &args.output.chart {
-        let title = format!(
-            "notify: {} requests, offered {}, {:.0}/s done, {}",
-            args.count,
-            if args.rate == 0 {
-                "burst".to_owned()
-            } else {
-                format!("{}/s", args.rate)
-            },
-            result.notifications_per_second,
-            result.machine.date
-        );
-        crate::chart::write(
-            path,
-            &crate::chart::percentile_chart(&title, "request → webhook received", &latencies),
-        )?;
+        write_chart(path, &args, &result, &latencies)?;
     }
     Ok(result)
+}
+
+/// Stores the `loadtest` template and points `user`'s webhook at our receiver, so every
+/// request goes to both in-app and the webhook.
+async fn configure(args: &NotifyArgs, user: &str, hook: &str) -> anyhow::Result<()> {
+    let svc = crate::mint(&args.target.secret, "loadtest-ops", &[], Some("service"))?;
+    let http = reqwest::Client::new();
+    let put = |path: String, body: serde_json::Value| {
+        let req = http
+            .put(format!("{}{path}", args.target.url))
+            .bearer_auth(&svc)
+            .json(&body);
+        async move {
+            let r = req.send().await?;
+            anyhow::ensure!(
+                r.status().is_success(),
+                "PUT failed: {}",
+                r.text().await.unwrap_or_default()
+            );
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    put(
+        "/api/v1/templates/loadtest".into(),
+        json!({"in_app":{"title":"Run {{ n }}","body":"step {{ n }} done"},"webhook":{"text":"run {{ n }}"}}),
+    )
+    .await?;
+    put(
+        format!("/api/v1/users/{user}/preferences"),
+        json!({"webhook_url": hook}),
+    )
+    .await
+}
+
+/// Counts the in-app notifications stored for `user` (subscribed before the first
+/// request, so none is missed).
+async fn count_in_app(nats: &async_nats::Client, user: &str) -> anyhow::Result<Arc<std::sync::atomic::AtomicUsize>> {
+    let mut stored = nats.subscribe(format!("tidings.stored.user.{user}")).await?;
+    let in_app = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = in_app.clone();
+    tokio::spawn(async move {
+        while stored.next().await.is_some() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    nats.flush().await?;
+    Ok(in_app)
+}
+
+/// Publishes `args.count` requests, paced at `args.rate` (0: as fast as acks allow, in
+/// batches of 1000). Returns when each was sent, by id.
+async fn send_requests(
+    js: &async_nats::jetstream::Context,
+    args: &NotifyArgs,
+    user: &str,
+) -> anyhow::Result<HashMap<String, Instant>> {
+    let mut pace = (args.rate > 0).then(|| tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate as f64)));
+    let mut sent_at = HashMap::with_capacity(args.count);
+    let mut acks = Vec::with_capacity(1000);
+    for n in 0..args.count {
+        if let Some(p) = pace.as_mut() {
+            p.tick().await;
+        }
+        let id = format!("{user}-{n}");
+        let req = json!({"id": id, "user": user, "template": "loadtest", "data": {"n": n}, "channels": ["in_app", "webhook"]});
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", id.as_str());
+        sent_at.insert(id, Instant::now());
+        acks.push(
+            js.publish_with_headers("tidings.notify", headers, req.to_string().into())
+                .await?,
+        );
+        if acks.len() == 1000 || pace.is_some() {
+            for a in acks.drain(..) {
+                a.await?;
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        a.await?;
+    }
+    Ok(sent_at)
+}
+
+/// CPU seconds of each process since the first request (None: no pid, or it was gone).
+fn cpu_since(pids: [Option<u32>; 4], before: [anyhow::Result<Option<Duration>>; 4]) -> [Option<f64>; 4] {
+    let mut cpu = [None; 4];
+    for ((slot, pid), before) in cpu.iter_mut().zip(pids).zip(before) {
+        if let (Some(pid), Ok(Some(before))) = (pid, before) {
+            *slot = sysinfo::cpu_time(pid)
+                .ok()
+                .map(|now| now.saturating_sub(before).as_secs_f64());
+        }
+    }
+    cpu
+}
+
+/// The latency percentile chart.
+fn write_chart(
+    path: &std::path::Path,
+    args: &NotifyArgs,
+    result: &NotifyResult,
+    latencies: &[f64],
+) -> anyhow::Result<()> {
+    let title = format!(
+        "notify: {} requests, offered {}, {:.0}/s done, {}",
+        args.count,
+        if args.rate == 0 {
+            "burst".to_owned()
+        } else {
+            format!("{}/s", args.rate)
+        },
+        result.notifications_per_second,
+        result.machine.date
+    );
+    crate::chart::write(
+        path,
+        &crate::chart::percentile_chart(&title, "request → webhook received", latencies),
+    )
 }

@@ -74,35 +74,8 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
     crate::ensure_loopback(&args.target.url).await?;
     let channel = format!("project:recovery-{}", std::process::id());
     let token = crate::mint(&args.target.secret, "loadtest-recovery", &["*"], None)?;
-
-    let mut ws = connect(&args.target.url, &token).await?;
-    let sub = json!({"type":"subscribe","id":1,"channel":channel}).to_string();
-    ws.send(Message::Text(sub.into())).await?;
-    let reply = next_json(&mut ws).await?;
-    let since = reply["seq"]
-        .as_u64()
-        .ok_or_else(|| anyhow::anyhow!("no position in {reply}"))?;
-    let epoch = reply["epoch"].clone();
-    ws.close(None).await?;
-
-    let nats = async_nats::connect(&args.target.nats_url).await?;
-    let js = async_nats::jetstream::new(nats);
-    let subject = format!("tidings.events.{}", channel.replacen(':', ".", 1));
-    let pad = "x".repeat(args.payload);
-    let mut acks = Vec::with_capacity(1000);
-    let mut want = Vec::with_capacity(args.missed);
-    for n in 0..args.missed {
-        let body = json!({"event":"missed","data":{"n":n,"pad":pad}}).to_string();
-        acks.push(js.publish(subject.clone(), body.into()).await?);
-        if acks.len() == 1000 {
-            for a in acks.drain(..) {
-                want.push(a.await?.sequence);
-            }
-        }
-    }
-    for a in acks.drain(..) {
-        want.push(a.await?.sequence);
-    }
+    let (since, epoch) = position(&args.target.url, &token, &channel).await?;
+    let want = publish_missed(&args, &channel).await?;
 
     let mut ws = connect(&args.target.url, &token).await?;
     let start = Instant::now();
@@ -124,28 +97,8 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
     let lost = want.iter().filter(|s| !distinct.contains(s)).count();
     let duplicates = got.len() - distinct.len();
     if let Some(path) = &args.output.chart {
-        let points = arrivals
-            .iter()
-            .enumerate()
-            .step_by((arrivals.len() / 200).max(1))
-            .map(|(i, &ms)| (ms, (i + 1) as f64))
-            .chain(arrivals.last().map(|&ms| (ms, arrivals.len() as f64)))
-            .collect();
-        let svg = crate::chart::render(
-            &format!("recovery of {} missed messages, {}", args.missed, machine.date),
-            &[crate::chart::Panel {
-                title: format!("all {} in {:.0} ms", got.len(), all.as_secs_f64() * 1000.0),
-                x_label: "ms since subscribe with since".into(),
-                y_label: "messages received".into(),
-                lines: vec![crate::chart::Line {
-                    label: "Tidings".into(),
-                    color: crate::chart::TIDINGS[0],
-                    dashed: false,
-                    points,
-                }],
-            }],
-        );
-        crate::chart::write(path, &svg)?;
+        let title = format!("recovery of {} missed messages, {}", args.missed, machine.date);
+        crate::chart::write(path, &render_chart(&title, &arrivals, all))?;
     }
     let first = arrivals.first().map(|&ms| Duration::from_secs_f64(ms / 1000.0));
     Ok(RecoveryResult {
@@ -162,4 +115,68 @@ pub async fn run(args: RecoveryArgs) -> anyhow::Result<RecoveryResult> {
         all_messages_ms: all.as_secs_f64() * 1000.0,
         messages_per_second: got.len() as f64 / all.as_secs_f64().max(1e-9),
     })
+}
+
+/// Subscribes once and disconnects, to learn the channel's position (`since`, `epoch`)
+/// the way a client that goes away knows it.
+async fn position(url: &str, token: &str, channel: &str) -> anyhow::Result<(u64, Value)> {
+    let mut ws = connect(url, token).await?;
+    let sub = json!({"type":"subscribe","id":1,"channel":channel}).to_string();
+    ws.send(Message::Text(sub.into())).await?;
+    let reply = next_json(&mut ws).await?;
+    let since = reply["seq"]
+        .as_u64()
+        .ok_or_else(|| anyhow::anyhow!("no position in {reply}"))?;
+    let epoch = reply["epoch"].clone();
+    ws.close(None).await?;
+    Ok((since, epoch))
+}
+
+/// Publishes the messages the client misses, pipelined (acks awaited per 1000); returns
+/// their stream sequences in order, which is what the client must receive.
+async fn publish_missed(args: &RecoveryArgs, channel: &str) -> anyhow::Result<Vec<u64>> {
+    let nats = async_nats::connect(&args.target.nats_url).await?;
+    let js = async_nats::jetstream::new(nats);
+    let subject = format!("tidings.events.{}", channel.replacen(':', ".", 1));
+    let pad = "x".repeat(args.payload);
+    let mut acks = Vec::with_capacity(1000);
+    let mut want = Vec::with_capacity(args.missed);
+    for n in 0..args.missed {
+        let body = json!({"event":"missed","data":{"n":n,"pad":pad}}).to_string();
+        acks.push(js.publish(subject.clone(), body.into()).await?);
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                want.push(a.await?.sequence);
+            }
+        }
+    }
+    for a in acks.drain(..) {
+        want.push(a.await?.sequence);
+    }
+    Ok(want)
+}
+
+/// Messages received over time since the resubscription, thinned to about 200 points.
+fn render_chart(title: &str, arrivals: &[f64], all: Duration) -> String {
+    let points = arrivals
+        .iter()
+        .enumerate()
+        .step_by((arrivals.len() / 200).max(1))
+        .map(|(i, &ms)| (ms, (i + 1) as f64))
+        .chain(arrivals.last().map(|&ms| (ms, arrivals.len() as f64)))
+        .collect();
+    crate::chart::render(
+        title,
+        &[crate::chart::Panel {
+            title: format!("all {} in {:.0} ms", arrivals.len(), all.as_secs_f64() * 1000.0),
+            x_label: "ms since subscribe with since".into(),
+            y_label: "messages received".into(),
+            lines: vec![crate::chart::Line {
+                label: "Tidings".into(),
+                color: crate::chart::TIDINGS[0],
+                dashed: false,
+                points,
+            }],
+        }],
+    )
 }
