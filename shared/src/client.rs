@@ -257,6 +257,7 @@ async fn subscribe(
     ws.send(msg).await.map_err(|e| e.to_string())
 }
 
+/// One connection: opens it, then handles frames until it ends.
 async fn session(
     options: &ClientOptions,
     url: &str,
@@ -264,23 +265,27 @@ async fn session(
     tx: &mpsc::Sender<Event>,
     state: &watch::Sender<ConnectionState>,
 ) -> Ended {
-    let mut ws = match open(options, url).await {
+    let ws = match open(options, url).await {
         Ok(ws) => ws,
         Err(e) => return Ended::Failed(e),
     };
-    // Subscribe ids map back to channels.
-    let mut by_id: HashMap<u64, Channel> = HashMap::new();
-    let mut next_id = 1u64;
-    let mut welcomed = false;
-    // The node, and the subscriptions still unconfirmed: the state turns `Connected` once
-    // every channel's subscription is confirmed, so "connected" means messages flow.
-    let mut node = String::new();
-    let mut unconfirmed: HashSet<u64> = HashSet::new();
+    let mut session = Session {
+        options,
+        positions,
+        tx,
+        state,
+        ws,
+        by_id: HashMap::new(),
+        next_id: 1,
+        welcomed: false,
+        node: String::new(),
+        unconfirmed: HashSet::new(),
+    };
     loop {
         if tx.is_closed() {
             return Ended::Stopped;
         }
-        let next = match tokio::time::timeout(Duration::from_secs(60), ws.next()).await {
+        let next = match tokio::time::timeout(Duration::from_secs(60), session.ws.next()).await {
             Ok(Some(Ok(m))) => m,
             Ok(Some(Err(e))) => return Ended::Failed(e.to_string()),
             Ok(None) => return Ended::Failed("connection ended".into()),
@@ -291,23 +296,33 @@ async fn session(
             Some(Ok(f)) => f,
             Some(Err(e)) => return Ended::Failed(e),
         };
+        if let Err(ended) = session.handle(frame).await {
+            return ended;
+        }
+    }
+}
+
+/// The state of one connection; its handlers return `Err` when the connection ends.
+struct Session<'a> {
+    options: &'a ClientOptions,
+    positions: &'a mut Positions,
+    tx: &'a mpsc::Sender<Event>,
+    state: &'a watch::Sender<ConnectionState>,
+    ws: Ws,
+    /// Subscribe ids map back to channels.
+    by_id: HashMap<u64, Channel>,
+    next_id: u64,
+    welcomed: bool,
+    /// The node, and the subscriptions still unconfirmed: the state turns `Connected` once
+    /// every channel's subscription is confirmed, so "connected" means messages flow.
+    node: String,
+    unconfirmed: HashSet<u64>,
+}
+
+impl Session<'_> {
+    async fn handle(&mut self, frame: ServerFrame) -> Result<(), Ended> {
         match frame {
-            ServerFrame::Welcome(w) => {
-                welcomed = true;
-                node = w.node;
-                for channel in &options.channels {
-                    let id = next_id;
-                    next_id += 1;
-                    by_id.insert(id, channel.clone());
-                    unconfirmed.insert(id);
-                    if let Err(e) = subscribe(&mut ws, options.format, id, channel, positions).await {
-                        return Ended::Failed(e);
-                    }
-                }
-                if unconfirmed.is_empty() {
-                    let _ = state.send(ConnectionState::Connected { node: node.clone() });
-                }
-            }
+            ServerFrame::Welcome(w) => self.on_welcome(w.node).await,
             ServerFrame::Reply(Reply {
                 id: Some(id),
                 ok,
@@ -317,62 +332,108 @@ async fn session(
                 seq,
                 ..
             }) => {
-                let Some(channel) = by_id.get(&id).cloned() else {
-                    continue;
+                let Some(channel) = self.by_id.get(&id).cloned() else {
+                    return Ok(());
                 };
                 if !ok {
-                    return Ended::Failed(format!("subscribe {channel} refused: {error:?}"));
+                    return Err(Ended::Failed(format!("subscribe {channel} refused: {error:?}")));
                 }
-                if unconfirmed.remove(&id) && unconfirmed.is_empty() {
-                    let _ = state.send(ConnectionState::Connected { node: node.clone() });
+                if self.unconfirmed.remove(&id) && self.unconfirmed.is_empty() {
+                    self.connected();
                 }
-                if let Some(e) = epoch {
-                    positions.epoch = Some(e);
-                }
-                // Nothing received yet: the gateway says from where it delivers everything.
-                if let Some(position) = seq {
-                    positions.last.entry(channel.clone()).or_insert(position);
-                }
-                if recovered == Some(false) && positions.last.contains_key(&channel) {
-                    positions.rebase.insert(channel.clone());
-                    if tx.send(Event::Reset { channel }).await.is_err() {
-                        return Ended::Stopped;
-                    }
-                }
+                self.on_subscribed(channel, recovered, epoch, seq).await
             }
-            ServerFrame::Message(m) => {
-                if let (Some(seq), Some(prev)) = (m.seq, m.prev) {
-                    let rebase = positions.rebase.remove(&m.channel);
-                    if let Some(&last) = positions.last.get(&m.channel).filter(|_| !rebase) {
-                        if seq <= last {
-                            continue; // duplicate
-                        }
-                        if prev > last {
-                            // Gap: have the gateway replay from what we hold.
-                            let id = next_id;
-                            next_id += 1;
-                            by_id.insert(id, m.channel.clone());
-                            if let Err(e) = subscribe(&mut ws, options.format, id, &m.channel, positions).await {
-                                return Ended::Failed(e);
-                            }
-                            continue;
-                        }
-                    }
-                    positions.last.insert(m.channel.clone(), seq);
-                }
-                if tx.send(Event::Message(m)).await.is_err() {
-                    return Ended::Stopped;
-                }
-            }
+            ServerFrame::Message(m) => self.on_message(m).await,
             ServerFrame::Reconnect { retry_ms, .. } => {
-                let _ = ws.close(None).await;
-                return Ended::Reconnect(Duration::from_millis(retry_ms));
+                let _ = self.ws.close(None).await;
+                Err(Ended::Reconnect(Duration::from_millis(retry_ms)))
             }
             ServerFrame::Reply(_) | ServerFrame::Pong { .. } | ServerFrame::Error { .. } => {
-                if !welcomed {
-                    return Ended::Failed("refused before welcome".into());
+                if !self.welcomed {
+                    return Err(Ended::Failed("refused before welcome".into()));
                 }
+                Ok(())
             }
         }
+    }
+
+    fn connected(&self) {
+        let _ = self.state.send(ConnectionState::Connected {
+            node: self.node.clone(),
+        });
+    }
+
+    /// Subscribes every configured channel (with `since` where a position is held).
+    async fn on_welcome(&mut self, node: String) -> Result<(), Ended> {
+        self.welcomed = true;
+        self.node = node;
+        let options = self.options;
+        for channel in &options.channels {
+            let id = self.subscribe(channel).await?;
+            self.unconfirmed.insert(id);
+        }
+        if self.unconfirmed.is_empty() {
+            self.connected();
+        }
+        Ok(())
+    }
+
+    /// Sends a subscription for `channel` under a fresh id, which it returns.
+    async fn subscribe(&mut self, channel: &Channel) -> Result<u64, Ended> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_id.insert(id, channel.clone());
+        subscribe(&mut self.ws, self.options.format, id, channel, self.positions)
+            .await
+            .map_err(Ended::Failed)?;
+        Ok(id)
+    }
+
+    /// Takes the position a confirmed subscription reports; `recovered:false` on a channel
+    /// we hold a position for is a reset for the application.
+    async fn on_subscribed(
+        &mut self,
+        channel: Channel,
+        recovered: Option<bool>,
+        epoch: Option<String>,
+        seq: Option<u64>,
+    ) -> Result<(), Ended> {
+        let positions = &mut *self.positions;
+        if let Some(e) = epoch {
+            positions.epoch = Some(e);
+        }
+        // Nothing received yet: the gateway says from where it delivers everything.
+        if let Some(position) = seq {
+            positions.last.entry(channel.clone()).or_insert(position);
+        }
+        if recovered == Some(false) && positions.last.contains_key(&channel) {
+            positions.rebase.insert(channel.clone());
+            if self.tx.send(Event::Reset { channel }).await.is_err() {
+                return Err(Ended::Stopped);
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a message once and in order: drops duplicates, and on a gap has the
+    /// gateway replay from what we hold.
+    async fn on_message(&mut self, m: MessageFrame) -> Result<(), Ended> {
+        if let (Some(seq), Some(prev)) = (m.seq, m.prev) {
+            let rebase = self.positions.rebase.remove(&m.channel);
+            if let Some(&last) = self.positions.last.get(&m.channel).filter(|_| !rebase) {
+                if seq <= last {
+                    return Ok(()); // duplicate
+                }
+                if prev > last {
+                    self.subscribe(&m.channel).await?;
+                    return Ok(());
+                }
+            }
+            self.positions.last.insert(m.channel.clone(), seq);
+        }
+        if self.tx.send(Event::Message(m)).await.is_err() {
+            return Err(Ended::Stopped);
+        }
+        Ok(())
     }
 }
