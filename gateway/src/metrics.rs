@@ -53,55 +53,40 @@ impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Result<Self> {
         let registry = Registry::new();
+        let r = &registry;
         let m = Metrics {
             connections: register(
-                &registry,
+                r,
                 IntGauge::new("tidings_gateway_connections", "Open client connections")?,
             )?,
             subscriptions: register(
-                &registry,
+                r,
                 IntGauge::new("tidings_gateway_subscriptions", "Client channel subscriptions")?,
             )?,
-            messages_delivered: register(
-                &registry,
-                IntCounter::new(
-                    "tidings_gateway_messages_delivered_total",
-                    "Channel messages written to clients",
-                )?,
+            messages_delivered: counter(
+                r,
+                "tidings_gateway_messages_delivered_total",
+                "Channel messages written to clients",
             )?,
-            slow_consumer_disconnects: register(
-                &registry,
-                IntCounter::new(
-                    "tidings_gateway_slow_consumer_disconnects_total",
-                    "Connections closed (4009) because their outbound queue was full",
-                )?,
+            slow_consumer_disconnects: counter(
+                r,
+                "tidings_gateway_slow_consumer_disconnects_total",
+                "Connections closed (4009) because their outbound queue was full",
             )?,
-            auth_failures: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new("tidings_gateway_auth_failures_total", "Refused tokens"),
-                    &["reason"],
-                )?,
+            auth_failures: counter_vec(r, "tidings_gateway_auth_failures_total", "Refused tokens", &["reason"])?,
+            recovered_messages: counter(
+                r,
+                "tidings_gateway_recovered_messages_total",
+                "Missed durable messages replayed to clients",
             )?,
-            recovered_messages: register(
-                &registry,
-                IntCounter::new(
-                    "tidings_gateway_recovered_messages_total",
-                    "Missed durable messages replayed to clients",
-                )?,
-            )?,
-            rejected_messages: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tidings_gateway_rejected_messages_total",
-                        "Publisher messages dropped, by reason",
-                    ),
-                    &["reason"],
-                )?,
+            rejected_messages: counter_vec(
+                r,
+                "tidings_gateway_rejected_messages_total",
+                "Publisher messages dropped, by reason",
+                &["reason"],
             )?,
             delivery_latency: register(
-                &registry,
+                r,
                 Histogram::with_opts(
                     HistogramOpts::new(
                         "tidings_gateway_delivery_latency_seconds",
@@ -112,29 +97,41 @@ impl Metrics {
                     ]),
                 )?,
             )?,
-            github_webhooks: register(
-                &registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tidings_gateway_github_webhooks_total",
-                        "GitHub webhook deliveries, by event and outcome",
-                    ),
-                    &["event", "outcome"],
-                )?,
+            github_webhooks: counter_vec(
+                r,
+                "tidings_gateway_github_webhooks_total",
+                "GitHub webhook deliveries, by event and outcome",
+                &["event", "outcome"],
             )?,
             registry,
         };
+        m.create_labelled_series();
+        Ok(m)
+    }
+
+    /// Creates every known label set at zero, so that dashboards and alerts see the
+    /// series before the first event.
+    fn create_labelled_series(&self) {
         for r in AUTH_REASONS {
-            m.auth_failures.with_label_values(&[r.as_str()]);
+            self.auth_failures.with_label_values(&[r.as_str()]);
         }
         for r in REJECT_REASONS {
-            m.rejected_messages.with_label_values(&[r]);
+            self.rejected_messages.with_label_values(&[r]);
         }
         for event in crate::github::EVENTS.into_iter().chain(["other"]) {
             for outcome in crate::github::OUTCOMES {
-                m.github_webhooks.with_label_values(&[event, outcome]);
+                self.github_webhooks.with_label_values(&[event, outcome]);
             }
         }
-        Ok(m)
     }
+}
+
+/// A registered counter.
+fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
+    Ok(register(registry, IntCounter::new(name, help)?)?)
+}
+
+/// A registered counter with `labels`.
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    Ok(register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)?)
 }
