@@ -271,44 +271,7 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     }
     doc.summarize();
 
-    // Whether this call recorded the plan, and the channels it added (for the metrics).
-    let mut wrote = false;
-    let mut added: Vec<(DeliveryChannel, DeliveryStatus)> = Vec::new();
-    let (recorded, _) = match ctx.store.create_status(&doc).await? {
-        Created::New(written) => {
-            added = doc.channels.iter().map(|(c, s)| (*c, s.status)).collect();
-            wrote = true;
-            (doc, written)
-        }
-        Created::Exists(existing, existing_seq) => {
-            // Accepted by a gateway (`POST /api/v1/notifications`) and not planned yet: the
-            // plan is added to it. Planned already: left as it is.
-            let plan = std::mem::take(&mut doc.channels);
-            let error = doc.error.take();
-            ctx.store
-                .update_status_from(id, Some((existing, existing_seq)), |current| {
-                    added.clear();
-                    wrote = !(current.planned || current.error.is_some());
-                    if !wrote {
-                        return false;
-                    }
-                    // A delivery may already have moved a channel on: only what is not
-                    // there yet is filled in.
-                    for (channel, first) in &plan {
-                        if !current.channels.contains_key(channel) {
-                            current.channels.insert(*channel, first.clone());
-                            added.push((*channel, first.status));
-                        }
-                    }
-                    current.error = error.clone();
-                    current.planned = true;
-                    current.request_seq = seq;
-                    true
-                })
-                .await?
-                .ok_or_else(|| SharedError::Conflict(format!("status of {id} vanished while being planned")))?
-        }
-    };
+    let Recorded { recorded, wrote, added } = record(ctx, id, seq, doc).await?;
     for (channel, status) in &added {
         ctx.metrics
             .notifications
@@ -348,4 +311,58 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     .await?;
     tracing::info!(channels = recorded.channels.len(), "notification planned");
     Ok(())
+}
+
+/// The status a plan was recorded in, and what this call did to it.
+struct Recorded {
+    /// The status as stored now.
+    recorded: NotificationStatus,
+    /// Whether this call recorded the plan.
+    wrote: bool,
+    /// The channels this call added, with their first state (for the metrics).
+    added: Vec<(DeliveryChannel, DeliveryStatus)>,
+}
+
+/// Records the plan `doc` in one conditional write: a new status, or the plan added to a
+/// status a gateway accepted and nobody planned yet. A status planned already is left as
+/// it is (and returned), so a request handed out again is never planned twice.
+async fn record(ctx: &Ctx, id: &str, seq: Option<u64>, mut doc: NotificationStatus) -> Result<Recorded> {
+    let mut wrote = false;
+    let mut added: Vec<(DeliveryChannel, DeliveryStatus)> = Vec::new();
+    let (recorded, _) = match ctx.store.create_status(&doc).await? {
+        Created::New(written) => {
+            added = doc.channels.iter().map(|(c, s)| (*c, s.status)).collect();
+            wrote = true;
+            (doc, written)
+        }
+        Created::Exists(existing, existing_seq) => {
+            // Accepted by a gateway (`POST /api/v1/notifications`) and not planned yet: the
+            // plan is added to it. Planned already: left as it is.
+            let plan = std::mem::take(&mut doc.channels);
+            let error = doc.error.take();
+            ctx.store
+                .update_status_from(id, Some((existing, existing_seq)), |current| {
+                    added.clear();
+                    wrote = !(current.planned || current.error.is_some());
+                    if !wrote {
+                        return false;
+                    }
+                    // A delivery may already have moved a channel on: only what is not
+                    // there yet is filled in.
+                    for (channel, first) in &plan {
+                        if !current.channels.contains_key(channel) {
+                            current.channels.insert(*channel, first.clone());
+                            added.push((*channel, first.status));
+                        }
+                    }
+                    current.error = error.clone();
+                    current.planned = true;
+                    current.request_seq = seq;
+                    true
+                })
+                .await?
+                .ok_or_else(|| SharedError::Conflict(format!("status of {id} vanished while being planned")))?
+        }
+    };
+    Ok(Recorded { recorded, wrote, added })
 }

@@ -192,6 +192,8 @@ struct Senders {
     push: Arc<push::PushSender>,
 }
 
+/// The worker's work: once NATS and the store are ready, the intake consumer and one
+/// delivery consumer per external channel, until `stop`.
 async fn pipeline(
     client: async_nats::Client,
     provisioner: Provisioner,
@@ -202,26 +204,8 @@ async fn pipeline(
 ) {
     let js = async_nats::jetstream::new(client.clone());
     let replicas = usize::from(config.common.stream_replicas);
-    // Wait for NATS and the streams, then open the store.
-    let (store, batches) = loop {
-        if *stop.borrow() {
-            return;
-        }
-        if provisioner.is_ready() {
-            let opened = async {
-                let store = Store::open(js.clone(), replicas).await?;
-                let batches = store::ensure_kv(&js, tidings_shared::notify::names::BATCHES_BUCKET, replicas).await?;
-                Ok::<_, tidings_shared::Error>((store, batches))
-            };
-            match opened.await {
-                Ok(s) => break s,
-                Err(e) => tracing::warn!(error = %e, "opening the notification store failed; retrying"),
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(200)) => {}
-            () = stopped(stop.clone()) => return,
-        }
+    let Some((store, batches)) = open_store(&js, &provisioner, replicas, &stop).await else {
+        return;
     };
     // Planning reads a template per notification: kept in memory, current through a watch.
     let templates = templates::TemplateCache::spawn(store.templates_bucket().clone());
@@ -259,30 +243,62 @@ async fn pipeline(
         .into_iter()
         .filter(|c| *c != DeliveryChannel::InApp)
         .map(|channel| {
-            let (ctx, stop) = (ctx.clone(), stop.clone());
             let ack_wait = Duration::from_millis(config.delivery_ack_wait_ms);
-            async move {
-                let channel = channel.as_str();
-                consume(
-                    ctx,
-                    DELIVERY_STREAM,
-                    &format!("tidings-delivery-{channel}"),
-                    // Jobs are on `<prefix>.<channel>.<id>`; a job published by hand (a dead
-                    // letter replayed) may be on `<prefix>.<channel>`.
-                    vec![
-                        format!("{DELIVERY_PREFIX}.{channel}"),
-                        format!("{DELIVERY_PREFIX}.{channel}.>"),
-                    ],
-                    // Counted from when the worker starts a job (it sends a progress ack then).
-                    ack_wait,
-                    DELIVERY_CONCURRENCY,
-                    stop,
-                    |ctx, msg| Box::pin(async move { deliver::handle(&ctx, msg).await }),
-                )
-                .await;
-            }
+            consume_deliveries(ctx.clone(), channel, ack_wait, stop.clone())
         });
     tokio::join!(intake, futures::future::join_all(deliveries));
+}
+
+/// Waits for NATS and the streams, then opens the store and the batches bucket (retried
+/// every 200 ms); `None` if stopped first.
+async fn open_store(
+    js: &async_nats::jetstream::Context,
+    provisioner: &Provisioner,
+    replicas: usize,
+    stop: &watch::Receiver<bool>,
+) -> Option<(Store, async_nats::jetstream::kv::Store)> {
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        if provisioner.is_ready() {
+            let opened = async {
+                let store = Store::open(js.clone(), replicas).await?;
+                let batches = store::ensure_kv(js, tidings_shared::notify::names::BATCHES_BUCKET, replicas).await?;
+                Ok::<_, tidings_shared::Error>((store, batches))
+            };
+            match opened.await {
+                Ok(s) => return Some(s),
+                Err(e) => tracing::warn!(error = %e, "opening the notification store failed; retrying"),
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = stopped(stop.clone()) => return None,
+        }
+    }
+}
+
+/// The delivery consumer of one external channel.
+async fn consume_deliveries(ctx: Ctx, channel: DeliveryChannel, ack_wait: Duration, stop: watch::Receiver<bool>) {
+    let channel = channel.as_str();
+    consume(
+        ctx,
+        DELIVERY_STREAM,
+        &format!("tidings-delivery-{channel}"),
+        // Jobs are on `<prefix>.<channel>.<id>`; a job published by hand (a dead
+        // letter replayed) may be on `<prefix>.<channel>`.
+        vec![
+            format!("{DELIVERY_PREFIX}.{channel}"),
+            format!("{DELIVERY_PREFIX}.{channel}.>"),
+        ],
+        // Counted from when the worker starts a job (it sends a progress ack then).
+        ack_wait,
+        DELIVERY_CONCURRENCY,
+        stop,
+        |ctx, msg| Box::pin(async move { deliver::handle(&ctx, msg).await }),
+    )
+    .await;
 }
 
 /// Runs a durable pull consumer shared by every worker, `concurrency` messages at a time,
