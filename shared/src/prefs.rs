@@ -256,6 +256,22 @@ mod tests {
         }
     }
 
+    /// Preferences with only `webhook_url` set.
+    fn webhook(url: &str) -> Preferences {
+        Preferences {
+            webhook_url: Some(url.into()),
+            ..Default::default()
+        }
+    }
+
+    /// Asserts that each of `cases` is refused with an error naming its field.
+    fn assert_refused(cases: Vec<(Preferences, &str)>) {
+        for (p, field) in cases {
+            let err = p.validate(false).unwrap_err().to_string();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
     #[test]
     fn validation_names_the_field() {
         let ok = Preferences {
@@ -266,7 +282,7 @@ mod tests {
             ..Default::default()
         };
         ok.validate(false).unwrap();
-        let cases: Vec<(Preferences, &str)> = vec![
+        assert_refused(vec![
             (
                 Preferences {
                     email: Some("nope".into()),
@@ -290,66 +306,27 @@ mod tests {
             ),
             (prefs("UTC", "25:00", "07:00"), "quiet_hours.start"),
             (prefs("UTC", "22:00", "7"), "quiet_hours.end"),
-            (
-                Preferences {
-                    webhook_url: Some("http://hooks.example.com".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-            (
-                Preferences {
-                    webhook_url: Some("https://127.0.0.1/x".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-            (
-                Preferences {
-                    webhook_url: Some("https://[::1]:8443/x".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-            (
-                Preferences {
-                    webhook_url: Some("https://169.254.169.254/latest".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-            (
-                Preferences {
-                    webhook_url: Some("https://10.1.2.3/".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-            (
-                Preferences {
-                    webhook_url: Some("https://localhost/".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-            (
-                Preferences {
-                    webhook_url: Some("https://user:pw@example.com/".into()),
-                    ..Default::default()
-                },
-                "webhook_url",
-            ),
-        ];
-        for (p, field) in cases {
-            let err = p.validate(false).unwrap_err().to_string();
-            assert!(err.contains(field), "{field}: {err}");
-        }
+        ]);
+    }
+
+    #[test]
+    fn webhook_urls_must_be_https_to_a_public_host() {
+        assert_refused(
+            [
+                "http://hooks.example.com",
+                "https://127.0.0.1/x",
+                "https://[::1]:8443/x",
+                "https://169.254.169.254/latest",
+                "https://10.1.2.3/",
+                "https://localhost/",
+                "https://user:pw@example.com/",
+            ]
+            .into_iter()
+            .map(|url| (webhook(url), "webhook_url"))
+            .collect(),
+        );
         // Local use: http and loopback allowed.
-        let local = Preferences {
-            webhook_url: Some("http://127.0.0.1:9000/hook".into()),
-            ..Default::default()
-        };
-        local.validate(true).unwrap();
+        webhook("http://127.0.0.1:9000/hook").validate(true).unwrap();
     }
 
     #[test]
