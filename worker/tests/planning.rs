@@ -122,19 +122,16 @@ async fn templates_and_requests_are_validated() {
     // Straight on NATS: an invalid request gets a failed status with the reason.
     let client = env.nats.client().await.unwrap();
     let js = async_nats::jetstream::new(client);
-    js.publish("tidings.notify", json!({"id":"bad1","user":"u1"}).to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    js.publish(
-        "tidings.notify",
-        json!({"id":"bad2","user":"u1","template":"ghost"}).to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    for request in [
+        json!({"id":"bad1","user":"u1"}),
+        json!({"id":"bad2","user":"u1","template":"ghost"}),
+    ] {
+        js.publish("tidings.notify", request.to_string().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
     for (id, needle) in [("bad1", "template"), ("bad2", "unknown template")] {
         let s = eventually(Duration::from_secs(10), id, || async {
             let s = env.status(id).await;
@@ -176,25 +173,50 @@ async fn publish_with_id(
     js.publish_with_headers(subject, headers, body.into()).await?.await
 }
 
-/// A worker that recorded a request's plan and died before carrying it out: the request,
-/// handed out again, gets its in-app message, inbox entry and webhook, each once, as the
-/// recorded plan says; a new request reusing the id meanwhile is not planned or carried out.
-#[tokio::test]
-async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
-    use async_nats::jetstream::AckKind;
-    use async_nats::jetstream::consumer::PullConsumer;
-    use futures::StreamExt as _;
-    use tidings_shared::notify::{ChannelState, DeliveryChannel, DeliveryStatus, NotificationStatus};
+/// Ivy's in-app messages in `TIDINGS_EVENTS`.
+async fn in_app_messages(js: &async_nats::jetstream::Context) -> usize {
+    use futures::TryStreamExt as _;
+    let events = js.get_stream("TIDINGS_EVENTS").await.unwrap();
+    let info = events.info_with_subjects("tidings.events.user.ivy").await.unwrap();
+    let subjects: HashMap<String, usize> = info.try_collect().await.unwrap();
+    subjects.get("tidings.events.user.ivy").copied().unwrap_or(0)
+}
 
-    let mut env = start(1).await;
-    let (hooks, received) = start_receiver().await;
-    env.put(
-        "/api/v1/users/ivy/preferences",
-        json!({"webhook_url": format!("{hooks}/ok")}),
-    )
-    .await;
-    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
-    let consumer: PullConsumer = eventually(Duration::from_secs(30), "the intake consumer", || async {
+/// Queues [`queued_webhook_job`] under one `Nats-Msg-Id`, then asserts that a copy under
+/// another is refused (one job per subject).
+async fn assert_second_job_copy_refused(js: &async_nats::jetstream::Context) {
+    let job = queued_webhook_job();
+    let queue_copy = |msg_id: &'static str| {
+        let (js, body) = (js.clone(), serde_json::to_vec(&job).unwrap());
+        async move { publish_with_id(&js, "tidings.delivery.webhook.redo", msg_id, body).await }
+    };
+    queue_copy("queued-long-ago").await.unwrap();
+    let refused = queue_copy("another-copy").await.unwrap_err();
+    assert!(
+        refused.to_string().contains("maximum messages per subject"),
+        "{refused}"
+    );
+}
+
+/// Takes the next request from the intake consumer (its first delivery) and records
+/// [`recorded_plan`] for it, as a worker does before it carries anything out.
+async fn take_and_record_plan(
+    consumer: &async_nats::jetstream::consumer::PullConsumer,
+    js: &async_nats::jetstream::Context,
+) -> async_nats::jetstream::Message {
+    use futures::StreamExt as _;
+    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let first = fetched.next().await.unwrap().unwrap();
+    assert_eq!(first.info().unwrap().delivered, 1);
+    let plan = recorded_plan(first.info().unwrap().stream_sequence);
+    let store = tidings_shared::store::Store::open(js.clone(), 1).await.unwrap();
+    store.create_status(&plan).await.unwrap();
+    first
+}
+
+/// The worker's intake consumer, once the worker has created it.
+async fn intake_consumer(js: &async_nats::jetstream::Context) -> async_nats::jetstream::consumer::PullConsumer {
+    eventually(Duration::from_secs(30), "the intake consumer", || async {
         js.get_stream("TIDINGS_NOTIFY")
             .await
             .ok()?
@@ -202,25 +224,13 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
             .await
             .ok()
     })
-    .await;
-    // The worker stops; the requests below wait for us.
-    env.workers[0].0.signal("TERM").unwrap();
-    env.workers[0].0.wait_exit(Duration::from_secs(30)).await.unwrap();
+    .await
+}
 
-    // The request asks for in-app only; the plan recorded below also has the webhook, as if
-    // the preferences or quiet hours had changed since it was decided: what is carried out
-    // is the recorded plan, not a new decision.
-    let request =
-        json!({"id":"redo","user":"ivy","template":"pr_merged","data":{"pr":7,"title":"t"},"channels":["in_app"]});
-    let publish = |msg_id: &'static str| {
-        let (js, body) = (js.clone(), request.to_string().into_bytes());
-        async move { publish_with_id(&js, "tidings.notify", msg_id, body).await.unwrap() }
-    };
-    publish("first").await;
-    // Play the worker that dies: take the request and record its plan, as a worker does.
-    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
-    let first = fetched.next().await.unwrap().unwrap();
-    assert_eq!(first.info().unwrap().delivered, 1);
+/// The plan a worker records for request `redo` (stream sequence `seq`): in-app sent and
+/// the webhook pending, as of 2026-01-01.
+fn recorded_plan(seq: u64) -> tidings_shared::notify::NotificationStatus {
+    use tidings_shared::notify::{ChannelState, DeliveryChannel, DeliveryStatus, NotificationStatus};
     let recorded = |status| ChannelState {
         status,
         attempts: 0,
@@ -242,43 +252,18 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
         .into(),
         error: None,
         planned: true,
-        request_seq: Some(first.info().unwrap().stream_sequence),
+        request_seq: Some(seq),
     };
     plan.summarize();
-    let store = tidings_shared::store::Store::open(js.clone(), 1).await.unwrap();
-    store.create_status(&plan).await.unwrap();
+    plan
+}
 
-    // A new request with the same id, while the first is still in hand: a repeat, not
-    // carried out (the plan it finds is somebody else's to finish).
-    publish("second").await;
-    env.workers[0] = spawn_worker(&env.nats.url(), &[]);
-    eventually(Duration::from_secs(30), "the repeat handled", || async {
-        // Still in hand: the first request must not come back before we hand it back.
-        first.ack_with(AckKind::Progress).await.ok()?;
-        let info = consumer.get_info().await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 1 && info.delivered.stream_sequence == 2).then_some(())
-    })
-    .await;
-    let events = js.get_stream("TIDINGS_EVENTS").await.unwrap();
-    let in_app_messages = || {
-        let events = events.clone();
-        async move {
-            use futures::TryStreamExt as _;
-            let info = events.info_with_subjects("tidings.events.user.ivy").await.unwrap();
-            let subjects: HashMap<String, usize> = info.try_collect().await.unwrap();
-            subjects.get("tidings.events.user.ivy").copied().unwrap_or(0)
-        }
-    };
-    assert_eq!(in_app_messages().await, 0, "the repeat sent nothing");
-    assert!(received.lock().unwrap().attempts.is_empty(), "the repeat sent nothing");
-    assert_eq!(env.status("redo").await["channels"]["webhook"]["status"], "pending");
-
-    // The dying worker had queued the webhook job, due in 6 s, long enough ago that its
-    // `Nats-Msg-Id` no longer protects it: a copy of a queued job is still refused.
-    let job = tidings_shared::notify::DeliveryJob {
+/// The webhook job the worker that recorded [`recorded_plan`] queued, due in 6 s.
+fn queued_webhook_job() -> tidings_shared::notify::DeliveryJob {
+    tidings_shared::notify::DeliveryJob {
         id: "redo".into(),
         user: "ivy".into(),
-        channel: DeliveryChannel::Webhook,
+        channel: tidings_shared::notify::DeliveryChannel::Webhook,
         project: None,
         priority: tidings_shared::notify::Priority::Normal,
         category: None,
@@ -293,17 +278,60 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
         not_before_ms: Some(now_unix() as i64 * 1000 + 6000),
         created_at: "2026-01-01T00:00:00.000Z".into(),
         digest: None,
+    }
+}
+
+/// A worker that recorded a request's plan and died before carrying it out: the request,
+/// handed out again, gets its in-app message, inbox entry and webhook, each once, as the
+/// recorded plan says; a new request reusing the id meanwhile is not planned or carried out.
+#[tokio::test]
+async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
+    use async_nats::jetstream::AckKind;
+
+    let mut env = start(1).await;
+    let (hooks, received) = start_receiver().await;
+    env.put(
+        "/api/v1/users/ivy/preferences",
+        json!({"webhook_url": format!("{hooks}/ok")}),
+    )
+    .await;
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let consumer = intake_consumer(&js).await;
+    // The worker stops; the requests below wait for us.
+    env.workers[0].0.signal("TERM").unwrap();
+    env.workers[0].0.wait_exit(Duration::from_secs(30)).await.unwrap();
+
+    // The request asks for in-app only; the plan recorded below also has the webhook, as if
+    // the preferences or quiet hours had changed since it was decided: what is carried out
+    // is the recorded plan, not a new decision.
+    let request =
+        json!({"id":"redo","user":"ivy","template":"pr_merged","data":{"pr":7,"title":"t"},"channels":["in_app"]});
+    let publish = |msg_id: &'static str| {
+        let (js, body) = (js.clone(), request.to_string().into_bytes());
+        async move { publish_with_id(&js, "tidings.notify", msg_id, body).await.unwrap() }
     };
-    let queue_copy = |msg_id: &'static str| {
-        let (js, body) = (js.clone(), serde_json::to_vec(&job).unwrap());
-        async move { publish_with_id(&js, "tidings.delivery.webhook.redo", msg_id, body).await }
-    };
-    queue_copy("queued-long-ago").await.unwrap();
-    let refused = queue_copy("another-copy").await.unwrap_err();
-    assert!(
-        refused.to_string().contains("maximum messages per subject"),
-        "{refused}"
-    );
+    publish("first").await;
+    // Play the worker that dies: take the request and record its plan, as a worker does.
+    let first = take_and_record_plan(&consumer, &js).await;
+
+    // A new request with the same id, while the first is still in hand: a repeat, not
+    // carried out (the plan it finds is somebody else's to finish).
+    publish("second").await;
+    env.workers[0] = spawn_worker(&env.nats.url(), &[]);
+    eventually(Duration::from_secs(30), "the repeat handled", || async {
+        // Still in hand: the first request must not come back before we hand it back.
+        first.ack_with(AckKind::Progress).await.ok()?;
+        let info = consumer.get_info().await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 1 && info.delivered.stream_sequence == 2).then_some(())
+    })
+    .await;
+    assert_eq!(in_app_messages(&js).await, 0, "the repeat sent nothing");
+    assert!(received.lock().unwrap().attempts.is_empty(), "the repeat sent nothing");
+    assert_eq!(env.status("redo").await["channels"]["webhook"]["status"], "pending");
+
+    // The dying worker had queued the webhook job, due in 6 s, long enough ago that its
+    // `Nats-Msg-Id` no longer protects it: a copy of a queued job is still refused.
+    assert_second_job_copy_refused(&js).await;
 
     // The first request comes back (its worker "died"): the recorded plan is carried out,
     // the job it finds queued counting as queued (the request is acknowledged).
@@ -325,7 +353,7 @@ async fn a_recorded_plan_is_carried_out_when_its_request_comes_back() {
     assert_eq!(s["channels"]["in_app"]["status"], "sent", "{s}");
     assert_eq!(s["created_at"], "2026-01-01T00:00:00.000Z", "{s}");
     assert_eq!(received.lock().unwrap().accepted.get("redo"), Some(&1));
-    assert_eq!(in_app_messages().await, 1);
+    assert_eq!(in_app_messages(&js).await, 1);
     let inbox = env
         .get_json(&format!("{}/api/v1/users/ivy/inbox", env.gateway), &token("ivy", false))
         .await;
