@@ -171,6 +171,28 @@ async fn assert_everyone_has_everything(clients: &[(Channel, Received)], publish
     }
 }
 
+/// Publishes the same message twice with one `Nats-Msg-Id`; asserts it was stored once and
+/// returns its sequence.
+async fn publish_twice_with_one_id(js: &async_nats::jetstream::Context, ch: &Channel) -> u64 {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Nats-Msg-Id", "dup-1");
+    let a = js
+        .publish_with_headers(ch.durable_subject(), h.clone(), json!({"event":"d"}).to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let b = js
+        .publish_with_headers(ch.durable_subject(), h, json!({"event":"d"}).to_string().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(a.sequence, b.sequence);
+    assert!(b.duplicate);
+    a.sequence
+}
+
 #[tokio::test]
 async fn offline_client_gets_exactly_the_1000_it_missed_then_live_ones() {
     let nats = NatsServer::start().await.unwrap();
@@ -193,24 +215,7 @@ async fn offline_client_gets_exactly_the_1000_it_missed_then_live_ones() {
             publish(&js, &channel(2), n).await; // other channels interleave in the stream
         }
     }
-    // The same Nats-Msg-Id twice is stored once.
-    let mut h = async_nats::HeaderMap::new();
-    h.insert("Nats-Msg-Id", "dup-1");
-    let a = js
-        .publish_with_headers(ch.durable_subject(), h.clone(), json!({"event":"d"}).to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    let b = js
-        .publish_with_headers(ch.durable_subject(), h, json!({"event":"d"}).to_string().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
-    assert_eq!(a.sequence, b.sequence);
-    assert!(b.duplicate);
-    missed.push(a.sequence);
+    missed.push(publish_twice_with_one_id(&js, &ch).await);
 
     let mut c = connect(&gw, &token).await;
     let r = c

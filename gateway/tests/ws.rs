@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, expect_message, expect_silence, gateways, publish_durable, service_token, user_token};
+use common::{Gateway, connect, expect_message, expect_silence, gateways, publish_durable, service_token, user_token};
 use serde_json::{Value, json};
 use tidings_tests::{NatsServer, SseEvents, TokenIn, WsClient, eventually, http_get};
 
@@ -64,37 +64,7 @@ async fn fan_out_reaches_every_subscriber_on_two_gateways_and_no_one_else() {
     }
     expect_silence(&mut other, Duration::from_millis(300)).await;
 
-    // Bad publisher bodies are dropped and counted (once per gateway), never delivered.
-    for body in [
-        "not json".to_owned(),
-        json!({"event":"has space"}).to_string(),
-        json!({"event":"huge","data":"z".repeat(70_000)}).to_string(),
-    ] {
-        client.publish("tidings.live.project.p1", body.into()).await.unwrap();
-    }
-    publish_durable(
-        &client,
-        "tidings.events.project.p1",
-        json!({"event":"after_bad_bodies"}),
-    )
-    .await;
-    for x in [&mut a, &mut b, &mut c] {
-        assert_eq!(expect_message(x, "project:p1").await["event"], "after_bad_bodies");
-    }
-    for gw in [&gw1, &gw2] {
-        gw.wait_metric(
-            "tidings_gateway_rejected_messages_total{reason=\"invalid\"}",
-            2.0,
-            Duration::from_secs(5),
-        )
-        .await;
-        gw.wait_metric(
-            "tidings_gateway_rejected_messages_total{reason=\"too_large\"}",
-            1.0,
-            Duration::from_secs(5),
-        )
-        .await;
-    }
+    bad_bodies_are_dropped_and_counted(&client, [&mut a, &mut b, &mut c], [&gw1, &gw2]).await;
 
     // Unsubscribing the last local subscriber drops gw2's NATS subscription; gw1 keeps its own.
     let r = c
@@ -394,32 +364,7 @@ async fn http_publish_presence_across_gateways_and_sse() {
         (Some("message"), Some(seq))
     );
 
-    // Errors as JSON.
-    let bad = http
-        .post(format!("{}/api/v1/publish", gw1.base))
-        .bearer_auth(&svc)
-        .json(&json!({"channel":"project:a.b","event":"x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), 400);
-    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_channel");
-    let denied = http
-        .post(format!("{}/api/v1/publish", gw1.base))
-        .bearer_auth(user_token("alice", &["p1"], &[]))
-        .json(&json!({"channel":"project:p1","event":"x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(denied.status(), 403);
-    let big = http
-        .post(format!("{}/api/v1/publish", gw1.base))
-        .bearer_auth(&svc)
-        .json(&json!({"channel":"project:p1","event":"x","data":"y".repeat(70_000)}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(big.status(), 413);
+    publish_errors_are_json(&http, &gw1, &svc).await;
 
     // Presence: alice on gw1, bob and carol on gw2, seen from both nodes.
     for gw in [&gw1, &gw2] {
@@ -439,4 +384,68 @@ async fn http_publish_presence_across_gateways_and_sse() {
         .request(json!({"type":"presence","channel":"project:p2"}), 10)
         .await;
     assert_eq!(r["error"]["code"], "forbidden");
+}
+
+/// Bad publisher bodies are dropped and counted (once per gateway), never delivered: the
+/// `subscribers` of `project:p1` get the next good message instead.
+async fn bad_bodies_are_dropped_and_counted(
+    client: &async_nats::Client,
+    subscribers: [&mut WsClient; 3],
+    gateways: [&Gateway; 2],
+) {
+    for body in [
+        "not json".to_owned(),
+        json!({"event":"has space"}).to_string(),
+        json!({"event":"huge","data":"z".repeat(70_000)}).to_string(),
+    ] {
+        client.publish("tidings.live.project.p1", body.into()).await.unwrap();
+    }
+    publish_durable(client, "tidings.events.project.p1", json!({"event":"after_bad_bodies"})).await;
+    for x in subscribers {
+        assert_eq!(expect_message(x, "project:p1").await["event"], "after_bad_bodies");
+    }
+    for gw in gateways {
+        gw.wait_metric(
+            "tidings_gateway_rejected_messages_total{reason=\"invalid\"}",
+            2.0,
+            Duration::from_secs(5),
+        )
+        .await;
+        gw.wait_metric(
+            "tidings_gateway_rejected_messages_total{reason=\"too_large\"}",
+            1.0,
+            Duration::from_secs(5),
+        )
+        .await;
+    }
+}
+
+/// `POST /api/v1/publish` errors are JSON: a bad channel (400), a user token (403), too
+/// large (413).
+async fn publish_errors_are_json(http: &reqwest::Client, gw1: &Gateway, svc: &str) {
+    let bad = http
+        .post(format!("{}/api/v1/publish", gw1.base))
+        .bearer_auth(svc)
+        .json(&json!({"channel":"project:a.b","event":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<Value>().await.unwrap()["error"]["code"], "bad_channel");
+    let denied = http
+        .post(format!("{}/api/v1/publish", gw1.base))
+        .bearer_auth(user_token("alice", &["p1"], &[]))
+        .json(&json!({"channel":"project:p1","event":"x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+    let big = http
+        .post(format!("{}/api/v1/publish", gw1.base))
+        .bearer_auth(svc)
+        .json(&json!({"channel":"project:p1","event":"x","data":"y".repeat(70_000)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), 413);
 }
