@@ -30,6 +30,25 @@ async fn ready(url: String) {
     .await;
 }
 
+/// Runs `tidings-loadtest demo` for one round against `base`; it must succeed silently
+/// within 60 s.
+async fn run_one_demo_round(base: &str) {
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(LOADTEST)
+            .args(["demo", "--url", base, "--rounds", "1", "--step", "1ms"])
+            .env("TIDINGS_JWT_SECRET", SECRET)
+            .env("TIDINGS_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("one round in time")
+    .expect("run demo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.is_empty(), "demo: {stderr}");
+}
+
 #[tokio::test]
 async fn one_demo_round_fills_every_panel_of_the_dashboard() {
     let nats = NatsServer::start().await.expect("nats-server");
@@ -56,20 +75,7 @@ async fn one_demo_round_fills_every_panel_of_the_dashboard() {
     .expect("spawn worker");
     ready(format!("http://127.0.0.1:{metrics}/readyz")).await;
 
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::process::Command::new(LOADTEST)
-            .args(["demo", "--url", &base, "--rounds", "1", "--step", "1ms"])
-            .env("TIDINGS_JWT_SECRET", SECRET)
-            .env("TIDINGS_GITHUB_WEBHOOK_SECRET", GITHUB_SECRET)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("one round in time")
-    .expect("run demo");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && stderr.is_empty(), "demo: {stderr}");
+    run_one_demo_round(&base).await;
 
     let runs = get(&format!("{base}/api/v1/channels/project:demo/history?limit=1000")).await;
     let last = |run: &str| {
