@@ -1,8 +1,10 @@
 //! What WebSocket and SSE sessions share: admission (draining, connection limit), the
-//! registration with the hub that unregisters itself when the session goes away, and how
-//! long a token keeps a session open.
+//! registration with the hub that unregisters itself when the session goes away, joining a
+//! channel from a position (subscribe holding → read the missed messages back → release what
+//! was held), and how long a token keeps a session open.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tidings_shared::auth::now_unix;
@@ -11,6 +13,9 @@ use tidings_shared::{Channel, ErrorCode};
 use crate::AppState;
 use crate::conn::{ConnHandle, ConnId};
 use crate::error::{Error, Result};
+use crate::history::Replay;
+use crate::message::Encoded;
+use crate::position::StreamPosition;
 
 /// Longest a token may keep a session open without a refresh (one year).
 pub const MAX_SESSION_SECS: u64 = 365 * 86_400;
@@ -74,6 +79,55 @@ impl Registration {
         if self.channels.remove(channel).is_some() {
             self.state.hub.unsubscribe(self.id, channel);
         }
+    }
+
+    /// Subscribes to `channel`; with `hold`, its live messages are held (queued aside) until
+    /// [`Registration::catch_up`] releases them. Returns the stream position from which the
+    /// subscription delivers every durable message live.
+    pub async fn join(&self, channel: &Channel, hold: bool) -> Result<u64> {
+        self.state
+            .hub
+            .subscribe(self.id, channel, self.handle.clone(), hold)
+            .await
+            .map_err(|_| Error::api(ErrorCode::Unavailable, "NATS did not confirm the subscription; retry"))
+    }
+
+    /// The rest of a join from `since`: the missed messages read back from the stream, then
+    /// the live ones held meanwhile, released. `live_from`: where live delivery starts (a
+    /// client already past it is answered without reading anything back). On failure the
+    /// channel is left, so nothing is half-done and the client can retry the whole join.
+    pub async fn catch_up(
+        &mut self,
+        channel: &Channel,
+        since: &StreamPosition,
+        live_from: Option<u64>,
+    ) -> Result<CaughtUp> {
+        let cap = self.state.config.replay_max as usize;
+        match crate::history::replay(&self.state, channel, since, cap, live_from).await {
+            Ok(replay) => {
+                let held = self.state.hub.release(self.id, channel);
+                Ok(CaughtUp { replay, held })
+            }
+            Err(e) => {
+                self.unsubscribe(channel);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A channel caught up from a position: how the read went, and what to send, in order.
+pub struct CaughtUp {
+    /// The read back: epoch, whether the history is complete, the missed messages.
+    pub replay: Replay,
+    /// Live messages held while the history was read.
+    pub held: Vec<Arc<Encoded>>,
+}
+
+impl CaughtUp {
+    /// The missed messages, then the held ones (a session still drops what it already wrote).
+    pub fn into_messages(self) -> impl Iterator<Item = Arc<Encoded>> {
+        self.replay.messages.into_iter().chain(self.held)
     }
 }
 

@@ -96,7 +96,6 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         user: claims.sub.as_str().into(),
     };
     let mut registration = Registration::new(state.clone(), handle);
-    let id = registration.id;
     // Resume from Last-Event-ID, or start at the stream's current position: either way each
     // channel is subscribed holding, read back from its position, then joined with what was
     // held, so nothing stored around the connect is missed or repeated.
@@ -104,37 +103,28 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     // A cursor names only what this stream carries: it is echoed in every event id.
     cursor.seqs.retain(|c, _| channels.contains(c));
     let mut pending = VecDeque::new();
-    let cap = state.config.replay_max as usize;
     for c in &channels {
-        if state
-            .hub
-            .subscribe(id, c, registration.handle.clone(), true)
-            .await
-            .is_err()
-        {
-            return Err(Error::api(
-                ErrorCode::Unavailable,
-                "NATS did not confirm the subscription; retry",
-            ));
-        }
+        registration.join(c, true).await?;
         // The cursor, not the registration, keeps what was sent on each channel.
         registration.channels.insert(c.clone(), 0);
         let since = StreamPosition {
             seq: cursor.since(c),
             epoch: Some(cursor.epoch.clone()),
         };
-        let replay = crate::history::replay(&state, c, &since, cap, None).await?;
-        if replay.epoch != cursor.epoch {
+        let caught_up = registration.catch_up(c, &since, None).await?;
+        if caught_up.replay.epoch != cursor.epoch {
             // Old epoch: sequences restart, so does the cursor.
             cursor = Cursor {
-                epoch: replay.epoch.clone(),
+                epoch: caught_up.replay.epoch.clone(),
                 watermark: 0,
                 seqs: BTreeMap::new(),
             };
         }
-        state.metrics.recovered_messages.inc_by(replay.messages.len() as u64);
-        let held = state.hub.release(id, c);
-        for m in replay.messages.into_iter().chain(held) {
+        state
+            .metrics
+            .recovered_messages
+            .inc_by(caught_up.replay.messages.len() as u64);
+        for m in caught_up.into_messages() {
             if let Some(e) = event_for(&m, &mut cursor) {
                 pending.push_back(e);
             }

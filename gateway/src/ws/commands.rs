@@ -108,21 +108,9 @@ impl Session {
             return;
         }
         // With `since`, live messages are held while the history is read, then joined.
-        let hold = since.is_some();
-        let Ok(position) = self
-            .reg
-            .state
-            .hub
-            .subscribe(self.reg.id, &c, self.reg.handle.clone(), hold)
-            .await
-        else {
-            self.error(
-                id,
-                ErrorCode::Unavailable,
-                "NATS did not confirm the subscription; retry",
-            )
-            .await;
-            return;
+        let position = match self.reg.join(&c, since.is_some()).await {
+            Ok(p) => p,
+            Err(e) => return self.error(id, e.code(), e.to_string()).await,
         };
         let Some(since) = since else {
             self.reg.channels.entry(c.clone()).or_insert(0);
@@ -150,22 +138,22 @@ impl Session {
         // The client asks for everything after `since` (it may have dropped messages this
         // session already wrote, on seeing a gap): that is the floor now.
         self.reg.channels.insert(c.clone(), since.seq);
-        let cap = self.reg.state.config.replay_max as usize;
         // `live_from`: every message after `position` reaches this subscription live (held
-        // until the reply is out; what was stored while the channel was being opened was read
-        // back before it became ready). A client already past it is answered without reading
-        // any message back, once the stream's current epoch is confirmed to be its own.
+        // until caught up; what was stored while the channel was being opened was read back
+        // before it became ready). A client already past it is answered without reading any
+        // message back, once the stream's current epoch is confirmed to be its own. What
+        // arrives live after the release waits in the session's queue, which this task only
+        // reads once the reply and the replay are written.
         let live_from = (position > 0).then_some(position);
-        let replay = match crate::history::replay(&self.reg.state, &c, &since, cap, live_from).await {
+        let caught_up = match self.reg.catch_up(&c, &since, live_from).await {
             Ok(r) => r,
             Err(e) => {
-                // Leave nothing half-done: the client retries the whole subscribe.
-                self.reg.unsubscribe(&c);
                 return self
                     .error(id, ErrorCode::Unavailable, format!("history unavailable: {e}"))
                     .await;
             }
         };
+        let replay = &caught_up.replay;
         if !replay.same_epoch {
             // Sequences restarted: what was written before says nothing about them.
             self.reg.channels.insert(c.clone(), 0);
@@ -178,10 +166,9 @@ impl Session {
             ..Reply::ok(id)
         };
         self.reply(reply).await;
-        let held = self.reg.state.hub.release(self.reg.id, &c);
         let replayed = replay.messages.len() as u64;
         let mut written = 0u64;
-        for m in replay.messages.into_iter().chain(held) {
+        for m in caught_up.into_messages() {
             if !self.admit(&m) {
                 continue;
             }
