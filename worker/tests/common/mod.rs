@@ -1,13 +1,15 @@
-//! What the worker's pipeline tests share: real NATS, a gateway in process, worker
+//! What the worker's pipeline tests share: real NATS, the real gateway binary (started the
+//! one way every test crate starts it, `tidings_tests::gateway::Launcher`), worker
 //! processes, and requests to the gateway's API.
 #![allow(dead_code)]
 
+use std::path::Path;
 use std::time::Duration;
 
-use clap::Parser as _;
 use serde_json::{Value, json};
 use tidings_tests::fakes::webhook::{self, Receiver};
-use tidings_tests::{NatsServer, Process, eventually, free_port, tokens};
+use tidings_tests::gateway::{Gateway, Launcher};
+use tidings_tests::{NatsServer, Process, free_port, tokens};
 
 pub const SECRET: &str = "pipeline-test-secret";
 pub const WEBHOOK_SECRET: &str = "webhook-secret";
@@ -30,7 +32,23 @@ pub struct Env {
     pub workers: Vec<(Process, String)>,
     pub http: reqwest::Client,
     pub svc: String,
-    pub _stop: tokio::sync::oneshot::Sender<()>,
+    /// The gateway process (stopped when the environment is dropped).
+    pub _gateway: Gateway,
+}
+
+/// The gateway binary beside this crate's (the workspace's tests and `scripts/test` build
+/// every binary first).
+fn gateways() -> Launcher {
+    let bin = Path::new(WORKER).with_file_name("tidings-gateway");
+    assert!(
+        bin.is_file(),
+        "{} not built: run scripts/test or `cargo build --bins` first",
+        bin.display()
+    );
+    Launcher {
+        bin,
+        secret: SECRET.to_owned(),
+    }
 }
 
 /// A worker process and its metrics URL.
@@ -74,39 +92,23 @@ pub fn vapid_key_file() -> String {
 
 pub async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
     let nats = NatsServer::start().await.unwrap();
-    let port = free_port();
-    let config = tidings_shared::config::GatewayConfig::try_parse_from([
-        "tidings-gateway",
-        "--nats-url",
-        &nats.url(),
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--jwt-secret",
-        SECRET,
-        "--webhook-allow-private",
-        "true",
-        "--vapid-private-key-file",
-        &vapid_key_file(),
-    ])
-    .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(tidings_gateway::run(config, async move {
-        let _ = stopped.await;
-    }));
-    let gateway = format!("http://127.0.0.1:{port}");
-    let ready = format!("{gateway}/readyz");
-    eventually(Duration::from_secs(30), "gateway ready", || async {
-        (tidings_tests::http_get(&ready, None).await.map(|r| r.0) == Some(200)).then_some(())
-    })
-    .await;
+    let gw = gateways()
+        .start(
+            &nats.url(),
+            &[
+                ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+                ("TIDINGS_VAPID_PRIVATE_KEY_FILE", vapid_key_file()),
+            ],
+        )
+        .await;
     let workers = (0..workers).map(|_| spawn_worker(&nats.url(), worker_env)).collect();
     let env = Env {
         nats,
-        gateway,
+        gateway: gw.base.clone(),
         workers,
         http: reqwest::Client::new(),
         svc: token("ops", true),
-        _stop: stop,
+        _gateway: gw,
     };
     env.put(
         "/api/v1/templates/pr_merged",
