@@ -54,30 +54,43 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     }
 }
 
+/// A channel's new state in its notification's status.
+struct ChannelUpdate<'a> {
+    status: DeliveryStatus,
+    attempts: u32,
+    error: Option<String>,
+    /// Through which provider it went, when sent.
+    via: Option<String>,
+    /// The digest it went out in, for a batched item.
+    digest: Option<&'a str>,
+}
+
+impl ChannelUpdate<'_> {
+    fn new(status: DeliveryStatus, attempts: u32, error: Option<String>) -> Self {
+        ChannelUpdate {
+            status,
+            attempts,
+            error,
+            via: None,
+            digest: None,
+        }
+    }
+}
+
+/// Records `update` for the job's channel (from the status version `known`, if read).
 async fn set_channel(
     ctx: &Ctx,
     job: &DeliveryJob,
     known: Option<(NotificationStatus, u64)>,
-    status: DeliveryStatus,
-    attempts: u32,
-    error: Option<String>,
-    via: Option<String>,
+    update: ChannelUpdate<'_>,
 ) -> Result<()> {
-    set_channel_digest(ctx, job, known, status, attempts, error, via, "").await
-}
-
-/// As [`set_channel`], recording the digest the notification went out in (unless empty).
-#[allow(clippy::too_many_arguments)]
-async fn set_channel_digest(
-    ctx: &Ctx,
-    job: &DeliveryJob,
-    known: Option<(NotificationStatus, u64)>,
-    status: DeliveryStatus,
-    attempts: u32,
-    error: Option<String>,
-    via: Option<String>,
-    digest: &str,
-) -> Result<()> {
+    let ChannelUpdate {
+        status,
+        attempts,
+        error,
+        via,
+        digest,
+    } = update;
     ctx.store
         .update_status_from(&job.id, known, |doc| {
             let c = doc
@@ -92,7 +105,7 @@ async fn set_channel_digest(
             if via.is_some() {
                 c.via = via.clone();
             }
-            if !digest.is_empty() {
+            if let Some(digest) = digest {
                 c.digest = Some(digest.to_owned());
             }
             true
@@ -137,51 +150,32 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
     let (outcome, via) = send(ctx, job).await?;
     match outcome {
         Outcome::Delivered => {
-            set_channel(ctx, job, current.take(), DeliveryStatus::Sent, attempts, None, via).await?;
+            let update = ChannelUpdate {
+                via,
+                ..ChannelUpdate::new(DeliveryStatus::Sent, attempts, None)
+            };
+            set_channel(ctx, job, current.take(), update).await?;
             Ok(Disposition::Ack)
         }
         Outcome::Fail(error) => {
             tracing::warn!(%error, attempts, "delivery failed");
-            set_channel(
-                ctx,
-                job,
-                current.take(),
-                DeliveryStatus::Failed,
-                attempts,
-                Some(error),
-                None,
-            )
-            .await?;
+            let update = ChannelUpdate::new(DeliveryStatus::Failed, attempts, Some(error));
+            set_channel(ctx, job, current.take(), update).await?;
             Ok(Disposition::Ack)
         }
         Outcome::Retry { error, retry_after } => {
             if attempts >= ctx.max_attempts {
                 dead_letter(ctx, job, &error, attempts).await?;
-                set_channel(
-                    ctx,
-                    job,
-                    current.take(),
-                    DeliveryStatus::Failed,
-                    attempts,
-                    Some(format!("dead-lettered after {attempts} attempts: {error}")),
-                    None,
-                )
-                .await?;
+                let error = format!("dead-lettered after {attempts} attempts: {error}");
+                let update = ChannelUpdate::new(DeliveryStatus::Failed, attempts, Some(error));
+                set_channel(ctx, job, current.take(), update).await?;
                 return Ok(Disposition::Ack);
             }
             ctx.metrics.retries.with_label_values(&[job.channel.as_str()]).inc();
             let delay = retry_after.unwrap_or_else(|| crate::retry::backoff(attempts, ctx.retry_base));
             tracing::info!(%error, attempts, ?delay, "delivery will be retried");
-            set_channel(
-                ctx,
-                job,
-                current.take(),
-                DeliveryStatus::Pending,
-                attempts,
-                Some(error),
-                None,
-            )
-            .await?;
+            let update = ChannelUpdate::new(DeliveryStatus::Pending, attempts, Some(error));
+            set_channel(ctx, job, current.take(), update).await?;
             Ok(Disposition::RetryIn(delay))
         }
     }
@@ -279,17 +273,12 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
             id: item.id.clone(),
             ..job.clone()
         };
-        set_channel_digest(
-            ctx,
-            &item_job,
-            None,
-            status,
-            attempts,
-            error.clone(),
-            via.clone(),
-            &job.id,
-        )
-        .await?;
+        let update = ChannelUpdate {
+            via: via.clone(),
+            digest: Some(&job.id),
+            ..ChannelUpdate::new(status, attempts, error.clone())
+        };
+        set_channel(ctx, &item_job, None, update).await?;
     }
     if done {
         crate::batch::clear(ctx, &d.subject, last).await?;
