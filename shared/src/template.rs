@@ -1,11 +1,11 @@
 //! Notification templates (contract §7): one MiniJinja part per channel, validated when
-//! written and rendered by the worker with strict undefined variables and HTML escaping.
+//! written (by the gateway, on `PUT`). The worker renders them (`worker/src/render.rs`) in the
+//! same [`environment`]: strict undefined variables, HTML escaping in HTML parts.
 
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::notify::{DeliveryChannel, Rendered};
 
 /// A template: the parts for each channel it supports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,7 +74,9 @@ pub fn is_valid_name(name: &str) -> bool {
     crate::channel::is_valid_id(name)
 }
 
-fn env() -> Environment<'static> {
+/// The MiniJinja environment every part is parsed and rendered in: undefined variables are
+/// errors, and only the HTML parts (names ending in `.html`) are escaped.
+pub fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     // Names ending in .html are the HTML parts: escaped; everything else verbatim.
@@ -86,15 +88,6 @@ fn env() -> Environment<'static> {
         }
     });
     env
-}
-
-fn render_one(name: &str, source: &str, data: &serde_json::Value) -> Result<String> {
-    let env = env();
-    let tmpl = env
-        .template_from_named_str(name, source)
-        .map_err(|e| Error::Template(format!("{name}: {e}")))?;
-    tmpl.render(minijinja::Value::from_serialize(data))
-        .map_err(|e| Error::Template(format!("rendering {name}: {e}")))
 }
 
 impl Template {
@@ -138,7 +131,7 @@ impl Template {
         if parts.is_empty() {
             return Err(Error::Template("no part for any channel".into()));
         }
-        let env = env();
+        let env = environment();
         for (name, source) in parts {
             env.template_from_named_str(&name, source).map_err(|e| {
                 let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
@@ -146,82 +139,6 @@ impl Template {
             })?;
         }
         Ok(())
-    }
-
-    /// Renders the part for `channel` over `data` (the request's `data`, plus `items` and
-    /// `count` for digests). A channel without a part is an error naming it.
-    pub fn render(&self, channel: DeliveryChannel, data: &serde_json::Value) -> Result<Rendered> {
-        let missing = || Error::Template(format!("no {} part", channel.as_str()));
-        Ok(match channel {
-            DeliveryChannel::InApp => {
-                let p = self.in_app.as_ref().ok_or_else(missing)?;
-                Rendered {
-                    title: Some(render_one("in_app.title", &p.title, data)?),
-                    body: render_one("in_app.body", &p.body, data)?,
-                    html: None,
-                    url: None,
-                    fields: None,
-                }
-            }
-            DeliveryChannel::Email => {
-                let p = self.email.as_ref().ok_or_else(missing)?;
-                Rendered {
-                    title: Some(render_one("email.subject", &p.subject, data)?),
-                    body: render_one("email.text", &p.text, data)?,
-                    html: p
-                        .html
-                        .as_deref()
-                        .map(|h| render_one("email.html", h, data))
-                        .transpose()?,
-                    url: None,
-                    fields: None,
-                }
-            }
-            DeliveryChannel::Sms => {
-                let p = self.sms.as_ref().ok_or_else(missing)?;
-                Rendered {
-                    title: None,
-                    body: render_one("sms.text", &p.text, data)?,
-                    html: None,
-                    url: None,
-                    fields: None,
-                }
-            }
-            DeliveryChannel::Push => {
-                let p = self.push.as_ref().ok_or_else(missing)?;
-                Rendered {
-                    title: Some(render_one("push.title", &p.title, data)?),
-                    body: render_one("push.body", &p.body, data)?,
-                    html: None,
-                    url: p.url.as_deref().map(|u| render_one("push.url", u, data)).transpose()?,
-                    fields: None,
-                }
-            }
-            DeliveryChannel::Webhook => match &self.webhook {
-                Some(w) => {
-                    let mut fields = serde_json::Map::new();
-                    for (k, v) in w {
-                        let value = match v.as_str() {
-                            Some(s) => serde_json::Value::String(render_one(&format!("webhook.{k}"), s, data)?),
-                            None => v.clone(),
-                        };
-                        fields.insert(k.clone(), value);
-                    }
-                    Rendered {
-                        title: None,
-                        body: String::new(),
-                        html: None,
-                        url: None,
-                        fields: Some(fields),
-                    }
-                }
-                None => {
-                    let mut r = self.render(DeliveryChannel::InApp, data).map_err(|_| missing())?;
-                    r.fields = None;
-                    r
-                }
-            },
-        })
     }
 }
 
@@ -235,42 +152,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn pr_template() -> Template {
-        serde_json::from_value(json!({
-            "in_app": {"title": "PR #{{ pr }} merged", "body": "{{ title }} by {{ author }}"},
-            "email": {"subject": "PR #{{ pr }}", "text": "{{ title }}", "html": "<p>{{ title }}</p>"}
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn renders_with_html_escaping_only_in_html() {
-        let t = pr_template();
-        t.validate().unwrap();
-        let data = json!({"pr": 42, "title": "<script>x</script> & co", "author": "ana"});
-        let in_app = t.render(DeliveryChannel::InApp, &data).unwrap();
-        assert_eq!(in_app.title.as_deref(), Some("PR #42 merged"));
-        assert_eq!(in_app.body, "<script>x</script> & co by ana");
-        let email = t.render(DeliveryChannel::Email, &data).unwrap();
-        assert_eq!(email.body, "<script>x</script> & co");
-        assert_eq!(
-            email.html.as_deref(),
-            Some("<p>&lt;script&gt;x&lt;&#x2f;script&gt; &amp; co</p>")
-        );
-    }
-
-    #[test]
-    fn a_missing_variable_or_part_is_a_clear_error() {
-        let t = pr_template();
-        let err = t
-            .render(DeliveryChannel::InApp, &json!({"pr": 1}))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("in_app.body") && err.contains("undefined"), "{err}");
-        let err = t.render(DeliveryChannel::Sms, &json!({})).unwrap_err().to_string();
-        assert!(err.contains("no sms part"), "{err}");
-    }
-
     #[test]
     fn broken_templates_are_refused_with_the_line() {
         let t: Template = serde_json::from_value(json!({
@@ -281,19 +162,5 @@ mod tests {
         assert!(err.contains("in_app.body") && err.contains("line 2"), "{err}");
         assert!(Template::default().validate().is_err());
         assert!(serde_json::from_value::<Template>(json!({"fax": {"text": "x"}})).is_err());
-    }
-
-    #[test]
-    fn webhook_part_renders_string_values() {
-        let t: Template = serde_json::from_value(json!({
-            "in_app": {"title": "t", "body": "b"},
-            "webhook": {"text": "PR {{ pr }}", "fixed": 3}
-        }))
-        .unwrap();
-        let r = t.render(DeliveryChannel::Webhook, &json!({"pr": 7})).unwrap();
-        assert_eq!(
-            r.fields,
-            Some(json!({"text": "PR 7", "fixed": 3}).as_object().unwrap().clone())
-        );
     }
 }

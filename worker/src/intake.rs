@@ -132,7 +132,7 @@ fn decide(
             // Rendered later, once, over the whole batch.
             channel_state(DeliveryStatus::Batched, None, None)
         } else {
-            match template.render(channel, &req.data) {
+            match crate::render::render(template, channel, &req.data) {
                 Err(e) => channel_state(DeliveryStatus::Failed, Some(e.to_string()), None),
                 Ok(content) => {
                     rendered.insert(channel, content);
@@ -211,7 +211,7 @@ fn actions(
         let content = match rendered.remove(&channel) {
             Some(c) => Ok(c),
             None => match template {
-                Some(t) => t.render(channel, &req.data).map_err(|e| e.to_string()),
+                Some(t) => crate::render::render(t, channel, &req.data).map_err(|e| e.to_string()),
                 None => Err(format!("unknown template {:?}", req.template)),
             },
         };

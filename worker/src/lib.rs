@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod provider;
 pub mod push;
 pub mod quiet;
+pub mod render;
 pub mod retry;
 pub mod sms;
 pub mod streams;
