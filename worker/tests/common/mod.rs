@@ -150,19 +150,20 @@ impl Env {
             .await
     }
 
-    /// Waits until channel `channel` of `id` has status `want`.
+    /// Waits until channel `channel` of `id` has status `want` (the status has no event to
+    /// wait on: it is polled through the shared [`tidings_tests::wait_for`]).
     pub async fn wait_channel(&self, id: &str, channel: &str, want: &str, timeout: Duration) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
+        let reached = tidings_tests::wait_for(timeout, || async {
             let s = self.status(id).await;
-            if s["channels"][channel]["status"] == want {
-                return s;
+            (s["channels"][channel]["status"] == want).then_some(s)
+        })
+        .await;
+        match reached {
+            Some(s) => s,
+            None => {
+                let s = self.status(id).await;
+                panic!("timed out after {timeout:?} waiting for {id}.{channel} == {want}; status: {s}")
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {timeout:?} waiting for {id}.{channel} == {want}; status: {s}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
