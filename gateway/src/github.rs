@@ -102,6 +102,14 @@ impl GitHub {
     }
 }
 
+/// The `X-Hub-Signature-256` GitHub sends for `body` signed with `secret` (`sha256=<hex>`):
+/// for senders and tests; receiving goes through [`GitHub::verify`].
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body);
+    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
 fn decode_hex(s: &str) -> Option<Vec<u8>> {
     if s.len() % 2 != 0 {
         return None;
@@ -340,13 +348,6 @@ impl Kind {
 mod tests {
     use super::*;
 
-    fn sign(secret: &str, body: &[u8]) -> String {
-        let key = hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes());
-        let tag = hmac::sign(&key, body);
-        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256={hex}")
-    }
-
     #[test]
     fn a_signature_is_checked_against_the_raw_body() {
         let gh = GitHub::new("It's a Secret to Everybody");
@@ -354,9 +355,9 @@ mod tests {
         let body = b"Hello, World!";
         let documented = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
         assert!(gh.verify(documented, body));
-        assert_eq!(sign("It's a Secret to Everybody", body), documented);
+        assert_eq!(signature("It's a Secret to Everybody", body), documented);
         assert!(!gh.verify(documented, b"Hello, World?"));
-        assert!(!gh.verify(&sign("another secret", body), body));
+        assert!(!gh.verify(&signature("another secret", body), body));
         assert!(!gh.verify("sha1=757107ea0eb2509fc211221cce984b8a37570b6d", body));
         assert!(!gh.verify("sha256=zz", body));
         assert!(!gh.verify("sha256=757", body));

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use aws_lc_rs::hmac;
 use futures::StreamExt as _;
 use serde_json::{Value, json};
 use tidings_tests::NatsServer;
@@ -14,11 +13,7 @@ use common::{Gateway, gateways, service_token};
 
 const GH_SECRET: &str = "github-test-secret";
 
-fn signature(secret: &str, body: &[u8]) -> String {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, secret.as_bytes()), body);
-    let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
-}
+use tidings_gateway::github::signature;
 
 fn pull_request(repo_id: u64, action: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
