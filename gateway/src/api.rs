@@ -90,7 +90,15 @@ async fn publish(
             format!("this token may not publish to {channel}"),
         ));
     }
-    let prepared = publish::prepare(&state, &channel, req.event, req.data, req.id, true)?;
+    let prepared = publish::prepare(
+        &state,
+        publish::Origin::Caller(&claims.sub),
+        &channel,
+        req.event,
+        req.data,
+        req.id,
+        true,
+    )?;
     let seq = prepared.send_durable(&state).await?;
     Ok((StatusCode::ACCEPTED, Json(Published { seq })))
 }
@@ -107,7 +115,7 @@ async fn presence(
             format!("this token may not read {channel}"),
         ));
     }
-    Ok(Json(state.presence.get(&channel).await?))
+    Ok(Json(state.presence.get(&channel, claims.is_service()).await?))
 }
 
 /// Query of the history route.
@@ -164,8 +172,12 @@ async fn history(
         None,
     )
     .await?;
-    let messages = replay
-        .messages
+    // A page holds at most one replay budget of messages; `more` says there is a next one.
+    let (page, cut) = match replay.reader {
+        Some(reader) => reader.collect(&state.metrics, state.config.replay_budget_bytes).await?,
+        None => (Vec::new(), false),
+    };
+    let messages = page
         .iter()
         .map(|m| serde_json::from_str(m.json()).unwrap_or(serde_json::Value::Null))
         .collect();
@@ -173,7 +185,7 @@ async fn history(
         messages,
         // A page cut by `limit` is not a hole in the history.
         recovered: replay.complete,
-        more: replay.truncated,
+        more: replay.truncated || cut,
         epoch: replay.epoch,
     }))
 }

@@ -17,6 +17,8 @@ pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 pub const CLOSE_RATE_LIMITED: u16 = 4008;
 /// Close code of a draining node.
 pub const CLOSE_DRAINING: u16 = 1012;
+/// Close code when the node failed half-way through something (a replay): resume.
+pub const CLOSE_INTERNAL: u16 = 1011;
 /// Close code for a frame over the size limit.
 pub const CLOSE_TOO_LARGE: u16 = 1009;
 

@@ -52,11 +52,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if let Some(claims) = parts.extensions.get::<Claims>() {
+            // Verified already, by the HTTP rate limit.
+            return Ok(Caller(claims.clone()));
+        }
         let token = bearer_token(parts);
-        state
+        let claims = state
             .verify(token.as_deref())
-            .map(Caller)
-            .map_err(|reason| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {reason}")))
+            .map_err(|reason| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {reason}")))?;
+        if let Some(slot) = parts.extensions.get::<std::sync::Arc<crate::server::PendingSlot>>() {
+            slot.authenticated();
+        }
+        Ok(Caller(claims))
     }
 }
 

@@ -16,6 +16,9 @@ use crate::position::{Link, Opening};
 
 /// Most messages one gap repair reads back (a larger gap is left to the clients).
 pub const REPAIR_MAX: usize = 10_000;
+/// Most bytes of messages one gap repair holds (a larger gap is left to the clients, who
+/// recover it with `since`, through the per-connection replay budget).
+pub const REPAIR_BYTES: usize = 8 << 20;
 
 /// What a feed needs from the node: NATS, metrics, the payload limit, and the stream's
 /// generation (bumped when `TIDINGS_EVENTS` is recreated, so feeds restart their sequences).
@@ -25,10 +28,14 @@ pub struct FeedCtx {
     pub nats: async_nats::Client,
     /// Rejected and recovered message counters.
     pub metrics: Metrics,
-    /// Largest publisher body delivered.
-    pub max_payload: usize,
+    /// Largest publisher body and frame delivered.
+    pub limits: crate::message::Limits,
     /// The stream's generation.
     pub generation: Arc<AtomicU64>,
+    /// Moves after every NATS reconnect (see [`tidings_shared::nats::Provisioner::rounds`]).
+    pub reconnects: watch::Receiver<u64>,
+    /// Bounds how many channels check their position at once after a reconnect.
+    pub checks: Arc<tokio::sync::Semaphore>,
 }
 
 /// Where a feed delivers: a channel's local subscribers.
@@ -74,6 +81,11 @@ impl Chain {
             seen: opening.stream,
             delivered: opening.channel_last,
         }
+    }
+
+    /// The last sequence seen (`None`: not known yet).
+    pub fn seen(&self) -> Option<u64> {
+        self.seen
     }
 
     /// The last sequence delivered (0 if none).
@@ -165,7 +177,21 @@ pub async fn channel_task(
     // Log a bad publisher once per subject (durable, live), not once per message.
     let mut logged = [false; 2];
     let mut generation = ctx.generation.load(Ordering::Acquire);
-    while let Some((durable, msg)) = merged.next().await {
+    let mut reconnects = ctx.reconnects.clone();
+    reconnects.borrow_and_update();
+    loop {
+        let (durable, msg) = tokio::select! {
+            next = merged.next() => match next {
+                Some(m) => m,
+                None => break,
+            },
+            Ok(()) = reconnects.changed() => {
+                // Messages stored while NATS was away never reached the subscription: a
+                // quiet channel would show them only with its next message. Look now.
+                catch_up_after_reconnect(&ctx, &js, &channel, &outlet, &mut chain).await;
+                continue;
+            }
+        };
         let current = ctx.generation.load(Ordering::Acquire);
         if current != generation {
             // TIDINGS_EVENTS was recreated: sequences start again from 1.
@@ -190,7 +216,7 @@ pub async fn channel_task(
         } else {
             None
         };
-        match message::from_nats(&msg, &channel, link, ctx.max_payload) {
+        match message::from_nats(&msg, &channel, link, ctx.limits) {
             Ok(encoded) => {
                 if let Some(link) = link {
                     chain.delivered(link.seq);
@@ -207,6 +233,28 @@ pub async fn channel_task(
                         "dropping publisher message (logged once per subject)");
                 }
             }
+        }
+    }
+}
+
+/// After a reconnect: reads back what was stored on the channel beyond what this node saw.
+async fn catch_up_after_reconnect(
+    ctx: &FeedCtx,
+    js: &async_nats::jetstream::Context,
+    channel: &Channel,
+    outlet: &impl Outlet,
+    chain: &mut Chain,
+) {
+    let Ok(_permit) = ctx.checks.acquire().await else {
+        return;
+    };
+    let Some(seen) = chain.seen() else {
+        return;
+    };
+    if let Some(now) = last_stored(js, channel).await.filter(|l| *l > seen) {
+        tracing::info!(%channel, seen, now, "messages stored while NATS was away: reading them back");
+        if let Some(last) = repair_gap(ctx, js, channel, outlet, seen, now + 1, chain.last_delivered()).await {
+            chain.caught_up(now, last);
         }
     }
 }
@@ -288,24 +336,20 @@ async fn repair_gap(
             seq: after + 1,
             prev: last_delivered,
         };
-        crate::history::read(
-            &stream,
-            channel,
-            from,
-            Some(before),
-            REPAIR_MAX,
-            &ctx.metrics,
-            ctx.max_payload,
-        )
-        .await
+        let budget = crate::history::ReadBudget {
+            bytes: REPAIR_BYTES,
+            limits: ctx.limits,
+        };
+        let reader = crate::history::Reader::open(&stream, channel, from, Some(before), REPAIR_MAX, budget).await?;
+        reader.collect(&ctx.metrics, REPAIR_BYTES).await
     };
     match read.await {
-        Ok(crate::history::Read { truncated: true, .. }) => {
+        Ok((_, true)) => {
             // Too much to hold in memory: clients see the gap and recover with `since`.
             tracing::warn!(%channel, after, before, "gap too large to repair here");
             None
         }
-        Ok(crate::history::Read { messages: missed, .. }) => {
+        Ok((missed, false)) => {
             tracing::info!(%channel, after, before, repaired = missed.len(), "gap in the stored sequence repaired from the stream");
             let mut last = last_delivered;
             for m in &missed {

@@ -225,6 +225,7 @@ async fn handle(
     let msg_id = format!("github-{delivery}");
     let prepared = publish::prepare(
         state,
+        publish::Origin::GitHub,
         &channel,
         kind.tidings_event().to_owned(),
         data,

@@ -23,6 +23,9 @@ use crate::message::Encoded;
 use crate::metrics::Metrics;
 use crate::position::Opening;
 
+/// Channels checking their position at once after a NATS reconnect.
+const POSITION_CHECKS: usize = 32;
+
 /// One connection's subscription to one channel.
 struct Sub {
     handle: ConnHandle,
@@ -74,16 +77,29 @@ pub enum SubscribeError {
 /// A channel's local users, for presence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LocalPresence {
-    /// Distinct users subscribed on this node.
+    /// Distinct users subscribed on this node, at most [`crate::presence::MAX_LISTED`].
     pub users: Vec<String>,
+    /// How many distinct users are subscribed on this node.
+    pub user_count: u64,
     /// Connections subscribed on this node.
     pub connections: u64,
 }
 
+/// The local connections, and how many each user has.
+#[derive(Default)]
+struct Connections {
+    by_id: HashMap<ConnId, ConnHandle>,
+    per_user: HashMap<Arc<str>, usize>,
+}
+
+/// A user already holds as many connections on this node as one may.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UserLimit(pub usize);
+
 /// The registry of local connections and channel subscriptions.
 pub struct Hub {
     channels: Mutex<HashMap<Channel, ChannelEntry>>,
-    connections: Mutex<HashMap<ConnId, ConnHandle>>,
+    connections: Mutex<Connections>,
     next_id: AtomicU64,
     /// What each channel's feed is given.
     feed: FeedCtx,
@@ -98,7 +114,14 @@ pub struct Hub {
 
 impl Hub {
     /// An empty hub fanning out from `nats`.
-    pub fn new(nats: async_nats::Client, metrics: Metrics, max_payload: usize, hold_limit: usize) -> Arc<Self> {
+    /// `reconnects` moves after every NATS reconnect: each channel then checks its position.
+    pub fn new(
+        nats: async_nats::Client,
+        metrics: Metrics,
+        limits: crate::message::Limits,
+        hold_limit: usize,
+        reconnects: watch::Receiver<u64>,
+    ) -> Arc<Self> {
         Arc::new(Hub {
             hold_limit,
             channels: Mutex::default(),
@@ -107,8 +130,10 @@ impl Hub {
             feed: FeedCtx {
                 nats,
                 metrics: metrics.clone(),
-                max_payload,
+                limits,
                 generation: Arc::default(),
+                reconnects,
+                checks: Arc::new(tokio::sync::Semaphore::new(POSITION_CHECKS)),
             },
             metrics,
             presence_dirty: Mutex::default(),
@@ -117,16 +142,23 @@ impl Hub {
         })
     }
 
-    /// Registers a connection; it then counts in the gauge and is reached by [`Hub::drain`].
-    pub fn register(&self, handle: ConnHandle) -> ConnId {
+    /// Registers a connection, unless its user already has `max_per_user` on this node; it
+    /// then counts in the gauge and is reached by [`Hub::drain`].
+    pub fn register(&self, handle: ConnHandle, max_per_user: usize) -> Result<ConnId, UserLimit> {
+        let mut conns = lock(&self.connections);
+        let held = conns.per_user.entry(handle.user.clone()).or_insert(0);
+        if *held >= max_per_user {
+            return Err(UserLimit(max_per_user));
+        }
+        *held += 1;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if self.draining.load(Ordering::Acquire) {
             // Authenticated after the drain started: reconnect elsewhere right away.
             handle.signal.close(CLOSE_DRAINING);
         }
-        lock(&self.connections).insert(id, handle);
+        conns.by_id.insert(id, handle);
         self.metrics.connections.inc();
-        id
+        Ok(id)
     }
 
     /// Called when `TIDINGS_EVENTS` was (re)created under the running node.
@@ -147,14 +179,21 @@ impl Hub {
         for c in channels {
             self.unsubscribe(id, &c);
         }
-        if lock(&self.connections).remove(&id).is_some() {
+        let mut conns = lock(&self.connections);
+        if let Some(handle) = conns.by_id.remove(&id) {
             self.metrics.connections.dec();
+            if let Some(held) = conns.per_user.get_mut(&handle.user) {
+                *held -= 1;
+                if *held == 0 {
+                    conns.per_user.remove(&handle.user);
+                }
+            }
         }
     }
 
     /// Number of registered connections.
     pub fn connection_count(&self) -> usize {
-        lock(&self.connections).len()
+        lock(&self.connections).by_id.len()
     }
 
     /// Whether this node holds a NATS subscription for `channel` (tests and stats).
@@ -287,10 +326,17 @@ impl Hub {
         let Some(entry) = channels.get(channel) else {
             return LocalPresence::default();
         };
-        let mut users: Vec<String> = entry.users.keys().map(|u| u.to_string()).collect();
+        // A bounded list: `broadcast` has every user of the node.
+        let mut users: Vec<String> = entry
+            .users
+            .keys()
+            .take(crate::presence::MAX_LISTED)
+            .map(|u| u.to_string())
+            .collect();
         users.sort();
         LocalPresence {
             users,
+            user_count: entry.users.len() as u64,
             connections: entry.users.values().map(|n| u64::from(*n)).sum(),
         }
     }
@@ -319,7 +365,7 @@ impl Hub {
     /// all reconnect to the other nodes at the same instant.
     pub async fn drain(&self, code: u16, over: Duration) {
         self.draining.store(true, Ordering::Release);
-        let conns: Vec<ConnHandle> = lock(&self.connections).values().cloned().collect();
+        let conns: Vec<ConnHandle> = lock(&self.connections).by_id.values().cloned().collect();
         let n = conns.len().max(1) as u32;
         let step = over / n;
         tracing::info!(

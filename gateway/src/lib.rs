@@ -22,8 +22,10 @@ pub mod notifications;
 pub mod position;
 pub mod presence;
 pub mod publish;
+pub mod server;
 pub mod session;
 pub mod sse;
+pub mod throttle;
 pub mod ws;
 
 use std::future::Future;
@@ -82,6 +84,8 @@ pub struct App {
     pub vapid_public_key: Option<String>,
     /// The GitHub webhook receiver, when `TIDINGS_GITHUB_WEBHOOK_SECRET` is set.
     pub github: Option<github::GitHub>,
+    /// Rate limits of the HTTP API.
+    pub http_limits: throttle::HttpLimits,
 }
 
 impl App {
@@ -167,8 +171,11 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws::handler))
         .route("/sse", get(sse::handler))
-        .merge(api::router())
-        .merge(notifications::router())
+        .merge(
+            api::router()
+                .merge(notifications::router())
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), throttle::limit)),
+        )
         .layer(DefaultBodyLimit::max(body_limit))
         // After the default limit, so that its own (larger) limit wins on its route.
         .merge(github::router(state.github.is_some()))
@@ -196,11 +203,18 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     )
     .await?;
     let provisioner = Provisioner::spawn(client.clone(), on_connect, streams(&config));
+    let reconnects = provisioner.rounds();
     let health = Health::new(client.clone(), provisioner, metrics.registry.clone());
     let js = async_nats::jetstream::new(client.clone());
     // A recovering subscription may hold up to 4 queues' worth of live messages.
     let hold_limit = config.outbound_queue as usize * 4;
-    let hub = hub::Hub::new(client.clone(), metrics.clone(), config.max_payload_bytes, hold_limit);
+    let hub = hub::Hub::new(
+        client.clone(),
+        metrics.clone(),
+        message::Limits::of(&config),
+        hold_limit,
+        reconnects,
+    );
     let presence = presence::PresenceBoard::new(
         js.clone(),
         node_id.clone(),
@@ -209,6 +223,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     );
     tokio::spawn(presence.clone().publish_loop());
     tokio::spawn(watch_stream_recreation(client.clone(), hub.clone()));
+    let http_limits = throttle::HttpLimits::new(&config);
     let state = AppState(Arc::new(App {
         config: Arc::new(config),
         node_id: node_id.clone(),
@@ -223,27 +238,37 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         store: tokio::sync::OnceCell::new(),
         vapid_public_key,
         github: state_github,
+        http_limits,
     }));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
     let drain = Duration::from_millis(state.config.drain_ms);
+    let limits = server::Limits {
+        header_read_timeout: Duration::from_millis(state.config.header_read_timeout_ms),
+        write_deadline: Duration::from_millis(state.config.write_deadline_ms),
+        max_pending: state.config.max_pending_connections,
+        grace: Duration::from_millis(state.config.shutdown_grace_ms),
+    };
+    let metrics = state.metrics.clone();
     let app = match cors {
         Some(cors) => router(state).layer(cors),
         None => router(state),
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            health.start_draining();
-            tracing::info!("draining: /readyz now answers 503");
-            hub.drain(conn::CLOSE_DRAINING, drain).await;
-            // Give the last connections time to send their close frames.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await?;
+    let draining = hub.clone();
+    let drained = async move {
+        shutdown.await;
+        health.start_draining();
+        tracing::info!("draining: /readyz now answers 503");
+        draining.drain(conn::CLOSE_DRAINING, drain).await;
+    };
+    let sessions = hub.clone();
+    let settled = async move {
+        // The sessions told to go send their close frames.
+        while sessions.connection_count() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    server::serve(listener, app, limits, metrics, drained, settled).await;
     if let Err(e) = client.flush().await {
         tracing::debug!(error = %e, "final NATS flush failed");
     }

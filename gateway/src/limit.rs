@@ -1,5 +1,7 @@
-//! Per-connection command rate limit: a token bucket, plus a strike count that tells a
-//! client that keeps hammering (close 4008) from one that bursts now and then (`rate_limited`).
+//! Per-connection command rate limit: a token bucket in which each command costs what it
+//! makes the node do (a `ping` 1, a `subscribe` that reads history back more, a WebSocket
+//! control frame 1), plus a strike count that tells a client that keeps hammering (close
+//! 4008) from one that bursts now and then (`rate_limited`).
 
 use std::time::Instant;
 
@@ -36,13 +38,15 @@ impl RateLimiter {
         }
     }
 
-    /// Takes a token for one command at `now`.
-    pub fn check(&mut self, now: Instant) -> Verdict {
+    /// Takes `cost` tokens for one command at `now` (a command costing more than the whole
+    /// burst is allowed from a full bucket, which it empties).
+    pub fn check(&mut self, now: Instant, cost: u32) -> Verdict {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        let cost = (cost as f32).min(self.burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
             self.strikes = 0;
             Verdict::Allow
         } else {
@@ -56,6 +60,15 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Charges work found out after a command was allowed (e.g. the messages a replay read
+    /// back): the bucket may go into debt down to minus one burst, paid back before the next
+    /// command is allowed.
+    pub fn charge(&mut self, cost: u32) {
+        self.tokens = (self.tokens - cost as f32).max(-self.burst);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,18 +79,31 @@ mod tests {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(10, 5);
         for _ in 0..5 {
-            assert_eq!(l.check(t0), Verdict::Allow);
+            assert_eq!(l.check(t0, 1), Verdict::Allow);
         }
-        assert_eq!(l.check(t0), Verdict::Limit);
+        assert_eq!(l.check(t0, 1), Verdict::Limit);
         // 100 ms later one token is back.
-        assert_eq!(l.check(t0 + Duration::from_millis(100)), Verdict::Allow);
+        assert_eq!(l.check(t0 + Duration::from_millis(100), 1), Verdict::Allow);
+    }
+
+    #[test]
+    fn costly_commands_and_charged_work_take_more_tokens() {
+        let t0 = Instant::now();
+        let mut l = RateLimiter::new(10, 10);
+        assert_eq!(l.check(t0, 8), Verdict::Allow);
+        assert_eq!(l.check(t0, 4), Verdict::Limit);
+        assert_eq!(l.check(t0, 2), Verdict::Allow);
+        // Debt from a replay: a second later (10 tokens back) still nothing is allowed.
+        l.charge(100);
+        assert_eq!(l.check(t0 + Duration::from_secs(1), 1), Verdict::Limit);
+        assert_eq!(l.check(t0 + Duration::from_secs(3), 1), Verdict::Allow);
     }
 
     #[test]
     fn sustained_abuse_is_detected() {
         let t0 = Instant::now();
         let mut l = RateLimiter::new(1, 3);
-        let verdicts: Vec<_> = (0..7).map(|_| l.check(t0)).collect();
+        let verdicts: Vec<_> = (0..7).map(|_| l.check(t0, 1)).collect();
         assert_eq!(&verdicts[..3], &[Verdict::Allow, Verdict::Allow, Verdict::Allow]);
         assert_eq!(&verdicts[3..5], &[Verdict::Limit, Verdict::Limit]);
         assert_eq!(verdicts[5], Verdict::Abuse);

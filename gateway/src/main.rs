@@ -7,6 +7,11 @@ use tidings_shared::{ops, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = GatewayConfig::parse();
+    if let Err(e) = config.validate() {
+        // The same exit code as clap's own refusals of a setting.
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
     let _telemetry = telemetry::init(
         "tidings-gateway",
         config.common.log_format,

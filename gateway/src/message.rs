@@ -22,6 +22,25 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::position::Link;
 
+/// How large a message may be: its publisher body, and its frame in either wire format.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `TIDINGS_MAX_PAYLOAD_BYTES`.
+    pub payload: usize,
+    /// `TIDINGS_MAX_OUTBOUND_FRAME_BYTES`: what every connection's write buffer can take.
+    pub frame: usize,
+}
+
+impl Limits {
+    /// The limits a configuration sets.
+    pub fn of(config: &tidings_shared::config::GatewayConfig) -> Self {
+        Limits {
+            payload: config.max_payload_bytes,
+            frame: config.max_outbound_frame_bytes,
+        }
+    }
+}
+
 /// A channel message ready to be written to any number of clients.
 pub struct Encoded {
     /// The decoded message (kept for lazy MessagePack encoding and for SSE cursors).
@@ -33,14 +52,27 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes `frame` as JSON now; MessagePack is encoded on first use, once.
-    pub fn new(frame: MessageFrame, stored_at: SystemTime) -> Result<Arc<Self>, SharedError> {
-        let json = WireFormat::Json.encode(&ServerFrame::Message(frame.clone()))?;
-        let json = Utf8Bytes::try_from(json).map_err(|e| SharedError::Encode(e.to_string()))?;
+    /// Encodes `frame` as JSON now; MessagePack on first use, once, unless the frame could be
+    /// over `max_frame` in it. A frame larger than `max_frame` in either format is refused
+    /// here, once, instead of breaking every connection it would be written to (a small
+    /// MessagePack body can grow several times as JSON: `nil` is 1 byte, `null` 4 and a comma;
+    /// a float is 9 bytes in MessagePack, `0.5` is 3 in JSON).
+    pub fn new(frame: MessageFrame, stored_at: SystemTime, max_frame: usize) -> Result<Arc<Self>, Rejected> {
+        let message = ServerFrame::Message(frame.clone());
+        let json = WireFormat::Json.encode(&message).map_err(Rejected::invalid)?;
+        let json = Utf8Bytes::try_from(json).map_err(|e| Rejected::invalid(SharedError::Encode(e.to_string())))?;
+        check_frame(json.len(), max_frame, "JSON")?;
+        let msgpack = OnceLock::new();
+        // MessagePack is at most 3 times the JSON's size (the float case above).
+        if json.len().saturating_mul(MSGPACK_GROWTH) > max_frame {
+            let packed = WireFormat::Msgpack.encode(&message).map_err(Rejected::invalid)?;
+            check_frame(packed.len(), max_frame, "MessagePack")?;
+            let _ = msgpack.set(packed);
+        }
         Ok(Arc::new(Encoded {
             frame,
             json,
-            msgpack: OnceLock::new(),
+            msgpack,
             stored_at,
         }))
     }
@@ -67,6 +99,28 @@ impl Encoded {
     /// The JSON `message` frame, as SSE `data:` carries it.
     pub fn json(&self) -> &str {
         self.json.as_str()
+    }
+}
+
+/// How many times larger than its JSON a frame can be as MessagePack.
+const MSGPACK_GROWTH: usize = 3;
+
+fn check_frame(size: usize, max_frame: usize, format: &str) -> Result<(), Rejected> {
+    if size > max_frame {
+        return Err(Rejected {
+            reason: "frame_too_large",
+            detail: format!("the {format} frame is {size} bytes, over TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({max_frame})"),
+        });
+    }
+    Ok(())
+}
+
+impl Rejected {
+    fn invalid(e: SharedError) -> Self {
+        Rejected {
+            reason: "invalid",
+            detail: e.to_string(),
+        }
     }
 }
 
@@ -121,7 +175,7 @@ pub fn from_nats(
     msg: &async_nats::Message,
     channel: &Channel,
     durable: Option<Link>,
-    max_payload: usize,
+    limits: Limits,
 ) -> Result<Arc<Encoded>, Rejected> {
     let headers = msg.headers.as_ref();
     let stored_at = match durable {
@@ -131,7 +185,7 @@ pub fn from_nats(
             .unwrap_or_else(SystemTime::now),
         None => SystemTime::now(),
     };
-    encode_stored(&msg.payload, headers, channel, durable, stored_at, max_payload)
+    encode_stored(&msg.payload, headers, channel, durable, stored_at, limits)
 }
 
 /// The one way from a publisher's payload to a channel message, for the live feed and for
@@ -143,10 +197,10 @@ pub fn encode_stored(
     channel: &Channel,
     durable: Option<Link>,
     stored_at: SystemTime,
-    max_payload: usize,
+    limits: Limits,
 ) -> Result<Arc<Encoded>, Rejected> {
     let body =
-        PublishBody::decode(payload, header(headers, CONTENT_TYPE_HEADER), max_payload).map_err(|e| Rejected {
+        PublishBody::decode(payload, header(headers, CONTENT_TYPE_HEADER), limits.payload).map_err(|e| Rejected {
             reason: if matches!(e, SharedError::TooLarge { .. }) {
                 "too_large"
             } else {
@@ -168,8 +222,5 @@ pub fn encode_stored(
         seq: durable.map(|l| l.seq),
         prev: durable.map(|l| l.prev),
     };
-    Encoded::new(frame, stored_at).map_err(|e| Rejected {
-        reason: "invalid",
-        detail: e.to_string(),
-    })
+    Encoded::new(frame, stored_at, limits.frame)
 }

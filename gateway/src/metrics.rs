@@ -30,6 +30,12 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// GitHub webhook deliveries, by event and outcome (published, duplicate, ignored, …).
     pub github_webhooks: IntCounterVec,
+    /// Connections or sessions refused before they started, by reason.
+    pub refused_connections: IntCounterVec,
+    /// Commands and HTTP requests refused by a rate limit, by scope.
+    pub rate_limited: IntCounterVec,
+    /// Connections closed because a write made no progress within the write deadline.
+    pub write_timeouts: IntCounter,
 }
 
 const AUTH_REASONS: [AuthReason; 11] = [
@@ -47,7 +53,13 @@ const AUTH_REASONS: [AuthReason; 11] = [
 ];
 
 /// Labels of `tidings_gateway_rejected_messages_total{reason}`.
-pub const REJECT_REASONS: [&str; 3] = ["invalid", "too_large", "bad_subject"];
+pub const REJECT_REASONS: [&str; 4] = ["invalid", "too_large", "bad_subject", "frame_too_large"];
+
+/// Labels of `tidings_gateway_refused_connections_total{reason}`.
+pub const REFUSAL_REASONS: [&str; 4] = ["pending_limit", "connection_limit", "user_limit", "draining"];
+
+/// Labels of `tidings_gateway_rate_limited_total{scope}`.
+pub const RATE_LIMIT_SCOPES: [&str; 3] = ["command", "http_token", "http_address"];
 
 impl Metrics {
     /// Creates and registers every metric.
@@ -103,6 +115,23 @@ impl Metrics {
                 "GitHub webhook deliveries, by event and outcome",
                 &["event", "outcome"],
             )?,
+            refused_connections: counter_vec(
+                r,
+                "tidings_gateway_refused_connections_total",
+                "Connections or sessions refused before they started, by reason",
+                &["reason"],
+            )?,
+            rate_limited: counter_vec(
+                r,
+                "tidings_gateway_rate_limited_total",
+                "Commands and HTTP requests refused by a rate limit, by scope",
+                &["scope"],
+            )?,
+            write_timeouts: counter(
+                r,
+                "tidings_gateway_write_timeouts_total",
+                "Connections closed because the peer read nothing within the write deadline",
+            )?,
             registry,
         };
         m.create_labelled_series();
@@ -117,6 +146,12 @@ impl Metrics {
         }
         for r in REJECT_REASONS {
             self.rejected_messages.with_label_values(&[r]);
+        }
+        for r in REFUSAL_REASONS {
+            self.refused_connections.with_label_values(&[r]);
+        }
+        for s in RATE_LIMIT_SCOPES {
+            self.rate_limited.with_label_values(&[s]);
         }
         for event in crate::github::EVENTS.into_iter().chain(["other"]) {
             for outcome in crate::github::OUTCOMES {

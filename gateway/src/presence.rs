@@ -7,6 +7,11 @@
 //! that dies without cleaning up disappears from presence within that time. A query reads
 //! the last entry of every node for the channel in one ordered-consumer pass and merges them
 //! with this node's own (always fresh) view.
+//!
+//! Entries and answers are bounded: an entry lists at most [`MAX_LISTED`] users (with the
+//! node's count of them), so `broadcast`, which every user of a node is in, stays far below
+//! NATS's payload limit; and only service tokens are shown who is in `broadcast` (users get
+//! the counts), since that list is everyone online.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -30,21 +35,33 @@ pub const TTL: Duration = Duration::from_secs(30);
 pub const REFRESH: Duration = Duration::from_secs(10);
 /// How long changes are collected before being written.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+/// Most users one entry, and one answer, lists.
+pub const MAX_LISTED: usize = 1_000;
+/// Entries written at once by a refresh.
+const CONCURRENT_WRITES: usize = 64;
 
 /// One node's presence entry.
 #[derive(Debug, Serialize, Deserialize)]
 struct Entry {
     users: Vec<String>,
     connections: u64,
+    /// Distinct users on the node (more than `users` lists when it was cut).
+    #[serde(default)]
+    user_count: Option<u64>,
 }
 
 /// Presence in a channel across the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Presence {
-    /// Distinct users, sorted.
+    /// Distinct users, sorted; at most [`MAX_LISTED`], and none for a user asking about
+    /// `broadcast`.
     pub users: Vec<String>,
     /// Subscribed connections.
     pub connections: u64,
+    /// Distinct users (when a list was cut: the sum of the nodes' counts, an upper bound).
+    pub user_count: u64,
+    /// Whether `users` lists fewer than there are.
+    pub truncated: bool,
 }
 
 /// Reads and writes presence for one gateway.
@@ -106,6 +123,7 @@ impl PresenceBoard {
             let entry = Entry {
                 users: local.users.clone(),
                 connections: local.connections,
+                user_count: Some(local.user_count),
             };
             let bytes = serde_json::to_vec(&entry).map_err(|e| SharedError::Encode(e.to_string()))?;
             store
@@ -129,18 +147,26 @@ impl PresenceBoard {
                 _ = refresh.tick() => self.hub.channels(),
             };
             let unique: HashSet<Channel> = channels.into_iter().collect();
-            for channel in unique {
-                let local = self.hub.local_presence(&channel);
-                if let Err(e) = self.write(&channel, &local).await {
-                    tracing::debug!(%channel, error = %e, "presence write failed; retried at the next refresh");
-                }
-            }
+            // Pipelined: a node with many channels refreshes them in a few round trips.
+            let board = &self;
+            futures::stream::iter(unique)
+                .for_each_concurrent(CONCURRENT_WRITES, |channel| async move {
+                    let this = board;
+                    let local = this.hub.local_presence(&channel);
+                    if let Err(e) = this.write(&channel, &local).await {
+                        tracing::debug!(%channel, error = %e, "presence write failed; retried at the next refresh");
+                    }
+                })
+                .await;
         }
     }
 
-    /// Presence in `channel` across every gateway.
-    pub async fn get(&self, channel: &Channel) -> Result<Presence> {
+    /// Presence in `channel` across every gateway. `list_broadcast`: whether the caller may
+    /// see who is in `broadcast` (service tokens).
+    pub async fn get(&self, channel: &Channel, list_broadcast: bool) -> Result<Presence> {
         let local = self.hub.local_presence(channel);
+        let mut truncated = local.users.len() as u64 != local.user_count;
+        let mut counted = local.user_count;
         let mut users: BTreeSet<String> = local.users.into_iter().collect();
         let mut connections = local.connections;
         // Makes sure the bucket (and so its stream) exists.
@@ -173,7 +199,10 @@ impl PresenceBoard {
                     continue;
                 }
                 if let Ok(entry) = serde_json::from_slice::<Entry>(&msg.payload) {
-                    users.extend(entry.users);
+                    let count = entry.user_count.unwrap_or(entry.users.len() as u64);
+                    truncated |= entry.users.len() as u64 != count;
+                    counted += count;
+                    users.extend(entry.users.into_iter().take(MAX_LISTED));
                     connections += entry.connections;
                 }
             }
@@ -182,9 +211,18 @@ impl PresenceBoard {
         if let Err(e) = stream.delete_consumer(&name).await {
             tracing::debug!(error = %e, "deleting presence consumer failed (it expires by itself)");
         }
+        let user_count = if truncated { counted } else { users.len() as u64 };
+        truncated |= users.len() > MAX_LISTED;
+        let hidden = *channel == Channel::Broadcast && !list_broadcast;
         Ok(Presence {
-            users: users.into_iter().collect(),
+            users: if hidden {
+                Vec::new()
+            } else {
+                users.into_iter().take(MAX_LISTED).collect()
+            },
             connections,
+            user_count,
+            truncated: truncated || (hidden && user_count > 0),
         })
     }
 }

@@ -6,10 +6,30 @@ use bytes::Bytes;
 use tidings_shared::ack::{ACK_SUBJECT, ClientAck};
 use tidings_shared::body::{PublishBody, validate_event, validate_message_id};
 use tidings_shared::nats::publish_acked;
+use tidings_shared::subject::stored_msg_id;
 use tidings_shared::{Channel, Error as SharedError};
 
 use crate::AppState;
 use crate::error::{Error, Result};
+
+/// Who publishes a message from the edge: its `Nats-Msg-Id` is namespaced by it, so that no
+/// caller's id can suppress another's message (see [`stored_msg_id`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Origin<'a> {
+    /// A client or service, by its token's `sub`.
+    Caller(&'a str),
+    /// The GitHub webhook route.
+    GitHub,
+}
+
+impl Origin<'_> {
+    fn namespace(&self) -> String {
+        match self {
+            Origin::Caller(sub) => format!("client.{sub}"),
+            Origin::GitHub => "github".to_owned(),
+        }
+    }
+}
 
 /// A validated message, encoded once, ready to publish.
 pub struct Prepared {
@@ -21,6 +41,7 @@ pub struct Prepared {
 /// Validates the event name, the id and the size, and encodes the publisher body.
 pub fn prepare(
     state: &AppState,
+    origin: Origin<'_>,
     channel: &Channel,
     event: String,
     data: serde_json::Value,
@@ -28,6 +49,8 @@ pub fn prepare(
     durable: bool,
 ) -> Result<Prepared> {
     validate_event(&event)?;
+    // `data` is a field of the body: level 2.
+    tidings_shared::depth::check_value(&data, 2)?;
     if let Some(id) = &msg_id {
         validate_message_id(id)?;
     }
@@ -48,7 +71,9 @@ pub fn prepare(
     Ok(Prepared {
         channel: channel.clone(),
         payload: payload.into(),
-        msg_id: msg_id.filter(|_| durable),
+        msg_id: msg_id
+            .filter(|_| durable)
+            .map(|id| stored_msg_id(&origin.namespace(), channel, &id)),
     })
 }
 

@@ -14,6 +14,7 @@ use crate::AppState;
 use crate::conn::{ConnHandle, ConnId};
 use crate::error::{Error, Result};
 use crate::history::Replay;
+use crate::hub::UserLimit;
 use crate::message::Encoded;
 use crate::position::StreamPosition;
 
@@ -24,12 +25,18 @@ pub const MAX_SESSION_SECS: u64 = 365 * 86_400;
 /// (both answered 503, so the client tries another node).
 pub fn admit(state: &AppState) -> Result<()> {
     if state.health.is_draining() {
+        state.metrics.refused_connections.with_label_values(&["draining"]).inc();
         return Err(Error::api(
             ErrorCode::Unavailable,
             "node is draining; reconnect to another",
         ));
     }
     if state.hub.connection_count() >= state.config.max_connections {
+        state
+            .metrics
+            .refused_connections
+            .with_label_values(&["connection_limit"])
+            .inc();
         return Err(Error::api(ErrorCode::Unavailable, "node is at its connection limit"));
     }
     Ok(())
@@ -63,15 +70,32 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers the connection `handle` with the hub.
-    pub fn new(state: AppState, handle: ConnHandle) -> Self {
-        let id = state.hub.register(handle.clone());
-        Registration {
+    /// Registers the connection `handle` with the hub, unless its user is at the per-user
+    /// connection limit (`TIDINGS_MAX_CONNECTIONS_PER_USER`).
+    /// Service tokens (the operator's own backends) are not limited.
+    pub fn new(state: AppState, handle: ConnHandle, service: bool) -> Result<Self> {
+        let max = if service {
+            usize::MAX
+        } else {
+            state.config.max_connections_per_user
+        };
+        let id = state.hub.register(handle.clone(), max).map_err(|UserLimit(max)| {
+            state
+                .metrics
+                .refused_connections
+                .with_label_values(&["user_limit"])
+                .inc();
+            Error::api(
+                ErrorCode::RateLimited,
+                format!("at most {max} connections per user on one node"),
+            )
+        })?;
+        Ok(Registration {
             state,
             id,
             handle,
             channels: HashMap::new(),
-        }
+        })
     }
 
     /// Leaves `channel`, if subscribed.
@@ -92,8 +116,9 @@ impl Registration {
             .map_err(|_| Error::api(ErrorCode::Unavailable, "NATS did not confirm the subscription; retry"))
     }
 
-    /// The rest of a join from `since`: the missed messages read back from the stream, then
-    /// the live ones held meanwhile, released. `live_from`: where live delivery starts (a
+    /// The rest of a join from `since`: how far behind the client is, and a reader of the
+    /// missed messages, while the live ones stay held; write what the reader hands out, then
+    /// [`Registration::release`] the held ones. `live_from`: where live delivery starts (a
     /// client already past it is answered without reading anything back). On failure the
     /// channel is left, so nothing is half-done and the client can retry the whole join.
     pub async fn catch_up(
@@ -101,33 +126,21 @@ impl Registration {
         channel: &Channel,
         since: &StreamPosition,
         live_from: Option<u64>,
-    ) -> Result<CaughtUp> {
+    ) -> Result<Replay> {
         let cap = self.state.config.replay_max as usize;
         match crate::history::replay(&self.state, channel, since, cap, live_from).await {
-            Ok(replay) => {
-                let held = self.state.hub.release(self.id, channel);
-                Ok(CaughtUp { replay, held })
-            }
+            Ok(replay) => Ok(replay),
             Err(e) => {
                 self.unsubscribe(channel);
                 Err(e)
             }
         }
     }
-}
 
-/// A channel caught up from a position: how the read went, and what to send, in order.
-pub struct CaughtUp {
-    /// The read back: epoch, whether the history is complete, the missed messages.
-    pub replay: Replay,
-    /// Live messages held while the history was read.
-    pub held: Vec<Arc<Encoded>>,
-}
-
-impl CaughtUp {
-    /// The missed messages, then the held ones (a session still drops what it already wrote).
-    pub fn into_messages(self) -> impl Iterator<Item = Arc<Encoded>> {
-        self.replay.messages.into_iter().chain(self.held)
+    /// Ends the hold of a caught-up channel: the live messages held meanwhile, in order (a
+    /// session still drops what it already wrote).
+    pub fn release(&self, channel: &Channel) -> Vec<Arc<Encoded>> {
+        self.state.hub.release(self.id, channel)
     }
 }
 

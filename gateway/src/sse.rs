@@ -20,7 +20,9 @@ use crate::AppState;
 use crate::conn::{ConnHandle, ConnSignal, Outbound};
 use crate::error::{Error, Result};
 use crate::extract::bearer_token;
+use crate::history::Reader;
 use crate::position::StreamPosition;
+use crate::server::PendingSlot;
 use crate::session::{self, Registration};
 
 /// Query of `GET /sse`.
@@ -81,12 +83,19 @@ impl Cursor {
     }
 }
 
+/// Longest `Last-Event-ID` (header or query) read: a cursor names at most the channels of
+/// one connection.
+pub const MAX_CURSOR_BYTES: usize = 80 * 1024;
+
 /// The handler.
 pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Query<SseQuery>) -> Result<Response> {
     session::admit(&state)?;
     let claims = state
         .verify(bearer_token(&parts).as_deref())
         .map_err(|r| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {r}")))?;
+    if let Some(slot) = parts.extensions.get::<Arc<PendingSlot>>() {
+        slot.authenticated();
+    }
     let channels = requested_channels(&q.channels, &claims, state.config.max_subscriptions)?;
     let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
     let signal = Arc::new(ConnSignal::default());
@@ -95,50 +104,25 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         signal: signal.clone(),
         user: claims.sub.as_str().into(),
     };
-    let mut registration = Registration::new(state.clone(), handle);
+    let registration = Registration::new(state.clone(), handle, claims.is_service())?;
     // Resume from Last-Event-ID, or start at the stream's current position: either way each
     // channel is subscribed holding, read back from its position, then joined with what was
-    // held, so nothing stored around the connect is missed or repeated.
+    // held, so nothing stored around the connect is missed or repeated. That happens as the
+    // stream is read, one channel and one chunk at a time, so memory stays bounded.
     let mut cursor = starting_cursor(&state, &parts, q.last_event_id.as_deref()).await?;
     // A cursor names only what this stream carries: it is echoed in every event id.
     cursor.seqs.retain(|c, _| channels.contains(c));
-    let mut pending = VecDeque::new();
-    for c in &channels {
-        registration.join(c, true).await?;
-        // The cursor, not the registration, keeps what was sent on each channel.
-        registration.channels.insert(c.clone(), 0);
-        let since = StreamPosition {
-            seq: cursor.since(c),
-            epoch: Some(cursor.epoch.clone()),
-        };
-        let caught_up = registration.catch_up(c, &since, None).await?;
-        if caught_up.replay.epoch != cursor.epoch {
-            // Old epoch: sequences restart, so does the cursor.
-            cursor = Cursor {
-                epoch: caught_up.replay.epoch.clone(),
-                watermark: 0,
-                seqs: BTreeMap::new(),
-            };
-        }
-        state
-            .metrics
-            .recovered_messages
-            .inc_by(caught_up.replay.messages.len() as u64);
-        for m in caught_up.into_messages() {
-            if let Some(e) = event_for(&m, &mut cursor) {
-                pending.push_back(e);
-            }
-        }
-    }
     let expires = session::token_deadline(claims.exp, state.verifier.leeway());
     let sse = SseStream {
         rx,
         signal,
         expires,
         cursor,
-        pending,
+        pending: VecDeque::new(),
         batch: Vec::new(),
         registration,
+        joining: channels.into(),
+        catching_up: None,
     };
     let stream = futures::stream::unfold(sse, |mut sse| async move {
         let event = sse.next_event().await?;
@@ -174,12 +158,18 @@ fn requested_channels(list: &str, claims: &Claims, max: usize) -> Result<Vec<Cha
 /// Where the client resumes: its `Last-Event-ID` (header, else query), or the stream's
 /// current position.
 async fn starting_cursor(state: &AppState, parts: &Parts, last_event_id: Option<&str>) -> Result<Cursor> {
-    let resume = parts
+    let given = parts
         .headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
-        .or(last_event_id)
-        .and_then(Cursor::parse);
+        .or(last_event_id);
+    if given.is_some_and(|c| c.len() > MAX_CURSOR_BYTES) {
+        return Err(Error::api(
+            ErrorCode::BadRequest,
+            format!("Last-Event-ID is over {MAX_CURSOR_BYTES} bytes"),
+        ));
+    }
+    let resume = given.and_then(Cursor::parse);
     if let Some(c) = resume {
         return Ok(c);
     }
@@ -216,14 +206,30 @@ struct SseStream {
     pending: VecDeque<Event>,
     batch: Vec<Outbound>,
     registration: Registration,
+    /// Channels not joined yet, in the order asked.
+    joining: VecDeque<Channel>,
+    /// The channel being caught up, with what is left of its history read.
+    catching_up: Option<(Channel, Option<Reader>)>,
 }
 
 impl SseStream {
-    /// The next event, or `None` when the stream ends (closed by the server, token expired).
+    /// The next event, or `None` when the stream ends (closed by the server, token expired,
+    /// a history read failed: the client resumes from its last event id).
     async fn next_event(&mut self) -> Option<Event> {
         loop {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
+            }
+            if self.signal.code() != 0 || tokio::time::Instant::now() >= self.expires {
+                return None;
+            }
+            match self.catch_up_step().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, "SSE catch-up failed: ending the stream");
+                    return None;
+                }
             }
             tokio::select! {
                 biased;
@@ -243,6 +249,58 @@ impl SseStream {
                         self.pending.push_back(event);
                     }
                 }
+            }
+        }
+    }
+
+    /// One step of catching up: join the next channel (holding its live messages), or queue
+    /// the next chunk of its history, or release what was held. `false` once every channel
+    /// is caught up.
+    async fn catch_up_step(&mut self) -> Result<bool> {
+        if let Some((channel, reader)) = &mut self.catching_up {
+            if let Some(r) = reader {
+                let metrics = self.registration.state.metrics.clone();
+                if let Some(chunk) = r.next_chunk(&metrics).await? {
+                    metrics.recovered_messages.inc_by(chunk.len() as u64);
+                    self.queue(chunk);
+                    return Ok(true);
+                }
+            }
+            let held = self.registration.release(channel);
+            self.catching_up = None;
+            self.queue(held);
+            return Ok(true);
+        }
+        let Some(c) = self.joining.pop_front() else {
+            return Ok(false);
+        };
+        self.registration.join(&c, true).await?;
+        // The cursor, not the registration, keeps what was sent on each channel.
+        self.registration.channels.insert(c.clone(), 0);
+        let since = StreamPosition {
+            seq: self.cursor.since(&c),
+            epoch: Some(self.cursor.epoch.clone()),
+        };
+        let replay = self.registration.catch_up(&c, &since, None).await?;
+        if replay.epoch != self.cursor.epoch {
+            // Old epoch: sequences restart, so does the cursor.
+            self.cursor = Cursor {
+                epoch: replay.epoch.clone(),
+                watermark: 0,
+                seqs: BTreeMap::new(),
+            };
+        }
+        self.catching_up = Some((c, replay.reader));
+        Ok(true)
+    }
+
+    /// Queues the events of messages not sent yet.
+    fn queue(&mut self, messages: Vec<Arc<crate::message::Encoded>>) {
+        let metrics = &self.registration.state.metrics;
+        for m in messages {
+            if let Some(e) = event_for(&m, &mut self.cursor) {
+                metrics.messages_delivered.inc();
+                self.pending.push_back(e);
             }
         }
     }

@@ -87,7 +87,7 @@ async fn a_signed_pull_request_becomes_one_pr_notification_even_when_redelivered
             .as_ref()
             .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.as_str()),
-        Some("github-72d3162e-cc78-11e3-81ab-4c9367dc0958")
+        Some("github/project:4242/github-72d3162e-cc78-11e3-81ab-4c9367dc0958")
     );
     let published: Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(published["event"], "pr_notification");

@@ -160,7 +160,8 @@ async fn limits_rate_subscriptions_and_connections() {
             &nats.url(),
             &[
                 ("TIDINGS_COMMAND_RATE", "1".into()),
-                ("TIDINGS_COMMAND_BURST", "5".into()),
+                // Three subscribes cost 2 tokens each; pings 1.
+                ("TIDINGS_COMMAND_BURST", "6".into()),
                 ("TIDINGS_MAX_SUBSCRIPTIONS", "2".into()),
                 ("TIDINGS_MAX_CONNECTIONS", "3".into()),
             ],
@@ -176,7 +177,7 @@ async fn limits_rate_subscriptions_and_connections() {
 
     let mut spammer = connect(&gw, &token).await;
     let mut codes = Vec::new();
-    for i in 0..6 {
+    for i in 0..7 {
         let r = spammer.request(json!({"type":"ping"}), 100 + i).await;
         codes.push(
             r["error"]["code"]
@@ -185,8 +186,8 @@ async fn limits_rate_subscriptions_and_connections() {
                 .to_owned(),
         );
     }
-    assert_eq!(codes[..5], ["pong"; 5]);
-    assert_eq!(codes[5], "rate_limited");
+    assert_eq!(codes[..6], ["pong"; 6]);
+    assert_eq!(codes[6], "rate_limited");
     for i in 0..10 {
         if spammer.send(json!({"type":"ping","id":200 + i})).await.is_err() {
             break;

@@ -385,7 +385,6 @@ impl Fleet {
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
-        let token = crate::mint(&args.target.secret, "loadtest-fanout", &["*"], None)?;
         let mut clients = Vec::with_capacity(args.connections);
         let gate = Arc::new(tokio::sync::Semaphore::new(200));
         let mut setups = Vec::new();
@@ -396,6 +395,13 @@ impl Fleet {
             let permit = gate.clone().acquire_owned().await?;
             let channel = format!("project:{prefix}-{}", i % k);
             let source = crate::source_for(i + offset);
+            // One user per client, as users connect (a node caps connections per user).
+            let token = crate::mint(
+                &args.target.secret,
+                &format!("loadtest-fanout-{}", i + offset),
+                &["*"],
+                None,
+            )?;
             let url = format!("ws://{host}/ws?token={token}");
             setups.push(tokio::spawn(async move {
                 let r = match system {

@@ -177,7 +177,6 @@ async fn connect_clients(
     killed_at: &Arc<AtomicU64>,
     node_a: &str,
 ) -> anyhow::Result<(Vec<(usize, Arc<Tracker>)>, Vec<tokio::task::JoinHandle<()>>, usize)> {
-    let token = crate::mint(&args.target.secret, "loadtest-storm", &["*"], None)?;
     let gate = Arc::new(tokio::sync::Semaphore::new(200));
     let mut trackers = Vec::with_capacity(args.connections);
     let mut setups = Vec::with_capacity(args.connections);
@@ -185,6 +184,8 @@ async fn connect_clients(
         let tracker = Arc::new(Tracker::default());
         trackers.push((i % k, tracker.clone()));
         let channel = Channel::parse(&format!("project:{prefix}-{}", i % k))?;
+        // One user per client, as users connect (a node caps connections per user).
+        let token = crate::mint(&args.target.secret, &format!("loadtest-storm-{i}"), &["*"], None)?;
         let mut options = ClientOptions::new(vec![args.target.url.clone(), args.url_b.clone()], &token, vec![channel]);
         options.buffer = 64;
         let permit = gate.clone().acquire_owned().await?;

@@ -10,7 +10,7 @@ use tidings_tests::gateway::Launcher;
 use tidings_tests::{NatsServer, Process, eventually, free_port, http_get, tokens};
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_tidings-loadtest");
-const SECRET: &str = "demo-secret";
+const SECRET: &str = "demo-secret-of-at-least-thirty-two-bytes";
 const GITHUB_SECRET: &str = "demo-github-secret";
 
 fn service_token() -> String {

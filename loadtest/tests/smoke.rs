@@ -12,7 +12,7 @@ use tidings_tests::gateway::{Gateway, Launcher};
 use tidings_tests::{NatsServer, Process, eventually, free_port, http_get};
 
 const LOADTEST: &str = env!("CARGO_BIN_EXE_tidings-loadtest");
-const SECRET: &str = "smoke-secret";
+const SECRET: &str = "smoke-secret-of-at-least-thirty-two-bytes";
 
 /// A sibling binary of the workspace (built by `cargo test --workspace`, which builds every
 /// package's binaries for their own integration tests).

@@ -71,9 +71,15 @@ impl PublishBody {
             });
         }
         let body: PublishBody = if is_msgpack(content_type) {
-            rmp_serde::from_slice(bytes).map_err(|e| Error::BadBody(format!("invalid MessagePack body: {e}")))?
+            crate::depth::from_msgpack(bytes).map_err(|e| match e {
+                rmp_serde::decode::Error::DepthLimitExceeded => crate::depth::too_deep(),
+                e => Error::BadBody(format!("invalid MessagePack body: {e}")),
+            })?
         } else {
-            serde_json::from_slice(bytes).map_err(|e| Error::BadBody(format!("invalid JSON body: {e}")))?
+            crate::depth::from_json(bytes).map_err(|e| match e {
+                crate::depth::JsonError::TooDeep => crate::depth::too_deep(),
+                crate::depth::JsonError::Parse(e) => Error::BadBody(format!("invalid JSON body: {e}")),
+            })?
         };
         validate_event(&body.event)?;
         if let Some(id) = &body.id {

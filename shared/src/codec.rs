@@ -79,7 +79,23 @@ impl WireFormat {
                 limit: max_bytes,
             });
         }
-        self.decode(bytes)
+        // Nesting is checked before anything else is parsed (the id probe included).
+        let too_deep = || Error::BadFrame {
+            id: None,
+            reason: format!("nested deeper than {} levels", crate::depth::MAX_DEPTH),
+        };
+        match self {
+            WireFormat::Json => match crate::depth::from_json(bytes) {
+                Ok(frame) => Ok(frame),
+                Err(crate::depth::JsonError::TooDeep) => Err(too_deep()),
+                Err(crate::depth::JsonError::Parse(e)) => Err(json_error(bytes, &e)),
+            },
+            WireFormat::Msgpack => match crate::depth::from_msgpack(bytes) {
+                Ok(frame) => Ok(frame),
+                Err(rmp_serde::decode::Error::DepthLimitExceeded) => Err(too_deep()),
+                Err(e) => Err(msgpack_error(bytes, &e)),
+            },
+        }
     }
 }
 

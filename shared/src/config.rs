@@ -79,20 +79,73 @@ pub struct GatewayConfig {
     pub jwt_public_key_file: Option<PathBuf>,
 
     /// Interval of WebSocket pings; a peer silent for two intervals is closed.
-    #[arg(long, env = "TIDINGS_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(long, env = "TIDINGS_HEARTBEAT_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub heartbeat_ms: u64,
 
     /// Largest client frame accepted (larger: close 1009).
-    #[arg(long, env = "TIDINGS_MAX_FRAME_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "TIDINGS_MAX_FRAME_BYTES", default_value_t = 65_536, value_parser = bytes_in(1024, 16 << 20))]
     pub max_frame_bytes: usize,
 
     /// Largest publisher body delivered (larger: dropped and counted).
-    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65_536)]
+    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = bytes_in(256, 16 << 20))]
     pub max_payload_bytes: usize,
 
+    /// Largest message frame written to a client, in either wire format (a message whose
+    /// encoded frame is larger is rejected once, at the gateway, and counted); at least the
+    /// payload limit plus 1 KiB of envelope.
+    #[arg(long, env = "TIDINGS_MAX_OUTBOUND_FRAME_BYTES", default_value_t = 262_144, value_parser = bytes_in(2048, 64 << 20))]
+    pub max_outbound_frame_bytes: usize,
+
     /// How long a SIGTERM drain spreads the connection closes over, in milliseconds.
-    #[arg(long, env = "TIDINGS_DRAIN_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TIDINGS_DRAIN_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub drain_ms: u64,
+
+    /// After the drain, how long connections still open get to finish before the process
+    /// exits anyway, in milliseconds.
+    #[arg(long, env = "TIDINGS_SHUTDOWN_GRACE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub shutdown_grace_ms: u64,
+
+    /// How long a client has to send a complete request head (line and headers), in
+    /// milliseconds; also how long a keep-alive connection may sit idle between requests.
+    #[arg(long, env = "TIDINGS_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub header_read_timeout_ms: u64,
+
+    /// How long a write to a client may make no progress before the connection is closed
+    /// (4009 when a close frame can still go out), in milliseconds.
+    #[arg(long, env = "TIDINGS_WRITE_DEADLINE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub write_deadline_ms: u64,
+
+    /// Connections that have not authenticated yet (TCP accepted, no valid token seen);
+    /// beyond it new connections are closed at once.
+    #[arg(long, env = "TIDINGS_MAX_PENDING_CONNECTIONS", default_value_t = 2_048, value_parser = count_in(1, 1_000_000))]
+    pub max_pending_connections: usize,
+
+    /// Connections one user may hold on this node (more: close 4008 / 429); service tokens
+    /// are not counted.
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS_PER_USER", default_value_t = 1_000, value_parser = count_in(1, 10_000_000))]
+    pub max_connections_per_user: usize,
+
+    /// Bytes of stored messages one replay (subscribe with `since`, SSE resume, history) reads
+    /// ahead of what the socket has taken.
+    #[arg(long, env = "TIDINGS_REPLAY_BUDGET_BYTES", default_value_t = 1 << 20, value_parser = bytes_in(64 << 10, 256 << 20))]
+    pub replay_budget_bytes: usize,
+
+    /// Sustained HTTP API requests per second per user token (service tokens are not limited).
+    #[arg(long, env = "TIDINGS_HTTP_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_rate: u32,
+
+    /// HTTP API requests a user token may send in a burst above the rate.
+    #[arg(long, env = "TIDINGS_HTTP_BURST", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_burst: u32,
+
+    /// Sustained HTTP API requests per second per client address (an IPv6 /64), for requests
+    /// without a service token.
+    #[arg(long, env = "TIDINGS_HTTP_ADDRESS_RATE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_address_rate: u32,
+
+    /// HTTP API requests one address may send in a burst above its rate.
+    #[arg(long, env = "TIDINGS_HTTP_ADDRESS_BURST", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_address_burst: u32,
 
     /// How long durable events are kept (e.g. 24h, 7d, 90m).
     #[arg(long, env = "TIDINGS_EVENTS_MAX_AGE", default_value = "24h", value_parser = parse_duration)]
@@ -103,34 +156,34 @@ pub struct GatewayConfig {
     pub events_max_per_channel: i64,
 
     /// Largest number of client connections this node accepts (more: 503 at upgrade).
-    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 200_000)]
+    #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 200_000, value_parser = count_in(1, 10_000_000))]
     pub max_connections: usize,
 
     /// Largest number of channels one connection may subscribe to.
-    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 512)]
+    #[arg(long, env = "TIDINGS_MAX_SUBSCRIPTIONS", default_value_t = 512, value_parser = count_in(1, 100_000))]
     pub max_subscriptions: usize,
 
     /// Frames queued for one client before it is a slow consumer (closed with 4009).
-    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TIDINGS_OUTBOUND_QUEUE", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub outbound_queue: u32,
 
     /// Sustained client commands per second per connection (beyond: `rate_limited`).
-    #[arg(long, env = "TIDINGS_COMMAND_RATE", default_value_t = 50)]
+    #[arg(long, env = "TIDINGS_COMMAND_RATE", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub command_rate: u32,
 
     /// Commands a connection may send in a burst above the rate; this many refused commands in
     /// a row close the connection with 4008.
-    #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TIDINGS_COMMAND_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub command_burst: u32,
 
     /// Most missed messages replayed to one subscription; a client further behind is told
     /// `recovered:false` (and reloads) instead of starving the node.
-    #[arg(long, env = "TIDINGS_REPLAY_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "TIDINGS_REPLAY_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub replay_max: u32,
 
     /// How long a WebSocket client without a token in the URL or headers has to send its
     /// `auth` frame, milliseconds (then: close 4001).
-    #[arg(long, env = "TIDINGS_AUTH_DEADLINE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(long, env = "TIDINGS_AUTH_DEADLINE_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub auth_deadline_ms: u64,
 
     /// Clock leeway on token `exp`/`nbf`, seconds (the contract allows at most 30).
@@ -207,7 +260,7 @@ pub struct WorkerConfig {
     pub webhook_secret: Option<String>,
 
     /// First retry delay; later ones double, with full jitter.
-    #[arg(long, env = "TIDINGS_RETRY_BASE_MS", default_value_t = 1_000)]
+    #[arg(long, env = "TIDINGS_RETRY_BASE_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub retry_base_ms: u64,
 
     /// Attempts per channel before a delivery is dead-lettered.
@@ -216,15 +269,63 @@ pub struct WorkerConfig {
 
     /// How long a delivery may run before JetStream hands it to another worker (a worker that
     /// died), in milliseconds; keep it above the slowest provider's timeout.
-    #[arg(long, env = "TIDINGS_DELIVERY_ACK_WAIT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1000..))]
+    #[arg(long, env = "TIDINGS_DELIVERY_ACK_WAIT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1000..=3_600_000))]
     pub delivery_ack_wait_ms: u64,
 
     /// Window in which low/normal notifications with one batch_key become one digest.
-    #[arg(long, env = "TIDINGS_BATCH_WINDOW_MS", default_value_t = 60_000)]
+    #[arg(long, env = "TIDINGS_BATCH_WINDOW_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub batch_window_ms: u64,
 }
 
+/// A byte size between `min` and `max`.
+fn bytes_in(min: u64, max: u64) -> impl clap::builder::TypedValueParser<Value = usize> {
+    count_in(min, max)
+}
+
+/// A count between `min` and `max`.
+fn count_in(min: u64, max: u64) -> impl clap::builder::TypedValueParser<Value = usize> {
+    use clap::builder::TypedValueParser as _;
+    clap::value_parser!(u64)
+        .range(min..=max)
+        .map(|v| usize::try_from(v).unwrap_or(usize::MAX))
+}
+
+/// Smallest HS256 secret accepted, bytes (RFC 7518 §3.2: at least the hash's size).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
 impl GatewayConfig {
+    /// Checks what no single setting's range can: that the settings agree with each other.
+    /// A failure names the settings; the binary prints it and exits with code 2.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_HS256_SECRET_BYTES
+        {
+            return bad(format!(
+                "TIDINGS_JWT_SECRET is {} bytes: an HS256 secret needs at least {MIN_HS256_SECRET_BYTES}",
+                secret.len()
+            ));
+        }
+        if self.max_outbound_frame_bytes < self.max_payload_bytes + 1024 {
+            return bad(format!(
+                "TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({}) must be at least TIDINGS_MAX_PAYLOAD_BYTES ({}) + 1024",
+                self.max_outbound_frame_bytes, self.max_payload_bytes
+            ));
+        }
+        if self.replay_budget_bytes < self.max_outbound_frame_bytes {
+            return bad(format!(
+                "TIDINGS_REPLAY_BUDGET_BYTES ({}) must hold at least one frame of TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({})",
+                self.replay_budget_bytes, self.max_outbound_frame_bytes
+            ));
+        }
+        if let Some(secret) = &self.github_webhook_secret
+            && secret.len() < 16
+        {
+            return bad("TIDINGS_GITHUB_WEBHOOK_SECRET is shorter than 16 bytes".into());
+        }
+        Ok(())
+    }
+
     /// The node id: the configured one, else the host name, made safe for NATS subjects.
     pub fn node_id(&self) -> String {
         let raw = self.node_id.clone().unwrap_or_else(hostname);
@@ -325,6 +426,9 @@ mod tests {
         assert_eq!(g.common.stream_replicas, 1);
         assert_eq!(g.drain_ms, 10_000);
         assert_eq!(g.auth_deadline_ms, 5_000);
+        assert_eq!(g.header_read_timeout_ms, 10_000);
+        assert_eq!(g.write_deadline_ms, 10_000);
+        assert!(g.validate().is_ok());
         assert_eq!(g.events_max_age, Duration::from_secs(86_400));
         assert_eq!(g.events_max_per_channel, 10_000);
         assert!(g.common.otlp_endpoint.is_none());
@@ -389,6 +493,17 @@ mod tests {
             ("TIDINGS_JWT_LEEWAY_SECS", "jwt_leeway_secs"),
             ("TIDINGS_GITHUB_WEBHOOK_SECRET", "github_webhook_secret"),
             ("TIDINGS_CORS_ORIGINS", "cors_origins"),
+            ("TIDINGS_MAX_OUTBOUND_FRAME_BYTES", "max_outbound_frame_bytes"),
+            ("TIDINGS_SHUTDOWN_GRACE_MS", "shutdown_grace_ms"),
+            ("TIDINGS_HEADER_READ_TIMEOUT_MS", "header_read_timeout_ms"),
+            ("TIDINGS_WRITE_DEADLINE_MS", "write_deadline_ms"),
+            ("TIDINGS_MAX_PENDING_CONNECTIONS", "max_pending_connections"),
+            ("TIDINGS_MAX_CONNECTIONS_PER_USER", "max_connections_per_user"),
+            ("TIDINGS_REPLAY_BUDGET_BYTES", "replay_budget_bytes"),
+            ("TIDINGS_HTTP_RATE", "http_rate"),
+            ("TIDINGS_HTTP_BURST", "http_burst"),
+            ("TIDINGS_HTTP_ADDRESS_RATE", "http_address_rate"),
+            ("TIDINGS_HTTP_ADDRESS_BURST", "http_address_burst"),
         ]));
         assert_eq!(wired(GatewayConfig::command()), gateway);
         let mut worker = expected(COMMON);
@@ -430,6 +545,36 @@ mod tests {
         assert!(GatewayConfig::try_parse_from(["tidings-gateway", "--stream-replicas", "0"]).is_err());
         GatewayConfig::command().debug_assert();
         WorkerConfig::command().debug_assert();
+    }
+
+    #[test]
+    fn inconsistent_or_out_of_range_settings_are_refused() {
+        let parse = |args: &[&str]| {
+            GatewayConfig::try_parse_from(std::iter::once("tidings-gateway").chain(args.iter().copied()))
+        };
+        let ok = parse(&["--jwt-secret", &"s".repeat(32)]).unwrap();
+        assert!(ok.validate().is_ok());
+        let short = parse(&["--jwt-secret", "short"]).unwrap();
+        assert!(short.validate().unwrap_err().to_string().contains("at least 32"));
+        let frames = parse(&["--max-payload-bytes", "300000"]).unwrap();
+        assert!(
+            frames
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("TIDINGS_MAX_OUTBOUND_FRAME_BYTES")
+        );
+        for bad in [
+            &["--heartbeat-ms", "99999999999999"][..],
+            &["--max-frame-bytes", "10"],
+            &["--drain-ms", "18446744073709551615"],
+            &["--write-deadline-ms", "0"],
+            &["--max-pending-connections", "0"],
+            &["--outbound-queue", "4294967295"],
+        ] {
+            let err = parse(bad).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

@@ -162,6 +162,12 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// Input nested deeper than the limit (arrays and objects).
+    #[error("nested deeper than {limit} levels")]
+    TooDeep {
+        /// The limit, [`crate::depth::MAX_DEPTH`].
+        limit: usize,
+    },
     /// A token was refused.
     #[error("unauthorized: {0}")]
     Auth(AuthReason),
@@ -191,9 +197,11 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::BadChannel { .. } => ErrorCode::BadChannel,
-            Error::BadFrame { .. } | Error::BadBody(_) | Error::Invalid(_) | Error::Template(_) => {
-                ErrorCode::BadRequest
-            }
+            Error::BadFrame { .. }
+            | Error::BadBody(_)
+            | Error::Invalid(_)
+            | Error::Template(_)
+            | Error::TooDeep { .. } => ErrorCode::BadRequest,
             // As before the variant was split out of `BadBody`: a 400, not a 500.
             Error::Stored(_) => ErrorCode::BadRequest,
             Error::TooLarge { .. } => ErrorCode::TooLarge,

@@ -21,6 +21,7 @@ pub mod channel;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod depth;
 pub mod error;
 pub mod frame;
 pub mod nats;

@@ -227,6 +227,9 @@ pub fn epoch_of(info: &stream::Info) -> String {
 #[derive(Clone)]
 pub struct Provisioner {
     ready: Arc<AtomicBool>,
+    /// Counts the rounds in which every stream was found in place: it moves after each
+    /// (re)connect, once JetStream answers again.
+    rounds: tokio::sync::watch::Receiver<u64>,
     epochs: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
 }
 
@@ -237,6 +240,7 @@ impl Provisioner {
         let flag = ready.clone();
         let epochs: Arc<std::sync::RwLock<std::collections::HashMap<String, String>>> = Arc::default();
         let seen = epochs.clone();
+        let (round_done, rounds) = tokio::sync::watch::channel(0u64);
         tokio::spawn(async move {
             let js = jetstream::new(client.clone());
             loop {
@@ -262,6 +266,7 @@ impl Provisioner {
                 }
                 flag.store(ok, Ordering::Release);
                 if ok {
+                    round_done.send_modify(|n| *n += 1);
                     // Again after the next reconnect (the server may have lost its store).
                     on_connect.notified().await;
                 } else {
@@ -269,7 +274,13 @@ impl Provisioner {
                 }
             }
         });
-        Provisioner { ready, epochs }
+        Provisioner { ready, epochs, rounds }
+    }
+
+    /// Moves after every (re)connect once the streams are in place again: what may have been
+    /// missed while disconnected can then be read back.
+    pub fn rounds(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.rounds.clone()
     }
 
     /// The epoch (see [`epoch_of`]) of `stream` when it was last provisioned.

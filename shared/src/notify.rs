@@ -141,6 +141,8 @@ impl NotificationRequest {
     /// Checks every field; the error names the field at fault.
     pub fn validate(&self) -> crate::Result<()> {
         let bad = |field: &str, why: &str| Err(crate::Error::Invalid(format!("{field}: {why}")));
+        // `data` is a field of the request: level 2.
+        crate::depth::check_value(&self.data, 2)?;
         if let Some(id) = &self.id
             && !crate::channel::is_valid_id(id)
         {

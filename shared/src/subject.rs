@@ -23,3 +23,12 @@ pub const STORED_PREFIX: &str = "tidings.stored";
 pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
 /// Content type of MessagePack publisher bodies.
 pub const MSGPACK_CONTENT_TYPE: &str = "application/msgpack";
+
+/// The `Nats-Msg-Id` of a message stored on `channel` with the publisher's own `id`.
+/// JetStream's duplicate window is stream-wide and keyed by this header alone, so a bare id
+/// would let a message on one channel suppress another channel's message with the same id:
+/// it is namespaced by who publishes (`origin`: `client.<user>`, `github`, `inapp`) and by
+/// the channel.
+pub fn stored_msg_id(origin: &str, channel: &crate::Channel, id: &str) -> String {
+    format!("{origin}/{channel}/{id}")
+}

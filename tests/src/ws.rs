@@ -116,6 +116,16 @@ impl WsClient {
         self.socket.send(Message::Text(text.to_owned().into())).await
     }
 
+    /// Sends raw bytes as a binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> Result<(), WsError> {
+        self.socket.send(Message::Binary(bytes.into())).await
+    }
+
+    /// Sends a WebSocket ping control frame.
+    pub async fn send_ping(&mut self) -> Result<(), WsError> {
+        self.socket.send(Message::Ping(Vec::new().into())).await
+    }
+
     /// The next Tidings frame or close, within `timeout`; `None` on timeout.
     pub async fn recv_timeout(&mut self, timeout: Duration) -> Option<Incoming> {
         let deadline = tokio::time::Instant::now() + timeout;

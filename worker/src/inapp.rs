@@ -12,6 +12,7 @@ use tidings_shared::notify::names::NOTIFICATION_EVENT;
 use tidings_shared::notify::{DeliveryChannel, DeliveryStatus, InboxItem, NotificationRequest};
 use tidings_shared::store::Store;
 use tidings_shared::subject::EVENTS_STREAM;
+use tidings_shared::subject::stored_msg_id;
 use tidings_shared::{Channel, Error as SharedError};
 
 use crate::Ctx;
@@ -52,11 +53,18 @@ pub async fn deliver(
     };
     let channel = Channel::user(&req.user)?;
     let mut headers = HeaderMap::new();
-    headers.insert("Nats-Msg-Id", format!("notif-{id}").as_str());
+    headers.insert("Nats-Msg-Id", inapp_msg_id(&channel, id).as_str());
     publish_acked(&ctx.js, channel.durable_subject(), headers, body.to_json()?.into())
         .await
         .map_err(SharedError::nats)?;
     Ok(())
+}
+
+/// The `Nats-Msg-Id` of an in-app message: in a namespace only the worker publishes in (the
+/// gateway puts clients' ids under `client.<user>/`), so an ack can tell a notification the
+/// worker stored from a look-alike a user stored on their own channel.
+fn inapp_msg_id(channel: &Channel, id: &str) -> String {
+    stored_msg_id("inapp", channel, id)
 }
 
 /// Marks in-app notifications `delivered` as clients acknowledge them. One worker of the
@@ -95,9 +103,17 @@ async fn handle_ack(ctx: &Ctx, store: &Store, payload: &[u8]) -> Result<()> {
     let (true, Some(id)) = (body.event == NOTIFICATION_EVENT, body.id) else {
         return Ok(());
     };
+    // Only a message the worker itself published to this user counts: a user who may publish
+    // on their own channel can store a `notification` naming any id, but not under this id.
+    let msg_id = stored.headers.get("Nats-Msg-Id").map(|v| v.as_str());
+    if msg_id != Some(inapp_msg_id(&channel, &id).as_str()) {
+        tracing::debug!(user = %ack.user, seq = ack.seq, "ack of a notification the worker did not publish: ignored");
+        return Ok(());
+    }
     let mut changed = false;
     store
         .update_status(&id, |doc| match doc.channels.get_mut(&DeliveryChannel::InApp) {
+            _ if doc.user != ack.user => false,
             Some(c) if c.status == DeliveryStatus::Sent => {
                 c.status = DeliveryStatus::Delivered;
                 c.updated_at = Store::now();

@@ -22,7 +22,7 @@ export const repoRoot = resolve(here, "../../..");
 export const artefacts = resolve(here, "../test-results");
 const binDir = process.env.TIDINGS_BIN_DIR ?? join(repoRoot, "target/debug");
 
-export const JWT_SECRET = "e2e-jwt-secret";
+export const JWT_SECRET = "e2e-jwt-secret-of-at-least-thirty-two-bytes";
 export const GITHUB_SECRET = "e2e-github-secret";
 
 function required(name, value) {

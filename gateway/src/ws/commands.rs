@@ -10,11 +10,29 @@ use tidings_shared::{Channel, Error as SharedError, ErrorCode};
 use tracing::Instrument as _;
 
 use super::{Next, Session, encode};
-use crate::conn::{CLOSE_RATE_LIMITED, Outbound};
+use crate::conn::{CLOSE_INTERNAL, CLOSE_RATE_LIMITED, Outbound};
+use crate::history::Reader;
 use crate::limit::Verdict;
 use crate::position::StreamPosition;
 use crate::publish;
 use crate::session::token_deadline;
+
+/// Tokens a command takes from the connection's rate limit: what it makes the node do. A
+/// `subscribe` with `since` is charged again for what its replay reads (see
+/// [`Session::recover`]).
+fn command_cost(frame: &ClientFrame) -> u32 {
+    match frame {
+        ClientFrame::Ping { .. } | ClientFrame::Ack { .. } | ClientFrame::Unsubscribe { .. } => 1,
+        ClientFrame::Publish { durable: false, .. } => 1,
+        ClientFrame::Publish { durable: true, .. } | ClientFrame::Subscribe { since: None, .. } => 2,
+        ClientFrame::Subscribe { since: Some(_), .. } => 3,
+        // A KV read per call, and a signature check.
+        ClientFrame::Presence { .. } | ClientFrame::Auth { .. } => 4,
+    }
+}
+
+/// Replayed messages per extra token a replay is charged.
+const REPLAYED_PER_TOKEN: u64 = 100;
 
 impl Session {
     /// Handles one decoded (or undecodable) client frame.
@@ -23,7 +41,8 @@ impl Session {
         decoded: Result<ClientFrame, SharedError>,
         expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
     ) -> Next {
-        match self.limiter.check(Instant::now()) {
+        let cost = decoded.as_ref().map_or(1, command_cost);
+        match self.limiter.check(Instant::now(), cost) {
             Verdict::Allow => {}
             Verdict::Limit => {
                 let id = decoded.as_ref().ok().and_then(ClientFrame::id);
@@ -145,7 +164,7 @@ impl Session {
         // arrives live after the release waits in the session's queue, which this task only
         // reads once the reply and the replay are written.
         let live_from = (position > 0).then_some(position);
-        let caught_up = match self.reg.catch_up(&c, &since, live_from).await {
+        let mut replay = match self.reg.catch_up(&c, &since, live_from).await {
             Ok(r) => r,
             Err(e) => {
                 return self
@@ -153,7 +172,6 @@ impl Session {
                     .await;
             }
         };
-        let replay = &caught_up.replay;
         if !replay.same_epoch {
             // Sequences restarted: what was written before says nothing about them.
             self.reg.channels.insert(c.clone(), 0);
@@ -162,25 +180,65 @@ impl Session {
             channel: Some(c.clone()),
             epoch: Some(replay.epoch.clone()),
             recovered: Some(replay.recovered),
-            missed: Some(replay.messages.len() as u64),
+            missed: Some(replay.missed),
             ..Reply::ok(id)
         };
         self.reply(reply).await;
-        let replayed = replay.messages.len() as u64;
+        if let Some(reader) = replay.reader.take()
+            && self.stream_replay(&c, reader).await.is_err()
+        {
+            return;
+        }
+        let held = self.reg.release(&c);
+        let _ = self.write_messages(held).await;
+    }
+
+    /// Writes a replay chunk by chunk: each chunk (at most the replay budget) is written and
+    /// flushed before the next is read, so memory stays bounded whatever was missed. A read
+    /// that fails half-way closes the connection: the client resumes from what it got.
+    async fn stream_replay(&mut self, c: &Channel, mut reader: Reader) -> Result<(), ()> {
+        let metrics = self.reg.state.metrics.clone();
+        let mut replayed = 0u64;
+        loop {
+            match reader.next_chunk(&metrics).await {
+                Ok(Some(chunk)) => {
+                    replayed += chunk.len() as u64;
+                    metrics.recovered_messages.inc_by(chunk.len() as u64);
+                    self.write_messages(chunk).await?;
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(channel = %c, error = %e, "replay failed half-way");
+                    self.reg.handle.signal.close(CLOSE_INTERNAL);
+                    return Err(());
+                }
+            }
+        }
+        // The read's cost, beyond the command's: the connection pays it back before its next.
+        self.limiter
+            .charge(u32::try_from(replayed / REPLAYED_PER_TOKEN).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    /// Writes channel messages the session has not written yet, then flushes.
+    async fn write_messages(&mut self, messages: Vec<std::sync::Arc<crate::message::Encoded>>) -> Result<(), ()> {
         let mut written = 0u64;
-        for m in caught_up.into_messages() {
+        for m in messages {
             if !self.admit(&m) {
                 continue;
             }
             if self.sink.feed(m.ws_message(self.format)).await.is_err() {
-                return;
+                self.broken = true;
+                return Err(());
             }
             written += 1;
         }
-        if self.sink.flush().await.is_ok() {
-            self.reg.state.metrics.recovered_messages.inc_by(replayed);
-            self.reg.state.metrics.messages_delivered.inc_by(written);
+        if self.sink.flush().await.is_err() {
+            self.broken = true;
+            return Err(());
         }
+        self.reg.state.metrics.messages_delivered.inc_by(written);
+        Ok(())
     }
 
     async fn publish(
@@ -201,7 +259,15 @@ impl Session {
                 .error(id, ErrorCode::Forbidden, format!("this token may not publish to {c}"))
                 .await;
         }
-        let prepared = match publish::prepare(&self.reg.state, &c, event, data, msg_id, durable) {
+        let prepared = match publish::prepare(
+            &self.reg.state,
+            publish::Origin::Caller(&self.claims.sub),
+            &c,
+            event,
+            data,
+            msg_id,
+            durable,
+        ) {
             Ok(p) => p,
             Err(e) => return self.error(id, e.code(), e.to_string()).await,
         };
@@ -287,7 +353,7 @@ impl Session {
         let Some(c) = self.readable(id, channel).await else {
             return;
         };
-        match self.reg.state.presence.get(&c).await {
+        match self.reg.state.presence.get(&c, self.claims.is_service()).await {
             Ok(p) => {
                 self.reply(Reply {
                     users: Some(p.users),

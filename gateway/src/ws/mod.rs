@@ -26,10 +26,12 @@ use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::conn::{
-    CLOSE_DRAINING, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, ConnHandle, ConnSignal, Outbound,
+    CLOSE_DRAINING, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, ConnHandle,
+    ConnSignal, Outbound,
 };
 use crate::extract::bearer_token;
-use crate::limit::RateLimiter;
+use crate::limit::{RateLimiter, Verdict};
+use crate::server::PendingSlot;
 use crate::session::{self, Registration, token_deadline};
 
 /// How many queued frames one write batch takes at most.
@@ -62,6 +64,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketU
     }
     let format = pick_format(&parts.headers);
     let token = bearer_token(&parts);
+    let pending = parts.extensions.get::<Arc<PendingSlot>>().cloned();
     let max = state.config.max_frame_bytes;
     let ws = ws
         .read_buffer_size(READ_BUFFER)
@@ -77,7 +80,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketU
     // rather than the whole WebSocket for its lifetime.
     ws.on_upgrade(move |socket| {
         let (sink, stream) = socket.split();
-        run(state, sink, stream, format.unwrap_or_default(), token)
+        run(state, sink, stream, format.unwrap_or_default(), token, pending)
     })
 }
 
@@ -178,8 +181,25 @@ async fn send(sink: &mut Sink, format: WireFormat, frame: &ServerFrame) -> Resul
     }
 }
 
-async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFormat, token: Option<String>) {
-    let (claims, auth_id) = match Box::pin(authenticate(&state, &mut stream, &mut sink, format, token)).await {
+async fn run(
+    state: AppState,
+    mut sink: Sink,
+    mut stream: Stream,
+    format: WireFormat,
+    token: Option<String>,
+    pending: Option<Arc<PendingSlot>>,
+) {
+    let authenticated = async {
+        match &pending {
+            // Closed to make room for newer connections while it had not authenticated.
+            Some(slot) => tokio::select! {
+                r = authenticate(&state, &mut stream, &mut sink, format, token) => r,
+                () = slot.evicted() => Err("too many connections waiting to authenticate".to_owned()),
+            },
+            None => authenticate(&state, &mut stream, &mut sink, format, token).await,
+        }
+    };
+    let (claims, auth_id) = match Box::pin(authenticated).await {
         Ok(c) => c,
         Err(reason) => {
             tracing::debug!(%reason, "WebSocket refused");
@@ -187,6 +207,9 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
             return;
         }
     };
+    if let Some(slot) = pending {
+        slot.authenticated();
+    }
     let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
     let handle = ConnHandle {
         tx,
@@ -194,7 +217,14 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
         user: claims.sub.as_str().into(),
     };
     let limiter = RateLimiter::new(state.config.command_rate, state.config.command_burst);
-    let reg = Registration::new(state, handle);
+    let reg = match Registration::new(state, handle, claims.is_service()) {
+        Ok(reg) => reg,
+        Err(e) => {
+            Box::pin(close(&mut sink, CLOSE_RATE_LIMITED, &e.to_string())).await;
+            linger(&mut stream).await;
+            return;
+        }
+    };
     let session_id = format!("{}-{}", reg.state.node_id, reg.id);
     let span = tracing::info_span!("ws", session = %session_id, user = %claims.sub);
     let mut session = Session {
@@ -203,6 +233,7 @@ async fn run(state: AppState, mut sink: Sink, mut stream: Stream, format: WireFo
         claims,
         sink,
         limiter,
+        broken: false,
     };
     // The session is boxed apart from its rarely used parts (commands, closing), which are
     // boxed again where they run: an idle connection's task then holds only the loop's state.
@@ -240,6 +271,9 @@ struct Session {
     claims: Claims,
     sink: Sink,
     limiter: RateLimiter,
+    /// A write failed (the peer is gone or read nothing within the write deadline): the
+    /// session ends after the command that found it.
+    broken: bool,
 }
 
 mod commands;
@@ -254,6 +288,7 @@ impl Session {
     async fn send(&mut self, frame: &ServerFrame) {
         if let Err(e) = send(&mut self.sink, self.format, frame).await {
             tracing::debug!(error = %e, "write failed");
+            self.broken = true;
         }
     }
 
@@ -315,12 +350,22 @@ impl Session {
                             return "read error";
                         }
                         Some(Ok(Message::Close(_))) => return "peer closed",
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                            // Control frames cost a token too: tungstenite answers every ping,
+                            // so a ping flood would otherwise be free.
+                            if self.limiter.check(Instant::now(), 1) == Verdict::Abuse {
+                                Box::pin(close(&mut self.sink, CLOSE_RATE_LIMITED, "rate limit abused")).await;
+                                return "rate limit abused";
+                            }
+                        }
                         Some(Ok(Message::Text(t))) => {
                             let decoded = WireFormat::Json.decode_client(t.as_bytes(), self.reg.state.config.max_frame_bytes);
                             if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
                                 Box::pin(close(&mut self.sink, code, reason)).await;
                                 return reason;
+                            }
+                            if self.broken {
+                                return "write failed";
                             }
                         }
                         Some(Ok(Message::Binary(b))) => {
@@ -328,6 +373,9 @@ impl Session {
                             if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
                                 Box::pin(close(&mut self.sink, code, reason)).await;
                                 return reason;
+                            }
+                            if self.broken {
+                                return "write failed";
                             }
                         }
                     }

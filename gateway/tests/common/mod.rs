@@ -11,7 +11,7 @@ pub use tidings_tests::gateway::{Gateway, Launcher};
 pub use tidings_tests::tokens::claims;
 use tidings_tests::{Incoming, TokenIn, WsClient, tokens};
 
-pub const SECRET: &str = "gateway-test-secret";
+pub const SECRET: &str = "gateway-test-secret-at-least-32-bytes";
 pub const BIN: &str = env!("CARGO_BIN_EXE_tidings-gateway");
 
 /// Gateways of these tests: this crate's binary, this file's secret.

@@ -11,7 +11,7 @@ use tidings_tests::fakes::webhook::{self, Receiver};
 use tidings_tests::gateway::{Gateway, Launcher};
 use tidings_tests::{NatsServer, Process, free_port, tokens};
 
-pub const SECRET: &str = "pipeline-test-secret";
+pub const SECRET: &str = "pipeline-test-secret-at-least-32-bytes";
 pub const WEBHOOK_SECRET: &str = "webhook-secret";
 pub const WORKER: &str = env!("CARGO_BIN_EXE_tidings-worker");
 
