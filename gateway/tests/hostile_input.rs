@@ -74,6 +74,28 @@ async fn a_body_that_explodes_as_json_is_rejected_once_and_breaks_no_connection(
     assert_eq!(resumed.request(json!({"type":"ping"}), 2).await["type"], "pong");
 }
 
+#[tokio::test]
+async fn a_frame_within_a_raised_outbound_limit_reaches_json_clients() {
+    let nats = NatsServer::start().await.unwrap();
+    let limits = [
+        ("TIDINGS_MAX_PAYLOAD_BYTES", "200000".to_owned()),
+        ("TIDINGS_MAX_OUTBOUND_FRAME_BYTES", "1048576".to_owned()),
+        ("TIDINGS_REPLAY_BUDGET_BYTES", "2097152".to_owned()),
+    ];
+    let gw = gateways().start(&nats.url(), &limits).await;
+    let mut c = connect(&gw, &user_token("u1", &["p1"], &[])).await;
+    c.subscribe("project:p1").await;
+    // 150 KB as MessagePack, 750 KB as JSON: within the raised limit, so delivered.
+    let nils = rmp_serde::to_vec_named(&json!({"event":"e","data": vec![Value::Null; 150_000]})).unwrap();
+    let client = nats.client().await.unwrap();
+    let seq = publish_raw(&client, "project:p1", nils, true).await;
+    let m = expect_message(&mut c, "project:p1").await;
+    assert_eq!(
+        (m["seq"].as_u64(), m["data"].as_array().map(Vec::len)),
+        (Some(seq), Some(150_000))
+    );
+}
+
 fn deep_json(depth: usize) -> String {
     format!("{}{}", "[".repeat(depth), "]".repeat(depth))
 }

@@ -69,7 +69,10 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketU
     let ws = ws
         .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(max.max(WRITE_BUFFER) * 4 + WRITE_BUFFER)
+        // Room for the largest frame the gateway writes (larger messages are refused when
+        // encoded, see `message::Encoded::new`) on top of a full buffer: no message the
+        // gateway accepted can fail a connection's write.
+        .max_write_buffer_size(state.config.max_outbound_frame_bytes + 2 * WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max);
     let ws = match format {
