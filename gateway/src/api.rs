@@ -135,8 +135,9 @@ pub struct HistoryQuery {
 /// Answer of the history route.
 #[derive(Debug, Serialize)]
 pub struct History {
-    /// `message` frames, oldest first.
-    pub messages: Vec<serde_json::Value>,
+    /// `message` frames, oldest first, as encoded once (not parsed again: a message can
+    /// take many times its size as a `serde_json::Value`).
+    pub messages: Vec<Box<serde_json::value::RawValue>>,
     /// Whether these complete the history after `since` (false: some were dropped by
     /// retention, or `epoch` is not the current one).
     pub recovered: bool,
@@ -179,7 +180,7 @@ async fn history(
     };
     let messages = page
         .iter()
-        .map(|m| serde_json::from_str(m.json()).unwrap_or(serde_json::Value::Null))
+        .filter_map(|m| serde_json::value::RawValue::from_string(m.json().to_owned()).ok())
         .collect();
     Ok(Json(History {
         messages,

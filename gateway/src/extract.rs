@@ -18,14 +18,18 @@ pub struct Service(pub Claims);
 /// The token of a request: `Authorization: Bearer …`, else `?token=` (for browsers' EventSource
 /// and WebSocket, which cannot set headers).
 pub fn bearer_token(parts: &Parts) -> Option<String> {
-    let header = parts
-        .headers
+    bearer(&parts.headers, &parts.uri)
+}
+
+/// [`bearer_token`] of a request's headers and URI.
+pub fn bearer(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<String> {
+    let header = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| t.trim().to_owned());
     header.or_else(|| {
-        parts.uri.query().and_then(|q| {
+        uri.query().and_then(|q| {
             q.split('&')
                 .filter_map(|kv| kv.split_once('='))
                 .find(|(k, _)| *k == "token")
@@ -60,9 +64,6 @@ impl FromRequestParts<AppState> for Caller {
         let claims = state
             .verify(token.as_deref())
             .map_err(|reason| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {reason}")))?;
-        if let Some(slot) = parts.extensions.get::<std::sync::Arc<crate::server::PendingSlot>>() {
-            slot.authenticated();
-        }
         Ok(Caller(claims))
     }
 }

@@ -34,7 +34,8 @@ pub struct FeedCtx {
     pub generation: Arc<AtomicU64>,
     /// Moves after every NATS reconnect (see [`tidings_shared::nats::Provisioner::rounds`]).
     pub reconnects: watch::Receiver<u64>,
-    /// Bounds how many channels check their position at once after a reconnect.
+    /// Bounds how many channels read the stream back at once (gap repairs, position checks
+    /// after a reconnect).
     pub checks: Arc<tokio::sync::Semaphore>,
 }
 
@@ -174,61 +175,90 @@ pub async fn channel_task(
     }
     let _ = ready.send(true);
     let mut merged = futures::stream::select(stored.map(|m| (true, m)), live.map(|m| (false, m)));
-    // Log a bad publisher once per subject (durable, live), not once per message.
-    let mut logged = [false; 2];
-    let mut generation = ctx.generation.load(Ordering::Acquire);
     let mut reconnects = ctx.reconnects.clone();
     reconnects.borrow_and_update();
+    let mut feed = Feed {
+        generation: ctx.generation.load(Ordering::Acquire),
+        ctx: &ctx,
+        js: &js,
+        channel: &channel,
+        outlet: &outlet,
+        chain,
+        logged: [false; 2],
+    };
     loop {
-        let (durable, msg) = tokio::select! {
+        tokio::select! {
             next = merged.next() => match next {
-                Some(m) => m,
+                Some((durable, msg)) => feed.message(durable, &msg).await,
                 None => break,
             },
             Ok(()) = reconnects.changed() => {
                 // Messages stored while NATS was away never reached the subscription: a
                 // quiet channel would show them only with its next message. Look now.
-                catch_up_after_reconnect(&ctx, &js, &channel, &outlet, &mut chain).await;
-                continue;
+                feed.check_generation();
+                catch_up_after_reconnect(&ctx, &js, &channel, &outlet, &mut feed.chain).await;
             }
-        };
-        let current = ctx.generation.load(Ordering::Acquire);
-        if current != generation {
-            // TIDINGS_EVENTS was recreated: sequences start again from 1.
-            generation = current;
-            chain.restart();
-            outlet.restarted();
         }
+    }
+}
+
+/// A running channel feed: where its chain stands, and what it delivers to.
+struct Feed<'a, O> {
+    ctx: &'a FeedCtx,
+    js: &'a async_nats::jetstream::Context,
+    channel: &'a Channel,
+    outlet: &'a O,
+    chain: Chain,
+    generation: u64,
+    /// Whether a bad publisher was logged, per subject (durable, live): once, not per message.
+    logged: [bool; 2],
+}
+
+impl<O: Outlet> Feed<'_, O> {
+    /// After `TIDINGS_EVENTS` was recreated, sequences start again from 1.
+    fn check_generation(&mut self) {
+        let current = self.ctx.generation.load(Ordering::Acquire);
+        if current != self.generation {
+            self.generation = current;
+            self.chain.restart();
+            self.outlet.restarted();
+        }
+    }
+
+    /// One message from the stored or the live subject.
+    async fn message(&mut self, durable: bool, msg: &async_nats::Message) {
+        self.check_generation();
+        let ctx = self.ctx;
         let link = if durable {
-            let Some(link) = message::stored_position(&msg) else {
+            let Some(link) = message::stored_position(msg) else {
                 ctx.metrics.rejected_messages.with_label_values(&["invalid"]).inc();
-                continue;
+                return;
             };
-            match chain.accept(link) {
-                Step::Duplicate => continue,
+            match self.chain.accept(link) {
+                Step::Duplicate => return,
                 Step::Deliver(link) => Some(link),
                 Step::Gap { after, next } => {
-                    let last = chain.last_delivered();
-                    let repaired = repair_gap(&ctx, &js, &channel, &outlet, after, next.seq, last).await;
-                    Some(chain.resume(next, repaired))
+                    let last = self.chain.last_delivered();
+                    let repaired = repair_gap(ctx, self.js, self.channel, self.outlet, after, next.seq, last).await;
+                    Some(self.chain.resume(next, repaired))
                 }
             }
         } else {
             None
         };
-        match message::from_nats(&msg, &channel, link, ctx.limits) {
+        match message::from_nats(msg, self.channel, link, ctx.limits) {
             Ok(encoded) => {
                 if let Some(link) = link {
-                    chain.delivered(link.seq);
+                    self.chain.delivered(link.seq);
                 }
-                outlet.deliver(&encoded);
+                self.outlet.deliver(&encoded);
             }
             Err(rejected) => {
                 ctx.metrics
                     .rejected_messages
                     .with_label_values(&[rejected.reason])
                     .inc();
-                if !std::mem::replace(&mut logged[usize::from(durable)], true) {
+                if !std::mem::replace(&mut self.logged[usize::from(durable)], true) {
                     tracing::warn!(subject = %msg.subject, reason = rejected.reason, detail = %rejected.detail,
                         "dropping publisher message (logged once per subject)");
                 }
@@ -245,13 +275,16 @@ async fn catch_up_after_reconnect(
     outlet: &impl Outlet,
     chain: &mut Chain,
 ) {
-    let Ok(_permit) = ctx.checks.acquire().await else {
-        return;
-    };
     let Some(seen) = chain.seen() else {
         return;
     };
-    if let Some(now) = last_stored(js, channel).await.filter(|l| *l > seen) {
+    let now = {
+        let Ok(_permit) = ctx.checks.acquire().await else {
+            return;
+        };
+        last_stored(js, channel).await
+    };
+    if let Some(now) = now.filter(|l| *l > seen) {
         tracing::info!(%channel, seen, now, "messages stored while NATS was away: reading them back");
         if let Some(last) = repair_gap(ctx, js, channel, outlet, seen, now + 1, chain.last_delivered()).await {
             chain.caught_up(now, last);
@@ -327,6 +360,10 @@ async fn repair_gap(
     before: u64,
     last_delivered: u64,
 ) -> Option<u64> {
+    // Bounded across channels: after a reconnect every channel may find a gap at once.
+    let Ok(_permit) = ctx.checks.acquire().await else {
+        return None;
+    };
     let read = async {
         let stream = js
             .get_stream(tidings_shared::subject::EVENTS_STREAM)

@@ -178,7 +178,10 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(body_limit))
         // After the default limit, so that its own (larger) limit wins on its route.
-        .merge(github::router(state.github.is_some()))
+        .merge(
+            github::router(state.github.is_some())
+                .route_layer(axum::middleware::from_fn_with_state(state.clone(), throttle::limit)),
+        )
         .with_state(state.clone())
         .merge(state.health.router())
         .merge(assets::router())
@@ -243,6 +246,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
     let drain = Duration::from_millis(state.config.drain_ms);
+    let state_grace = state.config.shutdown_grace_ms;
     let limits = server::Limits {
         header_read_timeout: Duration::from_millis(state.config.header_read_timeout_ms),
         write_deadline: Duration::from_millis(state.config.write_deadline_ms),
@@ -269,8 +273,12 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         }
     };
     server::serve(listener, app, limits, metrics, drained, settled).await;
-    if let Err(e) = client.flush().await {
-        tracing::debug!(error = %e, "final NATS flush failed");
+    // Bounded: with NATS away, a flush would wait for the reconnect.
+    let grace = Duration::from_millis(state_grace);
+    match tokio::time::timeout(grace, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "final NATS flush failed"),
+        Err(_) => tracing::warn!("final NATS flush timed out (NATS unreachable)"),
     }
     tracing::info!("gateway stopped");
     Ok(())

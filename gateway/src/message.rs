@@ -128,7 +128,7 @@ impl Rejected {
 /// `tidings_gateway_rejected_messages_total`).
 #[derive(Debug)]
 pub struct Rejected {
-    /// `invalid` or `too_large`.
+    /// `invalid`, `too_large` or `frame_too_large` (see [`crate::metrics::REJECT_REASONS`]).
     pub reason: &'static str,
     /// Details for the log line.
     pub detail: String,

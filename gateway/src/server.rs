@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -56,24 +56,43 @@ pub struct Limits {
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
-/// The connections that have not authenticated yet, oldest first, each with the signal that
-/// closes it.
+/// The connections not in an authenticated exchange, oldest first: the ones that have not
+/// authenticated yet, and keep-alive connections idle between authenticated requests.
 struct PendingPool {
     max: usize,
-    waiting: Mutex<(u64, BTreeMap<u64, Arc<Notify>>)>,
+    /// The last id given, and the pending connections by id (ids grow: oldest first).
+    waiting: Mutex<(u64, BTreeMap<u64, Arc<Eviction>>)>,
     metrics: Metrics,
+}
+
+/// How the pool closes one connection.
+#[derive(Default)]
+struct Eviction {
+    notify: Notify,
+    done: AtomicBool,
 }
 
 impl PendingPool {
     /// A place for a new connection, closing the oldest pending one if the pool is full.
     fn admit(self: &Arc<Self>) -> Arc<PendingSlot> {
-        let evicted = Arc::new(Notify::new());
+        let eviction = Arc::new(Eviction::default());
+        let id = self.enter(&eviction);
+        Arc::new(PendingSlot {
+            pool: self.clone(),
+            eviction,
+            state: Mutex::new(SlotState { id: Some(id), busy: 0 }),
+        })
+    }
+
+    /// Puts a connection (back) in the pool as the newest, making room first.
+    fn enter(&self, eviction: &Arc<Eviction>) -> u64 {
         let mut waiting = lock(&self.waiting);
         while waiting.1.len() >= self.max {
             let Some((_, oldest)) = waiting.1.pop_first() else {
                 break;
             };
-            oldest.notify_one();
+            oldest.done.store(true, Ordering::Release);
+            oldest.notify.notify_one();
             self.metrics
                 .refused_connections
                 .with_label_values(&["pending_limit"])
@@ -81,12 +100,8 @@ impl PendingPool {
         }
         waiting.0 += 1;
         let id = waiting.0;
-        waiting.1.insert(id, evicted.clone());
-        Arc::new(PendingSlot {
-            pool: self.clone(),
-            id,
-            evicted,
-        })
+        waiting.1.insert(id, eviction.clone());
+        id
     }
 
     fn leave(&self, id: u64) {
@@ -98,30 +113,66 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A connection's place in the pool of not-yet-authenticated connections (a request
-/// extension, shared by every request of the connection and by its WebSocket session).
+/// Where a connection stands: its place in the pool (none while authenticated exchanges
+/// run), and how many run.
+struct SlotState {
+    id: Option<u64>,
+    busy: usize,
+}
+
+/// A connection's place in the pool of pending connections (a request extension, shared by
+/// every request of the connection and by its WebSocket session).
 pub struct PendingSlot {
     pool: Arc<PendingPool>,
-    id: u64,
-    evicted: Arc<Notify>,
+    eviction: Arc<Eviction>,
+    state: Mutex<SlotState>,
 }
 
 impl PendingSlot {
-    /// The connection has authenticated: it no longer counts as pending.
-    pub fn authenticated(&self) {
-        self.pool.leave(self.id);
+    /// The connection starts an authenticated exchange (a request with a valid token, a
+    /// WebSocket or SSE session): it leaves the pool until the guard is dropped, then comes
+    /// back as the newest pending connection (an idle keep-alive connection can be closed
+    /// to make room; one in the middle of a request cannot).
+    pub fn authenticated(self: &Arc<Self>) -> Authenticated {
+        let mut state = lock(&self.state);
+        state.busy += 1;
+        if let Some(id) = state.id.take() {
+            self.pool.leave(id);
+        }
+        Authenticated(self.clone())
     }
 
-    /// Resolves when the pool, full, closes this connection to make room (never once it has
-    /// authenticated).
+    /// Resolves when the pool, full, closes this connection to make room.
     pub async fn evicted(&self) {
-        self.evicted.notified().await;
+        loop {
+            let notified = self.eviction.notify.notified();
+            if self.eviction.done.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 
 impl Drop for PendingSlot {
     fn drop(&mut self) {
-        self.pool.leave(self.id);
+        if let Some(id) = lock(&self.state).id.take() {
+            self.pool.leave(id);
+        }
+    }
+}
+
+/// An authenticated exchange in progress on a connection (see [`PendingSlot::authenticated`]).
+pub struct Authenticated(Arc<PendingSlot>);
+
+impl Drop for Authenticated {
+    fn drop(&mut self) {
+        let slot = &self.0;
+        let mut state = lock(&slot.state);
+        state.busy -= 1;
+        if state.busy == 0 && !slot.eviction.done.load(Ordering::Acquire) {
+            state.id = Some(slot.pool.enter(&slot.eviction));
+        }
     }
 }
 

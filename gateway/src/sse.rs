@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::extract::bearer_token;
 use crate::history::Reader;
 use crate::position::StreamPosition;
-use crate::server::PendingSlot;
+use crate::server::{Authenticated, PendingSlot};
 use crate::session::{self, Registration};
 
 /// Query of `GET /sse`.
@@ -93,9 +93,6 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
     let claims = state
         .verify(bearer_token(&parts).as_deref())
         .map_err(|r| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {r}")))?;
-    if let Some(slot) = parts.extensions.get::<Arc<PendingSlot>>() {
-        slot.authenticated();
-    }
     let channels = requested_channels(&q.channels, &claims, state.config.max_subscriptions)?;
     let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
     let signal = Arc::new(ConnSignal::default());
@@ -105,6 +102,11 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         user: claims.sub.as_str().into(),
     };
     let registration = Registration::new(state.clone(), handle, claims.is_service())?;
+    // Out of the pool of pending connections for as long as the stream lasts.
+    let exchange = parts
+        .extensions
+        .get::<Arc<PendingSlot>>()
+        .map(|slot| slot.authenticated());
     // Resume from Last-Event-ID, or start at the stream's current position: either way each
     // channel is subscribed holding, read back from its position, then joined with what was
     // held, so nothing stored around the connect is missed or repeated. That happens as the
@@ -123,6 +125,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         registration,
         joining: channels.into(),
         catching_up: None,
+        _exchange: exchange,
     };
     let stream = futures::stream::unfold(sse, |mut sse| async move {
         let event = sse.next_event().await?;
@@ -210,6 +213,8 @@ struct SseStream {
     joining: VecDeque<Channel>,
     /// The channel being caught up, with what is left of its history read.
     catching_up: Option<(Channel, Option<Reader>)>,
+    /// Keeps the connection out of the pending pool while the stream lasts.
+    _exchange: Option<Authenticated>,
 }
 
 impl SseStream {

@@ -1,5 +1,5 @@
 //! Rate limits of the HTTP API: per client address (an IPv4 address, an IPv6 /64) for every
-//! request without a service token, and per user for user tokens. Service tokens belong to
+//! request without a valid token, and per user for user tokens. Service tokens belong to
 //! the operator's own backends and are not limited. WebSocket and SSE upgrades are limited
 //! elsewhere (pending connections, connections per user, commands per connection).
 //!
@@ -11,18 +11,18 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::HeaderValue;
 use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tidings_shared::ErrorCode;
 
 use crate::AppState;
 use crate::error::Error;
-use crate::server::Peer;
+use crate::server::{Peer, PendingSlot};
 
 /// Most keys one limit tracks.
 const MAX_KEYS: usize = 100_000;
@@ -132,38 +132,54 @@ fn limited(scope: &str, retry_after: u64, state: &AppState) -> Response {
     response
 }
 
-/// The middleware: verifies the token once (handlers reuse the claims), then applies the
-/// limits that concern the caller.
+/// Longest an HTTP API request may take, body included (then 408): a body trickled in
+/// slowly cannot hold the connection and its handler forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The middleware: verifies the token once (handlers reuse the claims), applies the limit
+/// that concerns the caller (none for services, per user for user tokens, per address for
+/// requests without a valid token), keeps the connection out of the pending pool while an
+/// authenticated request runs, and bounds the request's time.
 pub async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let (parts, body) = req.into_parts();
-    let claims = crate::extract::bearer_token(&parts).and_then(|t| state.verifier.verify(&t).ok());
-    req = Request::from_parts(parts, body);
-    if claims.as_ref().is_some_and(|c| c.is_service()) {
-        if let Some(c) = claims {
-            req.extensions_mut().insert(c);
-        }
-        return next.run(req).await;
-    }
     let now = Instant::now();
     let limits = &state.http_limits;
-    if let Some(Peer(addr)) = req.extensions().get::<Peer>().copied()
-        && !limits.per_address.allow(&address_key(addr.ip()), now)
-    {
-        return limited("http_address", limits.per_address.retry_after(), &state);
-    }
-    if let Some(c) = claims {
-        if !limits.per_user.allow(&Arc::from(c.sub.as_str()), now) {
-            return limited("http_token", limits.per_user.retry_after(), &state);
+    let claims = crate::extract::bearer(req.headers(), req.uri()).and_then(|t| state.verifier.verify(&t).ok());
+    match &claims {
+        Some(c) if c.is_service() => {}
+        Some(c) => {
+            if !limits.per_user.allow(&Arc::from(c.sub.as_str()), now) {
+                return limited("http_token", limits.per_user.retry_after(), &state);
+            }
         }
+        None => {
+            if let Some(Peer(addr)) = req.extensions().get::<Peer>().copied()
+                && !limits.per_address.allow(&address_key(addr.ip()), now)
+            {
+                return limited("http_address", limits.per_address.retry_after(), &state);
+            }
+        }
+    }
+    let _exchange = match (&claims, req.extensions().get::<Arc<PendingSlot>>()) {
+        (Some(_), Some(slot)) => Some(slot.authenticated()),
+        _ => None,
+    };
+    if let Some(c) = claims {
         req.extensions_mut().insert(c);
     }
-    next.run(req).await
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let message = format!("request not completed within {REQUEST_TIMEOUT:?}");
+            let mut response = Error::api(ErrorCode::BadRequest, message).into_response();
+            *response.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            response
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_key_gets_its_burst_then_its_rate() {

@@ -99,11 +99,14 @@ async fn sigterm_exits_within_drain_and_grace_whatever_is_open() {
 #[tokio::test]
 async fn beyond_the_pending_cap_the_oldest_unauthenticated_connections_make_room() {
     let nats = NatsServer::start().await.unwrap();
-    let gw = gateways()
-        .start(&nats.url(), &[("TIDINGS_MAX_PENDING_CONNECTIONS", "50".into())])
-        .await;
+    let limits = [
+        ("TIDINGS_MAX_PENDING_CONNECTIONS", "50".to_owned()),
+        // Long enough that only eviction can close the half-sent requests here.
+        ("TIDINGS_HEADER_READ_TIMEOUT_MS", "60000".to_owned()),
+    ];
+    let gw = gateways().start(&nats.url(), &limits).await;
     let mut oldest = half_sent(&gw, 10).await;
-    let _newer = half_sent(&gw, 40).await;
+    let mut newer = half_sent(&gw, 40).await;
     // The pool is full: a new client still gets in, health probes still answer, and the
     // connections that waited longest are the ones closed.
     let mut c = connect(&gw, &user_token("u1", &["p1"], &[])).await;
@@ -118,6 +121,9 @@ async fn beyond_the_pending_cap_the_oldest_unauthenticated_connections_make_room
             "oldest #{i} still open ({evicted} evicted)"
         );
     }
+    // The newest are still open: they were not the ones to go.
+    let last = newer.last_mut().unwrap();
+    assert!(!closed_by_server(last, Duration::from_millis(500)).await);
     gw.wait_metric(
         "tidings_gateway_refused_connections_total{reason=\"pending_limit\"}",
         1.0,
@@ -141,11 +147,12 @@ async fn fill(nats: &NatsServer, ch: &str, n: usize, size: usize) {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// `field` of `/proc/<pid>/status` in KiB (`VmHWM:` is the peak resident size).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
@@ -159,7 +166,7 @@ async fn replays_to_clients_that_stop_reading_are_bounded_and_cut_at_the_write_d
     // 40 MB of history on one channel.
     fill(&nats, "project:big", 800, 50_000).await;
     let token = user_token("u1", &["big"], &[]);
-    let before = rss_kib(gw.process.pid());
+    let before = status_kib(gw.process.pid(), "VmHWM:");
     // Eight clients ask for all of it and never read (tiny receive buffers).
     let mut stalled = Vec::new();
     for _ in 0..8 {
@@ -173,7 +180,8 @@ async fn replays_to_clients_that_stop_reading_are_bounded_and_cut_at_the_write_d
     }
     gw.wait_metric("tidings_gateway_write_timeouts_total", 8.0, Duration::from_secs(30))
         .await;
-    let grown_mib = rss_kib(gw.process.pid()).saturating_sub(before) / 1024;
+    // The peak, not what is left after the release.
+    let grown_mib = status_kib(gw.process.pid(), "VmHWM:").saturating_sub(before) / 1024;
     // Buffered whole, that would be 8 × 40 MB; each replay holds about its budget (1 MiB).
     assert!(grown_mib < 64, "gateway grew by {grown_mib} MiB");
     eventually(Duration::from_secs(10), "stalled clients released", || async {
@@ -268,8 +276,12 @@ async fn connections_per_user_are_capped_but_not_for_services() {
     assert_eq!(third.close_code().await, 4008);
     // Another user is not affected; nor are service tokens.
     let _other = connect(&gw, &user_token("u2", &["p1"], &[])).await;
+    let mut services = Vec::new();
     for _ in 0..3 {
-        let _ = connect(&gw, &service_token()).await;
+        services.push(connect(&gw, &service_token()).await);
+    }
+    for (i, s) in services.iter_mut().enumerate() {
+        assert_eq!(s.request(json!({"type":"ping"}), i as u64).await["type"], "pong");
     }
     gw.wait_metric(
         "tidings_gateway_refused_connections_total{reason=\"user_limit\"}",

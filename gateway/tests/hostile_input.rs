@@ -114,12 +114,14 @@ async fn sixty_thousand_deep_input_is_refused_everywhere() {
         ("TIDINGS_MAX_PAYLOAD_BYTES", "200000".to_owned()),
     ];
     let gw = gateways().start(&nats.url(), &big).await;
-    // Before auth: as the first frame, in both formats.
-    for frame in [deep_json(60_000).into_bytes(), deep_msgpack(60_000)] {
-        let mut c = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
-        c.send_binary(frame).await.unwrap();
-        assert_eq!(c.close_code().await, 4001);
-    }
+    // Before auth: as the first frame, in both formats (JSON as text, MessagePack binary).
+    let mut c = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
+    c.send_text(&deep_json(60_000)).await.unwrap();
+    assert_eq!(c.close_code().await, 4001);
+    let mut c = WsClient::connect(&gw.base, TokenIn::None, None).await.unwrap();
+    c.send_binary(deep_msgpack(60_000)).await.unwrap();
+    assert_eq!(c.close_code().await, 4001);
+    assert_eq!(gw.status("/healthz").await, Some(200));
     // After auth: an error, and the connection goes on.
     let token = user_token("u1", &["p1"], &["project:p1"]);
     let mut c = connect(&gw, &token).await;
@@ -132,6 +134,26 @@ async fn sixty_thousand_deep_input_is_refused_everywhere() {
     );
     c.send_binary(deep_msgpack(60_000)).await.unwrap();
     assert_eq!(c.frame().await["error"]["code"], "bad_request");
+    // 70 deep: within serde_json's and rmp-serde's own limits (128, 1024), over Tidings' 64.
+    let nested: Value = serde_json::from_str(&deep_json(70)).unwrap();
+    let packed =
+        rmp_serde::to_vec_named(&json!({"type":"publish","channel":"project:p1","event":"e","data":nested,"id":3}))
+            .unwrap();
+    for frame in [deep_json(70).into_bytes(), packed] {
+        if frame[0] == b'[' {
+            c.send_text(std::str::from_utf8(&frame).unwrap()).await.unwrap();
+        } else {
+            c.send_binary(frame).await.unwrap();
+        }
+        let err = c.frame().await;
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("nested deeper than 64"),
+            "{err}"
+        );
+    }
     c.subscribe("project:p1").await;
     // A publisher body, over NATS: dropped and counted; the next message arrives.
     let client = nats.client().await.unwrap();

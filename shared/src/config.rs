@@ -115,8 +115,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_WRITE_DEADLINE_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub write_deadline_ms: u64,
 
-    /// Connections that have not authenticated yet (TCP accepted, no valid token seen);
-    /// beyond it new connections are closed at once.
+    /// Connections not in an authenticated exchange (not authenticated yet, or idle between
+    /// authenticated requests); beyond it the oldest of them is closed to make room.
     #[arg(long, env = "TIDINGS_MAX_PENDING_CONNECTIONS", default_value_t = 2_048, value_parser = count_in(1, 1_000_000))]
     pub max_pending_connections: usize,
 

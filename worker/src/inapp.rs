@@ -20,7 +20,7 @@ use crate::error::Result;
 
 /// Stores the inbox entry and publishes the in-app message. Idempotent: the inbox entry,
 /// keyed by the notification id, is only created if absent (a redelivered request does not
-/// mark a read entry unread again), and the message carries `Nats-Msg-Id: notif-<id>`.
+/// mark a read entry unread again), and the message carries `Nats-Msg-Id: inapp/user:<user>/<id>`.
 pub async fn deliver(
     ctx: &Ctx,
     id: &str,
@@ -106,7 +106,10 @@ async fn handle_ack(ctx: &Ctx, store: &Store, payload: &[u8]) -> Result<()> {
     // Only a message the worker itself published to this user counts: a user who may publish
     // on their own channel can store a `notification` naming any id, but not under this id.
     let msg_id = stored.headers.get("Nats-Msg-Id").map(|v| v.as_str());
-    if msg_id != Some(inapp_msg_id(&channel, &id).as_str()) {
+    // `notif-<id>`: how the worker named them before ids were namespaced; the gateway never
+    // stores a client's id under that name (it prefixes `client.<user>/`).
+    let legacy = format!("notif-{id}");
+    if msg_id != Some(inapp_msg_id(&channel, &id).as_str()) && msg_id != Some(legacy.as_str()) {
         tracing::debug!(user = %ack.user, seq = ack.seq, "ack of a notification the worker did not publish: ignored");
         return Ok(());
     }

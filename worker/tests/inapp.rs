@@ -62,20 +62,24 @@ async fn end_to_end_in_app_delivered_then_read() {
     assert_eq!(inbox["unread"], 0, "{inbox}");
 }
 
-/// A user who may publish on their own channel stores a look-alike `notification` naming
-/// another user's notification id, and acks it: that must not mark the other user's
-/// notification delivered. Their own real notification, acked after, is (and, acks being
-/// handled in order by the one worker, shows the forged one was handled before).
+/// A user who may publish on their own channel stores look-alike `notification` messages,
+/// naming another user's notification id and one of their own, and acks them: neither is
+/// marked delivered (the first would be refused for the user alone; the second only because
+/// the message is not one the worker stored). A real notification acked after them is
+/// delivered, which shows the forged acks were handled (acks are handled in order by the
+/// one worker).
 #[tokio::test]
-async fn a_forged_ack_does_not_mark_another_users_notification_delivered() {
+async fn forged_acks_do_not_mark_notifications_delivered() {
     let env = start(1).await;
-    let (code, body) = env
-        .notify(json!({"user":"carol","template":"pr_merged","data":{"pr":1,"title":"t"},"priority":"high","channels":["in_app"]}))
-        .await;
+    let in_app = |user: &str, pr: u32| json!({"user":user,"template":"pr_merged","data":{"pr":pr,"title":"t"},"priority":"high","channels":["in_app"]});
+    let (code, body) = env.notify(in_app("carol", 1)).await;
     assert_eq!(code, 202);
     let victim = body["id"].as_str().unwrap().to_owned();
+    let (_, body) = env.notify(in_app("mallory", 2)).await;
+    let own = body["id"].as_str().unwrap().to_owned();
     env.wait_channel(&victim, "in_app", "sent", Duration::from_secs(10))
         .await;
+    env.wait_channel(&own, "in_app", "sent", Duration::from_secs(10)).await;
 
     let mallory = tidings_tests::tokens::sign(
         &tidings_tests::tokens::claims("mallory", &["*"], &["user:mallory"], 3600),
@@ -86,32 +90,34 @@ async fn a_forged_ack_does_not_mark_another_users_notification_delivered() {
         .unwrap();
     assert_eq!(ws.frame().await["type"], "welcome");
     ws.subscribe("user:mallory").await;
-    let forged = ws
-        .request(
-            json!({"type":"publish","channel":"user:mallory","event":"notification","data":{"id":victim},"durable":true,"msg_id":victim}),
-            1,
-        )
-        .await;
-    assert_eq!(forged["ok"], true, "{forged}");
-    ws.send(json!({"type":"ack","channel":"user:mallory","seq":forged["seq"]}))
-        .await
-        .unwrap();
+    for (i, id) in [&victim, &own].into_iter().enumerate() {
+        let forged = ws
+            .request(
+                json!({"type":"publish","channel":"user:mallory","event":"notification","data":{"id":id},"durable":true,"msg_id":id}),
+                i as u64 + 1,
+            )
+            .await;
+        assert_eq!(forged["ok"], true, "{forged}");
+        ws.send(json!({"type":"ack","channel":"user:mallory","seq":forged["seq"]}))
+            .await
+            .unwrap();
+    }
 
-    let (_, own) = env
-        .notify(json!({"user":"mallory","template":"pr_merged","data":{"pr":2,"title":"t"},"priority":"high","channels":["in_app"]}))
-        .await;
-    let own = own["id"].as_str().unwrap().to_owned();
+    let (_, probe) = env.notify(in_app("mallory", 3)).await;
+    let probe = probe["id"].as_str().unwrap().to_owned();
     let m = loop {
         let m = ws.frame_of("message").await;
-        if m["id"] == own.as_str() {
+        if m["id"] == probe.as_str() {
             break m;
         }
     };
     ws.send(json!({"type":"ack","channel":"user:mallory","seq":m["seq"]}))
         .await
         .unwrap();
-    env.wait_channel(&own, "in_app", "delivered", Duration::from_secs(10))
+    env.wait_channel(&probe, "in_app", "delivered", Duration::from_secs(10))
         .await;
-    let status = env.status(&victim).await;
-    assert_eq!(status["channels"]["in_app"]["status"], "sent", "{status}");
+    for id in [&victim, &own] {
+        let status = env.status(id).await;
+        assert_eq!(status["channels"]["in_app"]["status"], "sent", "{status}");
+    }
 }

@@ -200,6 +200,10 @@ impl Session {
         let metrics = self.reg.state.metrics.clone();
         let mut replayed = 0u64;
         loop {
+            if self.reg.handle.signal.code() != 0 {
+                // Told to go (drain, slow consumer) mid-replay: the session loop closes it.
+                return Err(());
+            }
             match reader.next_chunk(&metrics).await {
                 Ok(Some(chunk)) => {
                     replayed += chunk.len() as u64;
@@ -220,8 +224,20 @@ impl Session {
         Ok(())
     }
 
-    /// Writes channel messages the session has not written yet, then flushes.
+    /// Writes channel messages the session has not written yet, then flushes, within the
+    /// write deadline.
     async fn write_messages(&mut self, messages: Vec<std::sync::Arc<crate::message::Encoded>>) -> Result<(), ()> {
+        let deadline = self.write_deadline();
+        match tokio::time::timeout(deadline, self.write_all(messages)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.write_timed_out();
+                Err(())
+            }
+        }
+    }
+
+    async fn write_all(&mut self, messages: Vec<std::sync::Arc<crate::message::Encoded>>) -> Result<(), ()> {
         let mut written = 0u64;
         for m in messages {
             if !self.admit(&m) {

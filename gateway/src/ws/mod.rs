@@ -210,9 +210,8 @@ async fn run(
             return;
         }
     };
-    if let Some(slot) = pending {
-        slot.authenticated();
-    }
+    // Out of the pool of pending connections for as long as the session lasts.
+    let _exchange = pending.as_ref().map(|slot| slot.authenticated());
     let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
     let handle = ConnHandle {
         tx,
@@ -289,10 +288,29 @@ enum Next {
 
 impl Session {
     async fn send(&mut self, frame: &ServerFrame) {
-        if let Err(e) = send(&mut self.sink, self.format, frame).await {
-            tracing::debug!(error = %e, "write failed");
-            self.broken = true;
+        let deadline = self.write_deadline();
+        match tokio::time::timeout(deadline, send(&mut self.sink, self.format, frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                self.broken = true;
+            }
+            Err(_) => self.write_timed_out(),
         }
+    }
+
+    /// `TIDINGS_WRITE_DEADLINE_MS`: how long one write (a frame, a batch, a replay chunk,
+    /// each with its flush) may take, as NATS's `write_deadline`; the socket also fails a
+    /// write that makes no progress for that long (see `server::DeadlineIo`).
+    fn write_deadline(&self) -> Duration {
+        Duration::from_millis(self.reg.state.config.write_deadline_ms)
+    }
+
+    /// A write ran out of time: the peer is not reading. No close frame could go out either.
+    fn write_timed_out(&mut self) {
+        tracing::debug!("write deadline passed");
+        self.reg.state.metrics.write_timeouts.inc();
+        self.broken = true;
     }
 
     async fn reply(&mut self, reply: Reply) {
@@ -320,84 +338,109 @@ impl Session {
         let mut last_seen = Instant::now();
         let mut batch: Vec<Outbound> = Vec::new();
         loop {
-            tokio::select! {
+            let ended = tokio::select! {
                 biased;
                 code = signal.closed() => {
                     Box::pin(self.close_for(code)).await;
-                    return "closed by server";
+                    Some("closed by server")
                 }
                 n = rx.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
                         return "queue closed";
                     }
-                    let written = tokio::select! {
-                        r = self.write_batch(&mut batch) => r,
-                        code = signal.closed() => {
-                            Box::pin(self.close_for(code)).await;
-                            return "closed by server during write";
-                        }
-                    };
-                    if written.is_err() {
-                        return "write failed";
-                    }
+                    self.write_queued(&mut batch, &signal).await
                 }
                 incoming = stream.next() => {
                     last_seen = Instant::now();
-                    match incoming {
-                        None => return "peer went away",
-                        Some(Err(e)) => {
-                            if is_capacity_error(&e) {
-                                Box::pin(close(&mut self.sink, CLOSE_TOO_LARGE, "frame too large")).await;
-                                return "frame too large";
-                            }
-                            return "read error";
-                        }
-                        Some(Ok(Message::Close(_))) => return "peer closed",
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
-                            // Control frames cost a token too: tungstenite answers every ping,
-                            // so a ping flood would otherwise be free.
-                            if self.limiter.check(Instant::now(), 1) == Verdict::Abuse {
-                                Box::pin(close(&mut self.sink, CLOSE_RATE_LIMITED, "rate limit abused")).await;
-                                return "rate limit abused";
-                            }
-                        }
-                        Some(Ok(Message::Text(t))) => {
-                            let decoded = WireFormat::Json.decode_client(t.as_bytes(), self.reg.state.config.max_frame_bytes);
-                            if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
-                                Box::pin(close(&mut self.sink, code, reason)).await;
-                                return reason;
-                            }
-                            if self.broken {
-                                return "write failed";
-                            }
-                        }
-                        Some(Ok(Message::Binary(b))) => {
-                            let decoded = WireFormat::Msgpack.decode_client(&b, self.reg.state.config.max_frame_bytes);
-                            if let Next::Close(code, reason) = Box::pin(self.command(decoded, &mut expiry)).await {
-                                Box::pin(close(&mut self.sink, code, reason)).await;
-                                return reason;
-                            }
-                            if self.broken {
-                                return "write failed";
-                            }
-                        }
-                    }
+                    Box::pin(self.incoming(incoming, &mut expiry)).await
                 }
                 _ = ticker.tick() => {
                     if last_seen.elapsed() > heartbeat * 2 {
                         Box::pin(close(&mut self.sink, 1001, "heartbeat timeout")).await;
                         return "heartbeat timeout";
                     }
-                    if self.sink.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
-                        return "write failed";
-                    }
+                    self.ping().await
                 }
                 () = &mut expiry => {
                     Box::pin(close(&mut self.sink, CLOSE_UNAUTHORIZED, "token expired")).await;
-                    return "token expired";
+                    Some("token expired")
                 }
+            };
+            if let Some(reason) = ended {
+                return reason;
             }
         }
+    }
+
+    /// Writes what the queue held, within the write deadline, unless the session is told to
+    /// close meanwhile. `Some(reason)` when the session ends.
+    async fn write_queued(&mut self, batch: &mut Vec<Outbound>, signal: &ConnSignal) -> Option<&'static str> {
+        let deadline = self.write_deadline();
+        let written = tokio::select! {
+            r = tokio::time::timeout(deadline, self.write_batch(batch)) => r,
+            code = signal.closed() => {
+                Box::pin(self.close_for(code)).await;
+                return Some("closed by server during write");
+            }
+        };
+        match written {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some("write failed"),
+            Err(_) => {
+                self.write_timed_out();
+                Some("write deadline passed")
+            }
+        }
+    }
+
+    /// A WebSocket ping, within the write deadline.
+    async fn ping(&mut self) -> Option<&'static str> {
+        let deadline = self.write_deadline();
+        let ping = self.sink.send(Message::Ping(bytes::Bytes::new()));
+        match tokio::time::timeout(deadline, ping).await {
+            Ok(Ok(())) => None,
+            Ok(Err(_)) => Some("write failed"),
+            Err(_) => {
+                self.write_timed_out();
+                Some("write deadline passed")
+            }
+        }
+    }
+
+    /// Handles what the peer sent. `Some(reason)` when the session ends.
+    async fn incoming(
+        &mut self,
+        incoming: Option<Result<Message, axum::Error>>,
+        expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Option<&'static str> {
+        let max = self.reg.state.config.max_frame_bytes;
+        let decoded = match incoming {
+            None => return Some("peer went away"),
+            Some(Err(e)) => {
+                if is_capacity_error(&e) {
+                    Box::pin(close(&mut self.sink, CLOSE_TOO_LARGE, "frame too large")).await;
+                    return Some("frame too large");
+                }
+                return Some("read error");
+            }
+            Some(Ok(Message::Close(_))) => return Some("peer closed"),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {
+                // Control frames cost a token too: tungstenite answers every ping, so a ping
+                // flood would otherwise be free.
+                if self.limiter.check(Instant::now(), 1) == Verdict::Abuse {
+                    Box::pin(close(&mut self.sink, CLOSE_RATE_LIMITED, "rate limit abused")).await;
+                    return Some("rate limit abused");
+                }
+                return None;
+            }
+            Some(Ok(Message::Text(t))) => WireFormat::Json.decode_client(t.as_bytes(), max),
+            Some(Ok(Message::Binary(b))) => WireFormat::Msgpack.decode_client(&b, max),
+        };
+        if let Next::Close(code, reason) = Box::pin(self.command(decoded, expiry)).await {
+            Box::pin(close(&mut self.sink, code, reason)).await;
+            return Some(reason);
+        }
+        self.broken.then_some("write failed")
     }
 
     /// Writes every queued frame, then flushes once.
