@@ -9,6 +9,8 @@
 //! - [`nats`]: connecting, provisioning JetStream, publishing with an ack;
 //! - [`notify`] / [`prefs`] / [`template`] / [`store`]: the notification pipeline's types,
 //!   rules and JetStream-backed state;
+//! - [`netguard`]: the IANA special-purpose address blocks webhook and push deliveries may
+//!   not reach (SSRF guard);
 //! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces;
 //! - `client` (feature `client`): a reconnecting, recovering Rust client.
 #![warn(missing_docs)]
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod frame;
 pub mod nats;
+pub mod netguard;
 pub mod notify;
 pub mod ops;
 pub mod prefs;
