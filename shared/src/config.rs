@@ -222,6 +222,17 @@ pub struct WorkerConfig {
     /// Window in which low/normal notifications with one batch_key become one digest.
     #[arg(long, env = "TIDINGS_BATCH_WINDOW_MS", default_value_t = 60_000)]
     pub batch_window_ms: u64,
+
+    /// Instructions (MiniJinja fuel) one template part may run per render; a part over it
+    /// fails its notification (nested loops over large data).
+    #[arg(long, env = "TIDINGS_TEMPLATE_FUEL", default_value_t = crate::template::DEFAULT_FUEL,
+        value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    pub template_fuel: u64,
+
+    /// Largest rendered template part, in bytes; a larger one fails its notification.
+    #[arg(long, env = "TIDINGS_TEMPLATE_MAX_BYTES", default_value_t = crate::template::DEFAULT_MAX_BYTES,
+        value_parser = bytes_in(1_024, 16 * 1024 * 1024))]
+    pub template_max_bytes: usize,
 }
 
 impl GatewayConfig {
@@ -272,6 +283,22 @@ pub fn sanitize_node_id(raw: &str) -> String {
         })
         .collect();
     if s.is_empty() { "tidings".to_owned() } else { s }
+}
+
+/// A parser of a byte count between `min` and `max` (inclusive), whose error names the
+/// bounds.
+fn bytes_in(min: usize, max: usize) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone {
+    move |s| {
+        let n: usize = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+        if (min..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} is outside {min}..={max} bytes"))
+        }
+    }
 }
 
 /// Parses `500ms`, `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
@@ -407,6 +434,8 @@ mod tests {
             ("TIDINGS_RETRY_MAX_ATTEMPTS", "retry_max_attempts"),
             ("TIDINGS_DELIVERY_ACK_WAIT_MS", "delivery_ack_wait_ms"),
             ("TIDINGS_BATCH_WINDOW_MS", "batch_window_ms"),
+            ("TIDINGS_TEMPLATE_FUEL", "template_fuel"),
+            ("TIDINGS_TEMPLATE_MAX_BYTES", "template_max_bytes"),
         ]));
         assert_eq!(wired(WorkerConfig::command()), worker);
         let g = GatewayConfig::try_parse_from([

@@ -236,7 +236,7 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
     });
     let rendered = match ctx.templates.get(&d.template).await? {
         None => Err(format!("unknown template {:?}", d.template)),
-        Some(t) => crate::render::render(&t, job.channel, &data).map_err(|e| e.to_string()),
+        Some(t) => ctx.renderer.render(t, job.channel, data.clone()).await,
     };
     let (outcome, via) = match rendered {
         Err(e) => (Outcome::Fail(e), None),

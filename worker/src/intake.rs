@@ -5,6 +5,7 @@
 //! (see "The delivery guarantee" in `docs/NOTIFICATIONS.md` for the windows that bound it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
@@ -101,18 +102,30 @@ fn quiet_until(req: &NotificationRequest, prefs: &Preferences) -> Option<jiff::T
     }
 }
 
-/// Decides every channel's first state from the user's preferences and the template, with
-/// no side effect, so that the whole plan is recorded in one write before anything goes
-/// out. Returns the plan and the content rendered for it.
+/// The channels a request asks for (or the user's preferences choose), each once.
+fn wanted(req: &NotificationRequest, prefs: &Preferences) -> Vec<DeliveryChannel> {
+    let mut channels = req.channels.clone().unwrap_or_else(|| default_channels(prefs));
+    let mut seen = std::collections::HashSet::new();
+    channels.retain(|c| seen.insert(*c));
+    channels
+}
+
+/// Content rendered per channel, or why it could not be.
+type Renders = HashMap<DeliveryChannel, std::result::Result<Rendered, String>>;
+
+/// Decides every channel's first state from the user's preferences and the template's
+/// `renders` (done beforehand, off the runtime), with no side effect, so that the whole
+/// plan is recorded in one write before anything goes out. Returns the plan and the
+/// content rendered for it.
 fn decide(
     req: &NotificationRequest,
-    template: &Template,
+    mut renders: Renders,
     prefs: &Preferences,
 ) -> (
     BTreeMap<DeliveryChannel, ChannelState>,
     HashMap<DeliveryChannel, Rendered>,
 ) {
-    let channels = req.channels.clone().unwrap_or_else(|| default_channels(prefs));
+    let channels = wanted(req, prefs);
     let quiet = quiet_until(req, prefs);
     let mut plan = BTreeMap::new();
     let mut rendered = HashMap::new();
@@ -132,8 +145,9 @@ fn decide(
             // Rendered later, once, over the whole batch.
             channel_state(DeliveryStatus::Batched, None, None)
         } else {
-            match crate::render::render(template, channel, &req.data) {
-                Err(e) => channel_state(DeliveryStatus::Failed, Some(e.to_string()), None),
+            let render = renders.remove(&channel);
+            match render.unwrap_or_else(|| Err(format!("no {} part", channel.as_str()))) {
+                Err(e) => channel_state(DeliveryStatus::Failed, Some(e), None),
                 Ok(content) => {
                     rendered.insert(channel, content);
                     match until {
@@ -173,13 +187,12 @@ struct ToDo {
 
 /// What the recorded plan `doc` still calls for: every channel in its first state and not
 /// yet attempted (one a delivery has moved on is left to it). Content rendered when the
-/// plan was decided is used; otherwise (the request handed out again) it is rendered now,
-/// and a channel that cannot be rendered any more is returned with the reason.
+/// plan was decided is used; otherwise (the request handed out again) it was rendered by
+/// [`rerender`], and a channel that cannot be rendered any more is returned with the reason.
 fn actions(
     doc: &NotificationStatus,
     req: &NotificationRequest,
-    template: Option<&Template>,
-    mut rendered: HashMap<DeliveryChannel, Rendered>,
+    mut rendered: Renders,
     quiet: Option<jiff::Timestamp>,
 ) -> ToDo {
     let (mut todo, mut failed) = (Vec::new(), Vec::new());
@@ -208,13 +221,9 @@ fn actions(
             }
             _ => continue,
         };
-        let content = match rendered.remove(&channel) {
-            Some(c) => Ok(c),
-            None => match template {
-                Some(t) => crate::render::render(t, channel, &req.data).map_err(|e| e.to_string()),
-                None => Err(format!("unknown template {:?}", req.template)),
-            },
-        };
+        let content = rendered
+            .remove(&channel)
+            .unwrap_or_else(|| Err(format!("unknown template {:?}", req.template)));
         let content = match content {
             Ok(c) => c,
             Err(e) => {
@@ -244,6 +253,34 @@ fn actions(
     ToDo { actions: todo, failed }
 }
 
+/// The content of every channel of the recorded plan `doc` that may still need it: what
+/// was rendered for this plan, and the rest rendered now (the request handed out again).
+async fn rerender(
+    ctx: &Ctx,
+    doc: &NotificationStatus,
+    req: &NotificationRequest,
+    template: Option<Arc<Template>>,
+    rendered: HashMap<DeliveryChannel, Rendered>,
+) -> Renders {
+    let mut out: Renders = rendered.into_iter().map(|(c, r)| (c, Ok(r))).collect();
+    let todo: Vec<DeliveryChannel> = doc
+        .channels
+        .iter()
+        .filter(|(c, s)| s.attempts == 0 && !out.contains_key(c))
+        .filter(|(_, s)| {
+            matches!(
+                s.status,
+                DeliveryStatus::Sent | DeliveryStatus::Pending | DeliveryStatus::Deferred
+            )
+        })
+        .map(|(c, _)| *c)
+        .collect();
+    if let (Some(t), false) = (template, todo.is_empty()) {
+        out.extend(ctx.renderer.render_all(t, todo, req.data.clone()).await);
+    }
+    out
+}
+
 /// Plans an accepted request and starts every channel.
 ///
 /// The plan is decided first, from reads only, and recorded in one conditional write (which
@@ -266,7 +303,13 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     };
     let mut rendered = HashMap::new();
     match &template {
-        Some(t) => (doc.channels, rendered) = decide(req, t, &prefs),
+        Some(t) => {
+            let renders = ctx
+                .renderer
+                .render_all(t.clone(), wanted(req, &prefs), req.data.clone())
+                .await;
+            (doc.channels, rendered) = decide(req, renders, &prefs);
+        }
         None => doc.error = Some(format!("unknown template {:?}", req.template)),
     }
     doc.summarize();
@@ -291,7 +334,8 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
         return Ok(());
     }
     let quiet = quiet_until(req, &prefs);
-    let ToDo { actions: todo, failed } = actions(&recorded, req, template.as_deref(), rendered, quiet);
+    let rendered = rerender(ctx, &recorded, req, template, rendered).await;
+    let ToDo { actions: todo, failed } = actions(&recorded, req, rendered, quiet);
     for (channel, error) in &failed {
         // Only when carrying out a recorded plan again after its template was deleted or
         // broken: the channel is left as recorded (its message or job may well be out

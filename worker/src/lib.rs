@@ -46,6 +46,10 @@ pub use metrics::Metrics;
 const INTAKE_CONCURRENCY: usize = 64;
 /// Deliveries attempted at once by one worker.
 const DELIVERY_CONCURRENCY: usize = 64;
+/// Templates rendered at once by one worker (on the blocking pool): with fuel, a render is
+/// milliseconds at most, so a few threads keep up, and a flood of heavy templates cannot
+/// take more than these.
+const RENDER_CONCURRENCY: usize = 4;
 /// How long a request may be in hand before JetStream gives it to another worker (a worker
 /// that died): planning takes milliseconds.
 const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
@@ -61,6 +65,8 @@ pub struct Ctx {
     pub store: Store,
     /// Templates, kept in memory through a watch on their bucket.
     pub templates: templates::TemplateCache,
+    /// Renders templates off the runtime, within their budget.
+    pub renderer: render::Renderer,
     /// Metrics.
     pub metrics: Metrics,
     /// Webhook client.
@@ -210,8 +216,13 @@ async fn pipeline(
     };
     // Planning reads a template per notification: kept in memory, current through a watch.
     let templates = templates::TemplateCache::spawn(store.templates_bucket().clone());
+    let budget = tidings_shared::template::Budget {
+        fuel: config.template_fuel,
+        max_bytes: config.template_max_bytes,
+    };
     let ctx = Ctx {
         templates,
+        renderer: render::Renderer::new(budget, RENDER_CONCURRENCY),
         nats: client,
         js: js.clone(),
         store: store.clone(),
