@@ -231,8 +231,14 @@ pub struct WorkerConfig {
 
     /// Largest rendered template part, in bytes; a larger one fails its notification.
     #[arg(long, env = "TIDINGS_TEMPLATE_MAX_BYTES", default_value_t = crate::template::DEFAULT_MAX_BYTES,
-        value_parser = bytes_in(1_024, 16 * 1024 * 1024))]
+        value_parser = usize_in(1_024, 16 * 1024 * 1024, "bytes"))]
     pub template_max_bytes: usize,
+
+    /// Most push subscriptions of one user a notification is sent to (the newest ones);
+    /// preferences with more are refused when written.
+    #[arg(long, env = "TIDINGS_PUSH_MAX_SUBSCRIPTIONS", default_value_t = crate::prefs::MAX_PUSH_SUBSCRIPTIONS,
+        value_parser = usize_in(1, 1000, "subscriptions"))]
+    pub push_max_subscriptions: usize,
 }
 
 impl GatewayConfig {
@@ -285,18 +291,22 @@ pub fn sanitize_node_id(raw: &str) -> String {
     if s.is_empty() { "tidings".to_owned() } else { s }
 }
 
-/// A parser of a byte count between `min` and `max` (inclusive), whose error names the
-/// bounds.
-fn bytes_in(min: usize, max: usize) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone {
+/// A parser of a count of `unit` between `min` and `max` (inclusive), whose error names
+/// the bounds.
+fn usize_in(
+    min: usize,
+    max: usize,
+    unit: &'static str,
+) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone + Send + Sync + 'static {
     move |s| {
         let n: usize = s
             .trim()
             .parse()
-            .map_err(|_| format!("{s:?} is not a number of bytes"))?;
+            .map_err(|_| format!("{s:?} is not a number of {unit}"))?;
         if (min..=max).contains(&n) {
             Ok(n)
         } else {
-            Err(format!("{n} is outside {min}..={max} bytes"))
+            Err(format!("{n} is outside {min}..={max} {unit}"))
         }
     }
 }
@@ -436,6 +446,7 @@ mod tests {
             ("TIDINGS_BATCH_WINDOW_MS", "batch_window_ms"),
             ("TIDINGS_TEMPLATE_FUEL", "template_fuel"),
             ("TIDINGS_TEMPLATE_MAX_BYTES", "template_max_bytes"),
+            ("TIDINGS_PUSH_MAX_SUBSCRIPTIONS", "push_max_subscriptions"),
         ]));
         assert_eq!(wired(WorkerConfig::command()), worker);
         let g = GatewayConfig::try_parse_from([

@@ -68,6 +68,10 @@ pub struct Preferences {
     pub webhook_url: Option<String>,
 }
 
+/// Most push subscriptions one user may store (a browser or device each): every
+/// notification is encrypted and sent to each, so the list must stay short.
+pub const MAX_PUSH_SUBSCRIPTIONS: usize = 20;
+
 fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{field}: {why}"))
 }
@@ -170,6 +174,12 @@ impl Preferences {
             if name.is_empty() || name.len() > 64 {
                 return Err(invalid("categories", "names are 1 to 64 characters"));
             }
+        }
+        if self.push_subscriptions.len() > MAX_PUSH_SUBSCRIPTIONS {
+            return Err(invalid(
+                "push_subscriptions",
+                format!("at most {MAX_PUSH_SUBSCRIPTIONS} subscriptions"),
+            ));
         }
         for (i, s) in self.push_subscriptions.iter().enumerate() {
             validate_target_url(&format!("push_subscriptions[{i}].endpoint"), &s.endpoint, allow_private)?;

@@ -38,7 +38,8 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
             }
             let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
-            process(ctx, &job, delivered).instrument(span).await
+            let work = process(ctx, &job, delivered).instrument(span);
+            crate::progress::with_progress(&msg, crate::progress::interval(ctx.delivery_ack_wait), work).await
         }
     };
     let acked = match disposition {
@@ -287,16 +288,38 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
     Ok(Disposition::Ack)
 }
 
-/// Sends to every subscription (there is at least one: see [`missing`]); those the push
-/// service reports gone are removed from the preferences. Delivered if any subscription took it (the others are not retried, so no
-/// device gets it twice); else retried if any failure was transient.
-async fn push(ctx: &Ctx, job: &DeliveryJob, subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
+/// Push requests in flight at once for one job.
+const PUSH_CONCURRENCY: usize = 8;
+
+/// Sends to every subscription (there is at least one: see [`missing`]), at most
+/// `push_max_subscriptions` of them (the newest: a user's list written around the API
+/// could be any length), several at once; those the push service reports gone are removed
+/// from the preferences. Delivered if any subscription took it (the others are not retried,
+/// so no device gets it twice); else retried if any failure was transient.
+async fn push(ctx: &Ctx, job: &DeliveryJob, mut subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
+    if subs.len() > ctx.push_max_subscriptions {
+        tracing::warn!(
+            have = subs.len(),
+            cap = ctx.push_max_subscriptions,
+            "more push subscriptions than TIDINGS_PUSH_MAX_SUBSCRIPTIONS; sending to the newest"
+        );
+        subs.drain(..subs.len() - ctx.push_max_subscriptions);
+    }
+    let permits = tokio::sync::Semaphore::new(PUSH_CONCURRENCY);
+    let sends = subs.iter().map(|sub| {
+        let permits = &permits;
+        async move {
+            let _permit = permits.acquire().await;
+            (sub, ctx.push.send(sub, job).await)
+        }
+    });
+    let results = futures::future::join_all(sends).await;
     let mut gone = Vec::new();
     let mut delivered = false;
     let mut retry: Option<Outcome> = None;
     let mut errors = Vec::new();
-    for sub in &subs {
-        match ctx.push.send(sub, job).await {
+    for (sub, result) in results {
+        match result {
             crate::push::PushResult::Gone => gone.push(sub.endpoint.clone()),
             crate::push::PushResult::Outcome(Outcome::Delivered) => delivered = true,
             crate::push::PushResult::Outcome(o @ Outcome::Retry { .. }) => retry = Some(o),

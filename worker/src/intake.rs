@@ -27,7 +27,8 @@ use crate::targets::{default_channels, missing};
 /// failed under it.
 pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     let seq = msg.info().map(|i| i.stream_sequence).ok();
-    let result = process(ctx, &msg.payload, seq).await;
+    let work = process(ctx, &msg.payload, seq);
+    let result = crate::progress::with_progress(&msg, crate::progress::interval(crate::INTAKE_ACK_WAIT), work).await;
     let ack = match result {
         Ok(()) => msg.ack().await,
         Err(e) => {

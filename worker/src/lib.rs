@@ -13,6 +13,7 @@ pub mod inapp;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
+pub mod progress;
 pub mod provider;
 pub mod push;
 pub mod quiet;
@@ -52,7 +53,7 @@ const DELIVERY_CONCURRENCY: usize = 64;
 const RENDER_CONCURRENCY: usize = 4;
 /// How long a request may be in hand before JetStream gives it to another worker (a worker
 /// that died): planning takes milliseconds.
-const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// What the pipeline's steps share; cheap to clone.
 #[derive(Clone)]
@@ -79,6 +80,10 @@ pub struct Ctx {
     pub push: Arc<push::PushSender>,
     /// Attempts per channel before a dead letter.
     pub max_attempts: u32,
+    /// How long a delivery job may go without an ack before JetStream hands it out again.
+    pub delivery_ack_wait: Duration,
+    /// Most push subscriptions of one user sent to (the newest ones).
+    pub push_max_subscriptions: usize,
     /// First retry delay.
     pub retry_base: Duration,
     /// Open batches (KV).
@@ -232,6 +237,8 @@ async fn pipeline(
         sms: senders.sms,
         push: senders.push,
         max_attempts: config.retry_max_attempts,
+        delivery_ack_wait: Duration::from_millis(config.delivery_ack_wait_ms),
+        push_max_subscriptions: config.push_max_subscriptions,
         retry_base: Duration::from_millis(config.retry_base_ms),
         batches,
         batch_window: Duration::from_millis(config.batch_window_ms),

@@ -89,9 +89,28 @@ pub fn guarded_client(allow_private: bool) -> Result<reqwest::Client, reqwest::E
         .build()
 }
 
+/// The most of a provider's error body read: enough for its message, and the same small
+/// cost on every retry however much the peer sends (a hostile or broken webhook receiver may
+/// stream gigabytes, or never end).
+pub const ERROR_BODY_LIMIT: usize = 4 * 1024;
+
+/// The first [`ERROR_BODY_LIMIT`] bytes of `resp`'s body (less if it ends or fails first);
+/// the rest is never read, and the connection is dropped with the response.
+async fn body_start(mut resp: reqwest::Response) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < ERROR_BODY_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(ERROR_BODY_LIMIT - buf.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// Classifies a provider's HTTP answer the same way for every channel: 2xx delivered;
 /// 5xx and 429 retried (after `Retry-After` if given); anything else failed at once. The
-/// error keeps the provider's message (`message` of a JSON body, else the body's start).
+/// error keeps the provider's message (`message` of a JSON body, else the body's start),
+/// read from at most [`ERROR_BODY_LIMIT`] bytes.
 pub async fn classify(resp: reqwest::Response) -> Outcome {
     let status = resp.status().as_u16();
     if resp.status().is_success() {
@@ -102,7 +121,7 @@ pub async fn classify(resp: reqwest::Response) -> Outcome {
         .get("retry-after")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| crate::retry::retry_after(v, jiff::Timestamp::now()));
-    let text = resp.text().await.unwrap_or_default();
+    let text = body_start(resp).await;
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_owned))

@@ -174,3 +174,49 @@ async fn a_worker_killed_mid_run_loses_nothing() {
         "{twice} repeats: more than the killed worker had in flight"
     );
 }
+
+/// A receiver whose error bodies never end: each attempt reads only the start of the body
+/// (the status error keeps it), so retries and failures take no longer than a plain error,
+/// and later notifications go on.
+#[tokio::test]
+async fn endless_error_bodies_are_read_only_up_to_a_bound() {
+    let env = start(1).await;
+    let (hooks, _received) = start_receiver().await;
+    for (user, mode) in [("stream", "endless"), ("streambad", "endless-bad"), ("fine", "ok")] {
+        let (code, body) = env
+            .put(
+                &format!("/api/v1/users/{user}/preferences"),
+                json!({"webhook_url": format!("{hooks}/{mode}")}),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let started = std::time::Instant::now();
+    for user in ["stream", "streambad"] {
+        env.notify(json!({"id": format!("e-{user}"), "user": user, "template": "pr_merged",
+            "data": {"pr": 1, "title": "t"}, "channels": ["webhook"]}))
+            .await;
+    }
+    // Reading a whole body would last until the client's 15 s timeout, on every attempt.
+    let s = env
+        .wait_channel("e-streambad", "webhook", "failed", Duration::from_secs(10))
+        .await;
+    let error = s["channels"]["webhook"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("HTTP 400: bad request: xxx"), "{s}");
+    assert!(error.len() <= 1024, "error of {} bytes", error.len());
+    let s = env
+        .wait_channel("e-stream", "webhook", "failed", Duration::from_secs(10))
+        .await;
+    assert_eq!(s["channels"]["webhook"]["attempts"], 3, "{s}");
+    let error = s["channels"]["webhook"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("HTTP 500: overloaded: xxx") && error.len() <= 1024,
+        "{s}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    env.notify(json!({"id": "e-fine", "user": "fine", "template": "pr_merged",
+        "data": {"pr": 2, "title": "t"}, "channels": ["webhook"]}))
+        .await;
+    env.wait_channel("e-fine", "webhook", "sent", Duration::from_secs(10))
+        .await;
+}
