@@ -26,33 +26,99 @@ enum Disposition {
 
 /// Handles one delivery job message.
 pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
-    let disposition = match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
-        Err(e) => {
-            tracing::error!(error = %e, "unreadable delivery job dropped");
-            Ok(Disposition::Ack)
-        }
+    let delivered = msg
+        .info()
+        .map(|i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32)
+        .unwrap_or(1);
+    let acked = match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
+        Err(e) => match unreadable(ctx, &msg, &format!("unreadable delivery job: {e}"), delivered).await {
+            Ok(()) => msg.ack().await,
+            Err(e) => retry_later(&msg, &e).await,
+        },
         Ok(job) => {
             // The ack timer starts again now: time spent queued in this worker does not count.
             if let Err(e) = msg.ack_with(AckKind::Progress).await {
                 tracing::debug!(error = %e, "progress ack failed");
             }
-            let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
-            let work = process(ctx, &job, delivered).instrument(span);
-            crate::progress::with_progress(&msg, crate::progress::interval(ctx.delivery_ack_wait), work).await
-        }
-    };
-    let acked = match disposition {
-        Ok(Disposition::Ack) => msg.ack().await,
-        Ok(Disposition::RetryIn(d)) => msg.ack_with(AckKind::Nak(Some(d))).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "delivery step failed on NATS; retrying");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+            let work = process(ctx, &job, delivered).instrument(span.clone());
+            let every = crate::progress::interval(ctx.delivery_ack_wait);
+            let disposition = crate::progress::with_progress(&msg, every, work).await;
+            settle(ctx, &msg, &job, disposition, delivered).instrument(span).await
         }
     };
     if let Err(e) = acked {
         tracing::warn!(error = %e, "acknowledging a delivery job failed");
     }
+}
+
+/// Naks `msg` for a second, after `e` kept it from being settled.
+async fn retry_later(
+    msg: &async_nats::jetstream::Message,
+    e: &crate::Error,
+) -> std::result::Result<(), async_nats::Error> {
+    tracing::warn!(error = %e, "settling a delivery job failed; retrying");
+    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+}
+
+/// Acks, naks or (after a failure past its deliveries) dead-letters the job's message.
+async fn settle(
+    ctx: &Ctx,
+    msg: &async_nats::jetstream::Message,
+    job: &DeliveryJob,
+    disposition: Result<Disposition>,
+    delivered: u32,
+) -> std::result::Result<(), async_nats::Error> {
+    let e = match disposition {
+        Ok(Disposition::Ack) => return msg.ack().await,
+        Ok(Disposition::RetryIn(d)) => return msg.ack_with(AckKind::Nak(Some(d))).await,
+        Err(e) => e,
+    };
+    match crate::poison::verdict(ctx, &e, delivered) {
+        crate::poison::Verdict::RetryIn(d) => {
+            tracing::warn!(error = %e, delivered, ?d, "delivery step failed; retrying");
+            msg.ack_with(AckKind::Nak(Some(d))).await
+        }
+        crate::poison::Verdict::DeadLetter => {
+            let buried = async {
+                dead_letter(ctx, job, &e.to_string(), delivered).await?;
+                let reason = format!("dead-lettered after {delivered} deliveries: {e}");
+                let update = ChannelUpdate::new(DeliveryStatus::Failed, delivered, Some(reason));
+                set_channel(ctx, job, None, update).await
+            };
+            match buried.await {
+                Ok(()) => msg.ack().await,
+                Err(e) => retry_later(msg, &e).await,
+            }
+        }
+    }
+}
+
+/// Dead-letters a job whose body cannot be decoded (the same bytes never will be) and, when
+/// its subject names the notification, fails that channel with the reason.
+async fn unreadable(ctx: &Ctx, msg: &async_nats::jetstream::Message, reason: &str, delivered: u32) -> Result<()> {
+    let named = crate::poison::job_of_subject(msg.subject.as_str());
+    let kind = named.as_ref().map_or("unknown", |(c, _)| c.as_str());
+    crate::poison::dead_letter_raw(ctx, kind, msg, reason, delivered).await?;
+    if let Some((channel, id)) = named {
+        ctx.store
+            .update_status(&id, |doc| match doc.channels.get_mut(&channel) {
+                Some(c)
+                    if !matches!(
+                        c.status,
+                        DeliveryStatus::Sent | DeliveryStatus::Delivered | DeliveryStatus::Read
+                    ) =>
+                {
+                    c.status = DeliveryStatus::Failed;
+                    c.error = Some(reason.to_owned());
+                    c.updated_at = Store::now();
+                    true
+                }
+                _ => false,
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 /// A channel's new state in its notification's status.

@@ -27,19 +27,50 @@ use crate::targets::{default_channels, missing};
 /// failed under it.
 pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     let seq = msg.info().map(|i| i.stream_sequence).ok();
+    let delivered = msg
+        .info()
+        .map(|i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32)
+        .unwrap_or(1);
     let work = process(ctx, &msg.payload, seq);
     let result = crate::progress::with_progress(&msg, crate::progress::interval(crate::INTAKE_ACK_WAIT), work).await;
     let ack = match result {
         Ok(()) => msg.ack().await,
-        Err(e) => {
-            tracing::warn!(error = %e, seq, "notification request will be retried");
-            msg.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
-                .await
-        }
+        Err(e) => match crate::poison::verdict(ctx, &e, delivered) {
+            crate::poison::Verdict::RetryIn(d) => {
+                tracing::warn!(error = %e, seq, delivered, ?d, "notification request will be retried");
+                msg.ack_with(AckKind::Nak(Some(d))).await
+            }
+            crate::poison::Verdict::DeadLetter => match bury(ctx, &msg, seq, &e, delivered).await {
+                Ok(()) => msg.ack().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, seq, "dead-lettering a notification request failed; retrying");
+                    msg.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                        .await
+                }
+            },
+        },
     };
     if let Err(e) = ack {
         tracing::warn!(error = %e, seq, "acknowledging a notification request failed");
     }
+}
+
+/// Gives up on a request that failed the same way `delivered` times: a dead letter with the
+/// reason, and the notification failed with it when its id can be read.
+async fn bury(
+    ctx: &Ctx,
+    msg: &async_nats::jetstream::Message,
+    seq: Option<u64>,
+    e: &crate::Error,
+    delivered: u32,
+) -> Result<()> {
+    let reason = format!("given up after {delivered} deliveries: {e}");
+    crate::poison::dead_letter_raw(ctx, "intake", msg, &reason, delivered).await?;
+    if let Ok(req) = serde_json::from_slice::<NotificationRequest>(&msg.payload) {
+        let id = notification_id(req.id.as_deref(), seq);
+        crate::poison::fail_request(ctx, &id, &req.user, seq, &reason).await?;
+    }
+    Ok(())
 }
 
 /// The notification id a request gets: its own, or one derived from its stream sequence

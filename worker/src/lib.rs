@@ -13,6 +13,7 @@ pub mod inapp;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
+pub mod poison;
 pub mod progress;
 pub mod provider;
 pub mod push;
