@@ -286,6 +286,20 @@ async fn send(ctx: &Ctx, job: &DeliveryJob) -> Result<(Outcome, Option<String>)>
     Ok((outcome, via))
 }
 
+/// A digest's webhook content when the template has no `webhook` part: the default JSON
+/// body a single notification gets, with the items in `data` (a single notification's
+/// default takes the in-app part, but that part is written for one item's data, and
+/// in-app items are never sent as digests).
+fn digest_webhook_default(count: usize) -> tidings_shared::notify::Rendered {
+    tidings_shared::notify::Rendered {
+        title: Some(format!("{count} notifications")),
+        body: String::new(),
+        html: None,
+        url: None,
+        fields: None,
+    }
+}
+
 /// Sends a batch as one digest: closes the batch (later notifications open a new one),
 /// renders the template over `items` and `count`, sends once, and records the outcome on
 /// every notification in it.
@@ -303,6 +317,9 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
     });
     let rendered = match ctx.templates.get(&d.template).await? {
         None => Err(format!("unknown template {:?}", d.template)),
+        Some(t) if job.channel == DeliveryChannel::Webhook && t.webhook.is_none() => {
+            Ok(digest_webhook_default(items.len()))
+        }
         Some(t) => ctx.renderer.render(t, job.channel, data.clone()).await,
     };
     let (outcome, via) = match rendered {

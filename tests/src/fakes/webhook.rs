@@ -16,6 +16,8 @@ pub struct Received {
     pub attempts: HashMap<String, u32>,
     /// Bodies accepted (2xx), per id.
     pub accepted: HashMap<String, u32>,
+    /// The last body accepted, per id.
+    pub bodies: HashMap<String, serde_json::Value>,
     pub bad_signatures: u32,
 }
 
@@ -86,7 +88,8 @@ pub async fn start(secret: &str) -> (String, Receiver) {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_success() {
-            *r.accepted.entry(id).or_default() += 1;
+            *r.accepted.entry(id.clone()).or_default() += 1;
+            r.bodies.insert(id, serde_json::from_slice(&body).unwrap_or_default());
         }
         status.into_response()
     }
