@@ -25,7 +25,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
     /// NATS server URL(s); a comma-separated list lets the client fail over between nodes.
-    #[arg(long, env = "TIDINGS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "TIDINGS_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
     /// Log line format.
@@ -33,7 +38,7 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
 
     /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); unset = no trace export.
-    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT")]
+    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT", hide_env_values = true)]
     pub otlp_endpoint: Option<String>,
 
     /// Replicas of the streams and KV buckets this process creates (3 on a NATS cluster).

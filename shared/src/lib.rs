@@ -11,6 +11,7 @@
 //!   rules and JetStream-backed state;
 //! - [`netguard`]: the IANA special-purpose address blocks webhook and push deliveries may
 //!   not reach (SSRF guard);
+//! - [`redact`]: URLs shown in logs, errors and statuses, without their secrets;
 //! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces;
 //! - `client` (feature `client`): a reconnecting, recovering Rust client.
 #![warn(missing_docs)]
@@ -30,6 +31,7 @@ pub mod netguard;
 pub mod notify;
 pub mod ops;
 pub mod prefs;
+pub mod redact;
 pub mod store;
 pub mod subject;
 pub mod telemetry;

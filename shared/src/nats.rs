@@ -50,7 +50,7 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>> {
         .filter(|u| !u.is_empty())
         .map(|u| {
             u.parse::<ServerAddr>()
-                .map_err(|e| Error::Config(format!("TIDINGS_NATS_URL entry {u:?}: {e}")))
+                .map_err(|e| Error::Config(format!("TIDINGS_NATS_URL entry {:?}: {e}", crate::redact::url(u))))
         })
         .collect::<Result<_>>()?;
     if addrs.is_empty() {
@@ -70,7 +70,8 @@ pub fn reconnect_delay(attempt: usize) -> Duration {
 /// background); `on_connect` is notified on every (re)connect.
 pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<Client> {
     let addrs = server_addrs(urls)?;
-    let shown = urls.to_owned();
+    // Logged on every state change: without the credentials the URLs may carry.
+    let shown = crate::redact::urls(urls);
     let options = ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
