@@ -107,6 +107,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_EVENTS_MAX_PER_CHANNEL", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub events_max_per_channel: i64,
 
+    /// Most bytes `TIDINGS_EVENTS` holds in all (the oldest messages are dropped past it), so
+    /// that publishers cannot fill the NATS servers' disks within the retention time.
+    #[arg(long, env = "TIDINGS_EVENTS_MAX_BYTES", default_value_t = crate::nats::DEFAULT_EVENTS_MAX_BYTES,
+        value_parser = clap::value_parser!(i64).range(65_536..))]
+    pub events_max_bytes: i64,
+
     /// Largest number of client connections this node accepts (more: 503 at upgrade).
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 200_000)]
     pub max_connections: usize,
@@ -244,6 +250,12 @@ pub struct WorkerConfig {
     #[arg(long, env = "TIDINGS_PUSH_MAX_SUBSCRIPTIONS", default_value_t = crate::prefs::MAX_PUSH_SUBSCRIPTIONS,
         value_parser = usize_in(1, 1000, "subscriptions"))]
     pub push_max_subscriptions: usize,
+
+    /// Most in-app inbox entries kept per user: past it (and a tenth more, so the trim runs
+    /// once every many notifications) the oldest are dropped.
+    #[arg(long, env = "TIDINGS_INBOX_MAX_PER_USER", default_value_t = 1_000,
+        value_parser = usize_in(1, 100_000, "entries"))]
+    pub inbox_max_per_user: usize,
 }
 
 impl GatewayConfig {
@@ -421,6 +433,7 @@ mod tests {
             ("TIDINGS_DRAIN_MS", "drain_ms"),
             ("TIDINGS_EVENTS_MAX_AGE", "events_max_age"),
             ("TIDINGS_EVENTS_MAX_PER_CHANNEL", "events_max_per_channel"),
+            ("TIDINGS_EVENTS_MAX_BYTES", "events_max_bytes"),
             ("TIDINGS_MAX_CONNECTIONS", "max_connections"),
             ("TIDINGS_MAX_SUBSCRIPTIONS", "max_subscriptions"),
             ("TIDINGS_OUTBOUND_QUEUE", "outbound_queue"),
@@ -452,6 +465,7 @@ mod tests {
             ("TIDINGS_TEMPLATE_FUEL", "template_fuel"),
             ("TIDINGS_TEMPLATE_MAX_BYTES", "template_max_bytes"),
             ("TIDINGS_PUSH_MAX_SUBSCRIPTIONS", "push_max_subscriptions"),
+            ("TIDINGS_INBOX_MAX_PER_USER", "inbox_max_per_user"),
         ]));
         assert_eq!(wired(WorkerConfig::command()), worker);
         let g = GatewayConfig::try_parse_from([

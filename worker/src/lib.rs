@@ -85,6 +85,8 @@ pub struct Ctx {
     pub delivery_ack_wait: Duration,
     /// Most push subscriptions of one user sent to (the newest ones).
     pub push_max_subscriptions: usize,
+    /// Most inbox entries kept per user.
+    pub inbox_max_per_user: usize,
     /// First retry delay.
     pub retry_base: Duration,
     /// Open batches (KV).
@@ -240,6 +242,7 @@ async fn pipeline(
         max_attempts: config.retry_max_attempts,
         delivery_ack_wait: Duration::from_millis(config.delivery_ack_wait_ms),
         push_max_subscriptions: config.push_max_subscriptions,
+        inbox_max_per_user: config.inbox_max_per_user,
         retry_base: Duration::from_millis(config.retry_base_ms),
         batches,
         batch_window: Duration::from_millis(config.batch_window_ms),
