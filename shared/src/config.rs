@@ -392,6 +392,28 @@ mod tests {
         assert!(w.smtp_url.starts_with("file://"));
     }
 
+    #[test]
+    fn hardening_limits_have_defaults_and_bounds() {
+        let w = WorkerConfig::try_parse_from(["tidings-worker"]).unwrap();
+        assert_eq!(w.template_fuel, 250_000);
+        assert_eq!(w.template_max_bytes, 256 * 1024);
+        assert_eq!(w.push_max_subscriptions, 20);
+        assert_eq!(w.inbox_max_per_user, 1_000);
+        let g = GatewayConfig::try_parse_from(["tidings-gateway"]).unwrap();
+        assert_eq!(g.events_max_bytes, 1 << 30);
+        for (flag, value) in [
+            ("--template-fuel", "10"),
+            ("--template-max-bytes", "100"),
+            ("--push-max-subscriptions", "0"),
+            ("--inbox-max-per-user", "0"),
+            ("--inbox-max-per-user", "lots"),
+        ] {
+            let err = WorkerConfig::try_parse_from(["tidings-worker", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+        assert!(GatewayConfig::try_parse_from(["tidings-gateway", "--events-max-bytes", "1000"]).is_err());
+    }
+
     /// Every `TIDINGS_*` variable a command reads, with the argument it sets; every such
     /// argument's flag is the kebab-case form of its name.
     fn wired(command: clap::Command) -> BTreeMap<String, String> {
