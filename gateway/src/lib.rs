@@ -124,7 +124,10 @@ pub fn streams(config: &GatewayConfig) -> Vec<(async_nats::jetstream::stream::Co
     let replicas = usize::from(config.common.stream_replicas);
     vec![
         (
-            nats::events_stream_config(config.events_max_age, config.events_max_per_channel, replicas),
+            async_nats::jetstream::stream::Config {
+                max_bytes: config.events_max_bytes,
+                ..nats::events_stream_config(config.events_max_age, config.events_max_per_channel, replicas)
+            },
             Ownership::Owner,
         ),
         (nats::notify_stream_config(replicas), Ownership::User),

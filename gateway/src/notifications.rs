@@ -198,6 +198,9 @@ pub struct InboxQuery {
     /// At most this many (default 50, at most 500).
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Only entries older than this one: the `next` of the previous page (or a time).
+    #[serde(default)]
+    pub before: Option<String>,
 }
 
 /// Answer of the inbox route.
@@ -207,6 +210,8 @@ pub struct Inbox {
     pub items: Vec<InboxItem>,
     /// Unread entries in all.
     pub unread: usize,
+    /// Cursor of the next page (pass it as `before`), `null` on the last page.
+    pub next: Option<String>,
 }
 
 async fn inbox(
@@ -218,8 +223,17 @@ async fn inbox(
     for_user(&claims, &user)?;
     let Query(q) = query.map_err(|e| Error::api(ErrorCode::BadRequest, e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let (items, unread) = state.store().await?.inbox(&user, q.unread, limit).await?;
-    Ok(Json(Inbox { items, unread }))
+    let query = tidings_shared::store::InboxQuery {
+        unread_only: q.unread,
+        limit,
+        before: q.before,
+    };
+    let page = state.store().await?.inbox_page(&user, &query).await?;
+    Ok(Json(Inbox {
+        items: page.items,
+        unread: page.unread,
+        next: page.next,
+    }))
 }
 
 async fn read(

@@ -178,6 +178,7 @@ async fn run(options: ClientOptions, tx: mpsc::Sender<Event>, state: watch::Send
             Ended::Failed(reason) => {
                 attempt += 1;
                 let delay = backoff(attempt, options.backoff_base, options.backoff_max);
+                let url = crate::redact::url(&url);
                 tracing::debug!(%url, %reason, attempt, ?delay, "tidings client reconnecting");
                 tokio::time::sleep(delay).await;
             }

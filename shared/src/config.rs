@@ -25,7 +25,12 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct CommonConfig {
     /// NATS server URL(s); a comma-separated list lets the client fail over between nodes.
-    #[arg(long, env = "TIDINGS_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long,
+        env = "TIDINGS_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     pub nats_url: String,
 
     /// Log line format.
@@ -33,7 +38,7 @@ pub struct CommonConfig {
     pub log_format: LogFormat,
 
     /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318); unset = no trace export.
-    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT")]
+    #[arg(long, env = "TIDINGS_OTLP_ENDPOINT", hide_env_values = true)]
     pub otlp_endpoint: Option<String>,
 
     /// Replicas of the streams and KV buckets this process creates (3 on a NATS cluster).
@@ -155,6 +160,12 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_EVENTS_MAX_PER_CHANNEL", default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
     pub events_max_per_channel: i64,
 
+    /// Most bytes `TIDINGS_EVENTS` holds in all (the oldest messages are dropped past it), so
+    /// that publishers cannot fill the NATS servers' disks within the retention time.
+    #[arg(long, env = "TIDINGS_EVENTS_MAX_BYTES", default_value_t = crate::nats::DEFAULT_EVENTS_MAX_BYTES,
+        value_parser = clap::value_parser!(i64).range(65_536..))]
+    pub events_max_bytes: i64,
+
     /// Largest number of client connections this node accepts (more: 503 at upgrade).
     #[arg(long, env = "TIDINGS_MAX_CONNECTIONS", default_value_t = 200_000, value_parser = count_in(1, 10_000_000))]
     pub max_connections: usize,
@@ -275,6 +286,29 @@ pub struct WorkerConfig {
     /// Window in which low/normal notifications with one batch_key become one digest.
     #[arg(long, env = "TIDINGS_BATCH_WINDOW_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
     pub batch_window_ms: u64,
+
+    /// Instructions (MiniJinja fuel) one template part may run per render; a part over it
+    /// fails its notification (nested loops over large data).
+    #[arg(long, env = "TIDINGS_TEMPLATE_FUEL", default_value_t = crate::template::DEFAULT_FUEL,
+        value_parser = clap::value_parser!(u64).range(1_000..=100_000_000))]
+    pub template_fuel: u64,
+
+    /// Largest rendered template part, in bytes; a larger one fails its notification.
+    #[arg(long, env = "TIDINGS_TEMPLATE_MAX_BYTES", default_value_t = crate::template::DEFAULT_MAX_BYTES,
+        value_parser = usize_in(1_024, 16 * 1024 * 1024, "bytes"))]
+    pub template_max_bytes: usize,
+
+    /// Most push subscriptions of one user a notification is sent to (the newest ones);
+    /// preferences with more are refused when written.
+    #[arg(long, env = "TIDINGS_PUSH_MAX_SUBSCRIPTIONS", default_value_t = crate::prefs::MAX_PUSH_SUBSCRIPTIONS,
+        value_parser = usize_in(1, 1000, "subscriptions"))]
+    pub push_max_subscriptions: usize,
+
+    /// Most in-app inbox entries kept per user: past it (and a tenth more, so the trim runs
+    /// once every many notifications) the oldest are dropped.
+    #[arg(long, env = "TIDINGS_INBOX_MAX_PER_USER", default_value_t = 1_000,
+        value_parser = usize_in(1, 100_000, "entries"))]
+    pub inbox_max_per_user: usize,
 }
 
 /// A byte size between `min` and `max`.
@@ -375,6 +409,26 @@ pub fn sanitize_node_id(raw: &str) -> String {
     if s.is_empty() { "tidings".to_owned() } else { s }
 }
 
+/// A parser of a count of `unit` between `min` and `max` (inclusive), whose error names
+/// the bounds.
+fn usize_in(
+    min: usize,
+    max: usize,
+    unit: &'static str,
+) -> impl Fn(&str) -> std::result::Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s| {
+        let n: usize = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number of {unit}"))?;
+        if (min..=max).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("{n} is outside {min}..={max} {unit}"))
+        }
+    }
+}
+
 /// Parses `500ms`, `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let s = s.trim();
@@ -442,6 +496,28 @@ mod tests {
         assert!(w.smtp_url.starts_with("file://"));
     }
 
+    #[test]
+    fn hardening_limits_have_defaults_and_bounds() {
+        let w = WorkerConfig::try_parse_from(["tidings-worker"]).unwrap();
+        assert_eq!(w.template_fuel, 250_000);
+        assert_eq!(w.template_max_bytes, 256 * 1024);
+        assert_eq!(w.push_max_subscriptions, 20);
+        assert_eq!(w.inbox_max_per_user, 1_000);
+        let g = GatewayConfig::try_parse_from(["tidings-gateway"]).unwrap();
+        assert_eq!(g.events_max_bytes, 1 << 30);
+        for (flag, value) in [
+            ("--template-fuel", "10"),
+            ("--template-max-bytes", "100"),
+            ("--push-max-subscriptions", "0"),
+            ("--inbox-max-per-user", "0"),
+            ("--inbox-max-per-user", "lots"),
+        ] {
+            let err = WorkerConfig::try_parse_from(["tidings-worker", flag, value]).unwrap_err();
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+        assert!(GatewayConfig::try_parse_from(["tidings-gateway", "--events-max-bytes", "1000"]).is_err());
+    }
+
     /// Every `TIDINGS_*` variable a command reads, with the argument it sets; every such
     /// argument's flag is the kebab-case form of its name.
     fn wired(command: clap::Command) -> BTreeMap<String, String> {
@@ -483,6 +559,7 @@ mod tests {
             ("TIDINGS_DRAIN_MS", "drain_ms"),
             ("TIDINGS_EVENTS_MAX_AGE", "events_max_age"),
             ("TIDINGS_EVENTS_MAX_PER_CHANNEL", "events_max_per_channel"),
+            ("TIDINGS_EVENTS_MAX_BYTES", "events_max_bytes"),
             ("TIDINGS_MAX_CONNECTIONS", "max_connections"),
             ("TIDINGS_MAX_SUBSCRIPTIONS", "max_subscriptions"),
             ("TIDINGS_OUTBOUND_QUEUE", "outbound_queue"),
@@ -522,6 +599,10 @@ mod tests {
             ("TIDINGS_RETRY_MAX_ATTEMPTS", "retry_max_attempts"),
             ("TIDINGS_DELIVERY_ACK_WAIT_MS", "delivery_ack_wait_ms"),
             ("TIDINGS_BATCH_WINDOW_MS", "batch_window_ms"),
+            ("TIDINGS_TEMPLATE_FUEL", "template_fuel"),
+            ("TIDINGS_TEMPLATE_MAX_BYTES", "template_max_bytes"),
+            ("TIDINGS_PUSH_MAX_SUBSCRIPTIONS", "push_max_subscriptions"),
+            ("TIDINGS_INBOX_MAX_PER_USER", "inbox_max_per_user"),
         ]));
         assert_eq!(wired(WorkerConfig::command()), worker);
         let g = GatewayConfig::try_parse_from([

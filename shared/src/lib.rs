@@ -9,6 +9,9 @@
 //! - [`nats`]: connecting, provisioning JetStream, publishing with an ack;
 //! - [`notify`] / [`prefs`] / [`template`] / [`store`]: the notification pipeline's types,
 //!   rules and JetStream-backed state;
+//! - [`netguard`]: the IANA special-purpose address blocks webhook and push deliveries may
+//!   not reach (SSRF guard);
+//! - [`redact`]: URLs shown in logs, errors and statuses, without their secrets;
 //! - [`ops`] / [`telemetry`]: health, readiness, metrics, logs and traces;
 //! - `client` (feature `client`): a reconnecting, recovering Rust client.
 #![warn(missing_docs)]
@@ -25,9 +28,11 @@ pub mod depth;
 pub mod error;
 pub mod frame;
 pub mod nats;
+pub mod netguard;
 pub mod notify;
 pub mod ops;
 pub mod prefs;
+pub mod redact;
 pub mod store;
 pub mod subject;
 pub mod telemetry;

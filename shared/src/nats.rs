@@ -50,7 +50,7 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>> {
         .filter(|u| !u.is_empty())
         .map(|u| {
             u.parse::<ServerAddr>()
-                .map_err(|e| Error::Config(format!("TIDINGS_NATS_URL entry {u:?}: {e}")))
+                .map_err(|e| Error::Config(format!("TIDINGS_NATS_URL entry {:?}: {e}", crate::redact::url(u))))
         })
         .collect::<Result<_>>()?;
     if addrs.is_empty() {
@@ -70,7 +70,8 @@ pub fn reconnect_delay(attempt: usize) -> Duration {
 /// background); `on_connect` is notified on every (re)connect.
 pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<Client> {
     let addrs = server_addrs(urls)?;
-    let shown = urls.to_owned();
+    // Logged on every state change: without the credentials the URLs may carry.
+    let shown = crate::redact::urls(urls);
     let options = ConnectOptions::new()
         .name(name)
         .retry_on_initial_connect()
@@ -106,8 +107,12 @@ pub fn is_connected(client: &Client) -> bool {
     client.connection_state() == State::Connected
 }
 
+/// Default of `TIDINGS_EVENTS_MAX_BYTES`: 1 GiB of durable messages in all.
+pub const DEFAULT_EVENTS_MAX_BYTES: i64 = 1 << 30;
+
 /// Configuration of `TIDINGS_EVENTS`: every durable channel message, replayable until
-/// `max_age` or `max_per_channel` drops it, re-published with its sequence headers on
+/// `max_age` or `max_per_channel` drops it (or the stream's byte limit, by default
+/// [`DEFAULT_EVENTS_MAX_BYTES`]: set `max_bytes` for `TIDINGS_EVENTS_MAX_BYTES`), re-published with its sequence headers on
 /// `tidings.stored.>` for the gateways' fan-out.
 pub fn events_stream_config(max_age: Duration, max_per_channel: i64, replicas: usize) -> stream::Config {
     stream::Config {
@@ -119,6 +124,7 @@ pub fn events_stream_config(max_age: Duration, max_per_channel: i64, replicas: u
         storage: stream::StorageType::File,
         max_age,
         max_messages_per_subject: max_per_channel,
+        max_bytes: DEFAULT_EVENTS_MAX_BYTES,
         num_replicas: replicas,
         duplicate_window: EVENTS_DUPLICATE_WINDOW,
         allow_direct: true,
@@ -164,6 +170,7 @@ fn differs(have: &stream::Config, want: &stream::Config) -> bool {
     have.subjects != want.subjects
         || have.max_age != want.max_age
         || (want.max_messages_per_subject > 0 && have.max_messages_per_subject != want.max_messages_per_subject)
+        || (want.max_bytes > 0 && have.max_bytes != want.max_bytes)
         || have.num_replicas != want.num_replicas
         || (!want.duplicate_window.is_zero() && have.duplicate_window != want.duplicate_window)
         || have.allow_direct != want.allow_direct

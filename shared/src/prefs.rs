@@ -68,6 +68,10 @@ pub struct Preferences {
     pub webhook_url: Option<String>,
 }
 
+/// Most push subscriptions one user may store (a browser or device each): every
+/// notification is encrypted and sent to each, so the list must stay short.
+pub const MAX_PUSH_SUBSCRIPTIONS: usize = 20;
+
 fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
     Error::Invalid(format!("{field}: {why}"))
 }
@@ -108,51 +112,7 @@ pub fn is_e164(s: &str) -> bool {
     (8..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit()) && !digits.starts_with('0')
 }
 
-/// Whether an address is one a webhook or push URL must not reach without
-/// `TIDINGS_WEBHOOK_ALLOW_PRIVATE`: loopback, private, link-local, unspecified, multicast,
-/// carrier-grade NAT, unique-local and the like.
-pub fn is_internal_ip(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || (o[0] == 192 && o[1] == 0 && o[2] == 0)
-                || o[0] >= 240
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_internal_ip(IpAddr::V4(v4));
-            }
-            let seg = v6.segments();
-            // NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) addresses carry an IPv4 one.
-            let embedded = if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
-                || (seg[..6] == [0; 6] && !v6.is_loopback() && !v6.is_unspecified())
-            {
-                let o = v6.octets();
-                Some(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]))
-            } else {
-                None
-            };
-            if let Some(v4) = embedded {
-                return is_internal_ip(IpAddr::V4(v4));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] & 0xffc0) == 0xfec0
-        }
-    }
-}
+pub use crate::netguard::{is_internal_ip, special_purpose};
 
 /// Checks a webhook or push URL: `https` (or `http` when private targets are allowed), a
 /// host, no credentials; and, when the host is an address (in any of the forms URL parsers
@@ -172,21 +132,22 @@ pub fn validate_target_url(field: &str, url: &str, allow_private: bool) -> Resul
     if allow_private {
         return Ok(());
     }
-    let internal = match host {
-        url::Host::Ipv4(ip) => is_internal_ip(IpAddr::V4(ip)),
-        url::Host::Ipv6(ip) => is_internal_ip(IpAddr::V6(ip)),
+    let why = match host {
+        url::Host::Ipv4(ip) => special_purpose(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => special_purpose(IpAddr::V6(ip)),
         url::Host::Domain(d) => {
             let d = d.trim_end_matches('.').to_ascii_lowercase();
-            d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || d.ends_with(".local")
+            (d == "localhost" || d.ends_with(".localhost") || d.ends_with(".internal") || d.ends_with(".local"))
+                .then(|| "an internal host name".to_owned())
         }
     };
-    if internal {
-        return Err(invalid(
+    match why {
+        Some(why) => Err(invalid(
             field,
-            "must not point at a loopback, private, link-local or internal address",
-        ));
+            format!("must not point at a loopback, private, link-local or internal address ({why})"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 impl Preferences {
@@ -213,6 +174,12 @@ impl Preferences {
             if name.is_empty() || name.len() > 64 {
                 return Err(invalid("categories", "names are 1 to 64 characters"));
             }
+        }
+        if self.push_subscriptions.len() > MAX_PUSH_SUBSCRIPTIONS {
+            return Err(invalid(
+                "push_subscriptions",
+                format!("at most {MAX_PUSH_SUBSCRIPTIONS} subscriptions"),
+            ));
         }
         for (i, s) in self.push_subscriptions.iter().enumerate() {
             validate_target_url(&format!("push_subscriptions[{i}].endpoint"), &s.endpoint, allow_private)?;

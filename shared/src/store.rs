@@ -7,15 +7,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, kv, stream};
-use futures::StreamExt as _;
 
 use crate::error::{Error, Result};
+use crate::notify::NotificationStatus;
 use crate::notify::names::*;
-use crate::notify::{InboxItem, NotificationStatus};
 use crate::prefs::Preferences;
 use crate::template::Template;
+
+mod inbox;
+pub use inbox::{InboxPage, InboxQuery};
 
 /// Configuration of `TIDINGS_STATUS`: every transition of every notification for a week.
 pub fn status_stream_config(replicas: usize) -> stream::Config {
@@ -214,89 +215,5 @@ impl Store {
     /// Timestamp for status documents and inbox entries.
     pub fn now() -> String {
         now_rfc3339()
-    }
-
-    /// Stores a new inbox entry unless it exists already (a redelivered request must not
-    /// reset an entry the user has read since); true if this call created it.
-    pub async fn create_inbox(&self, user: &str, item: &InboxItem) -> Result<bool> {
-        let bytes = serde_json::to_vec(item).map_err(|e| Error::Encode(e.to_string()))?;
-        match self.inbox.create(format!("{user}.{}", item.id), bytes.into()).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(Error::nats(e)),
-        }
-    }
-
-    /// Stores an inbox entry, replacing what was there.
-    pub async fn put_inbox(&self, user: &str, item: &InboxItem) -> Result<()> {
-        let bytes = serde_json::to_vec(item).map_err(|e| Error::Encode(e.to_string()))?;
-        self.inbox
-            .put(format!("{user}.{}", item.id), bytes.into())
-            .await
-            .map_err(Error::nats)?;
-        Ok(())
-    }
-
-    /// One inbox entry.
-    pub async fn inbox_item(&self, user: &str, id: &str) -> Result<Option<InboxItem>> {
-        match self.inbox.get(format!("{user}.{id}")).await.map_err(Error::nats)? {
-            None => Ok(None),
-            Some(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| Error::Stored(format!("inbox entry: {e}"))),
-        }
-    }
-
-    /// A user's inbox, newest first: at most `limit` entries (only unread ones if asked),
-    /// and the number of unread entries in all.
-    pub async fn inbox(&self, user: &str, unread_only: bool, limit: usize) -> Result<(Vec<InboxItem>, usize)> {
-        let stream = self
-            .js
-            .get_stream(format!("KV_{INBOX_BUCKET}"))
-            .await
-            .map_err(Error::nats)?;
-        let prefix = format!("$KV.{INBOX_BUCKET}.{user}.");
-        let mut consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: format!("{prefix}*"),
-                deliver_policy: DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::nats)?;
-        let info = consumer.info().await.map_err(Error::nats)?;
-        let (mut pending, name) = (info.num_pending, info.name.clone());
-        let mut items = Vec::new();
-        if pending > 0 {
-            let mut messages = consumer.messages().await.map_err(Error::nats)?;
-            while pending > 0 {
-                let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else {
-                    break;
-                };
-                pending = msg.info().map(|i| i.pending).unwrap_or(0);
-                let op = msg
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get("KV-Operation"))
-                    .map(|v| v.as_str().to_owned());
-                if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
-                    continue;
-                }
-                if let Ok(item) = serde_json::from_slice::<InboxItem>(&msg.payload) {
-                    items.push(item);
-                }
-            }
-        }
-        if let Err(e) = stream.delete_consumer(&name).await {
-            tracing::debug!(error = %e, "deleting inbox consumer failed (it expires by itself)");
-        }
-        let unread = items.iter().filter(|i| !i.read).count();
-        items.sort_by(|a, b| b.created_at.cmp(&a.created_at).then_with(|| b.id.cmp(&a.id)));
-        let items = items
-            .into_iter()
-            .filter(|i| !unread_only || !i.read)
-            .take(limit)
-            .collect();
-        Ok((items, unread))
     }
 }

@@ -84,7 +84,7 @@ pub fn init(service: &'static str, format: LogFormat, otlp_endpoint: Option<&str
         .try_init()
         .map_err(|e| Error::Telemetry(e.to_string()))?;
     if let Some(endpoint) = otlp_endpoint {
-        tracing::info!(endpoint, "exporting traces over OTLP/HTTP");
+        tracing::info!(endpoint = %crate::redact::url(endpoint), "exporting traces over OTLP/HTTP");
     }
     Ok(TelemetryGuard { provider })
 }

@@ -74,11 +74,42 @@ pub fn is_valid_name(name: &str) -> bool {
     crate::channel::is_valid_id(name)
 }
 
+/// Instructions one part may run by default (`TIDINGS_TEMPLATE_FUEL`): far more than any
+/// real template over a digest of a thousand items needs, and a few milliseconds of CPU.
+pub const DEFAULT_FUEL: u64 = 250_000;
+/// Bytes one rendered part may have by default (`TIDINGS_TEMPLATE_MAX_BYTES`).
+pub const DEFAULT_MAX_BYTES: usize = 256 * 1024;
+/// Nesting of loops, blocks and calls one render may reach.
+const RECURSION_LIMIT: usize = 64;
+
+/// How much one part's rendering may cost: a template is code written by a service, and a
+/// loop nested in a loop (or one over a huge `range`) must fail its notification, not hold
+/// a worker thread for ever or fill its memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// MiniJinja instructions (its `fuel`) per part.
+    pub fuel: u64,
+    /// Bytes of output per part.
+    pub max_bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            fuel: DEFAULT_FUEL,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
 /// The MiniJinja environment every part is parsed and rendered in: undefined variables are
-/// errors, and only the HTML parts (names ending in `.html`) are escaped.
-pub fn environment() -> Environment<'static> {
+/// errors, only the HTML parts (names ending in `.html`) are escaped, and each render runs
+/// on `budget`'s fuel.
+pub fn environment(budget: &Budget) -> Environment<'static> {
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_fuel(Some(budget.fuel));
+    env.set_recursion_limit(RECURSION_LIMIT);
     // Names ending in .html are the HTML parts: escaped; everything else verbatim.
     env.set_auto_escape_callback(|name| {
         if name.ends_with(".html") {
@@ -88,6 +119,61 @@ pub fn environment() -> Environment<'static> {
         }
     });
     env
+}
+
+/// A writer that refuses to grow past its limit, so an oversized output stops the render
+/// at the limit instead of after it has been built whole.
+struct Capped {
+    out: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered output over its limit"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Renders part `name` (parsed in [`environment`] with `budget`) over `ctx`, within
+/// `budget`; an error over the budget names the budget and its setting.
+pub fn render_within(
+    tmpl: &minijinja::Template<'_, '_>,
+    name: &str,
+    ctx: minijinja::Value,
+    budget: &Budget,
+) -> Result<String> {
+    let mut out = Capped {
+        out: Vec::new(),
+        limit: budget.max_bytes,
+        overflowed: false,
+    };
+    match tmpl.render_captured_to(ctx, &mut out) {
+        Ok(_) => String::from_utf8(out.out).map_err(|e| Error::Template(format!("rendering {name}: {e}"))),
+        Err(_) if out.overflowed => Err(Error::Template(format!(
+            "rendering {name}: over its budget: output larger than {} bytes (TIDINGS_TEMPLATE_MAX_BYTES)",
+            budget.max_bytes
+        ))),
+        Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(Error::Template(format!(
+            "rendering {name}: over its budget: more than {} instructions (TIDINGS_TEMPLATE_FUEL)",
+            budget.fuel
+        ))),
+        Err(e) => Err(Error::Template(format!("rendering {name}: {e}"))),
+    }
+}
+
+/// Whether a render error is the budget's (not the template's or the data's).
+fn over_budget(e: &Error) -> bool {
+    matches!(e, Error::Template(m) if m.contains("over its budget"))
 }
 
 impl Template {
@@ -125,18 +211,30 @@ impl Template {
         out
     }
 
-    /// Checks that every part parses; the error names the part and the line at fault.
+    /// Checks that every part parses, and that with empty data it renders within the default
+    /// [`Budget`] (a loop over a constant `range` that could never fit is refused when the
+    /// template is written, not when a notification uses it); the error names the part and
+    /// the line or the budget at fault.
     pub fn validate(&self) -> Result<()> {
         let parts = self.sources();
         if parts.is_empty() {
             return Err(Error::Template("no part for any channel".into()));
         }
-        let env = environment();
+        let budget = Budget::default();
+        let mut env = environment(&budget);
+        // The trial render: variables the data would give are empty, so what is left is the
+        // template's own work (constant loops), which must fit the default budget.
+        env.set_undefined_behavior(UndefinedBehavior::Chainable);
         for (name, source) in parts {
-            env.template_from_named_str(&name, source).map_err(|e| {
+            let tmpl = env.template_from_named_str(&name, source).map_err(|e| {
                 let line = e.line().map(|l| format!(" (line {l})")).unwrap_or_default();
                 Error::Template(format!("part {name}{line}: {e}"))
             })?;
+            match render_within(&tmpl, &name, minijinja::Value::UNDEFINED, &budget) {
+                Err(e) if over_budget(&e) => return Err(e),
+                // Other errors depend on the data the trial does not have.
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -162,5 +260,26 @@ mod tests {
         assert!(err.contains("in_app.body") && err.contains("line 2"), "{err}");
         assert!(Template::default().validate().is_err());
         assert!(serde_json::from_value::<Template>(json!({"fax": {"text": "x"}})).is_err());
+    }
+
+    fn body(source: &str) -> Template {
+        serde_json::from_value(json!({"in_app": {"title": "t", "body": source}})).unwrap()
+    }
+
+    #[test]
+    fn templates_over_the_budget_are_refused_when_written() {
+        let nested = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let err = body(nested).validate().unwrap_err().to_string();
+        assert!(
+            err.contains("in_app.body") && err.contains("TIDINGS_TEMPLATE_FUEL"),
+            "{err}"
+        );
+        let err = body("{{ 'x' * 10000000 }}").validate().unwrap_err().to_string();
+        assert!(err.contains("TIDINGS_TEMPLATE_MAX_BYTES"), "{err}");
+        // Loops over the data are not run by the trial: they depend on what is sent.
+        body("{% for i in items %}{% for j in items %}{{ i }}{% endfor %}{% endfor %}")
+            .validate()
+            .unwrap();
+        body("{{ title | upper }} {{ count + 1 }}").validate().unwrap();
     }
 }

@@ -59,8 +59,12 @@ impl Vapid {
     /// The `Authorization` header value for a push to `endpoint`:
     /// `vapid t=<ES256 JWT with aud, exp, sub>, k=<public key>`.
     pub fn authorization(&self, endpoint: &str, subject: &str, now_unix: u64) -> Result<String> {
-        let aud =
-            origin(endpoint).ok_or_else(|| Error::Invalid(format!("push endpoint {endpoint:?} has no origin")))?;
+        let aud = origin(endpoint).ok_or_else(|| {
+            Error::Invalid(format!(
+                "push endpoint {:?} has no origin",
+                crate::redact::url(endpoint)
+            ))
+        })?;
         let header = URL_SAFE_NO_PAD.encode(br#"{"typ":"JWT","alg":"ES256"}"#);
         let claims = serde_json::json!({"aud": aud, "exp": now_unix + 12 * 3600, "sub": subject});
         let claims = URL_SAFE_NO_PAD.encode(claims.to_string());

@@ -26,32 +26,99 @@ enum Disposition {
 
 /// Handles one delivery job message.
 pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
-    let disposition = match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
-        Err(e) => {
-            tracing::error!(error = %e, "unreadable delivery job dropped");
-            Ok(Disposition::Ack)
-        }
+    let delivered = msg
+        .info()
+        .map(|i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32)
+        .unwrap_or(1);
+    let acked = match serde_json::from_slice::<DeliveryJob>(&msg.payload) {
+        Err(e) => match unreadable(ctx, &msg, &format!("unreadable delivery job: {e}"), delivered).await {
+            Ok(()) => msg.ack().await,
+            Err(e) => retry_later(&msg, &e).await,
+        },
         Ok(job) => {
             // The ack timer starts again now: time spent queued in this worker does not count.
             if let Err(e) = msg.ack_with(AckKind::Progress).await {
                 tracing::debug!(error = %e, "progress ack failed");
             }
-            let delivered = msg.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
-            process(ctx, &job, delivered).instrument(span).await
-        }
-    };
-    let acked = match disposition {
-        Ok(Disposition::Ack) => msg.ack().await,
-        Ok(Disposition::RetryIn(d)) => msg.ack_with(AckKind::Nak(Some(d))).await,
-        Err(e) => {
-            tracing::warn!(error = %e, "delivery step failed on NATS; retrying");
-            msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+            let work = process(ctx, &job, delivered).instrument(span.clone());
+            let every = crate::progress::interval(ctx.delivery_ack_wait);
+            let disposition = crate::progress::with_progress(&msg, every, work).await;
+            settle(ctx, &msg, &job, disposition, delivered).instrument(span).await
         }
     };
     if let Err(e) = acked {
         tracing::warn!(error = %e, "acknowledging a delivery job failed");
     }
+}
+
+/// Naks `msg` for a second, after `e` kept it from being settled.
+async fn retry_later(
+    msg: &async_nats::jetstream::Message,
+    e: &crate::Error,
+) -> std::result::Result<(), async_nats::Error> {
+    tracing::warn!(error = %e, "settling a delivery job failed; retrying");
+    msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await
+}
+
+/// Acks, naks or (after a failure past its deliveries) dead-letters the job's message.
+async fn settle(
+    ctx: &Ctx,
+    msg: &async_nats::jetstream::Message,
+    job: &DeliveryJob,
+    disposition: Result<Disposition>,
+    delivered: u32,
+) -> std::result::Result<(), async_nats::Error> {
+    let e = match disposition {
+        Ok(Disposition::Ack) => return msg.ack().await,
+        Ok(Disposition::RetryIn(d)) => return msg.ack_with(AckKind::Nak(Some(d))).await,
+        Err(e) => e,
+    };
+    match crate::poison::verdict(ctx, &e, delivered) {
+        crate::poison::Verdict::RetryIn(d) => {
+            tracing::warn!(error = %e, delivered, ?d, "delivery step failed; retrying");
+            msg.ack_with(AckKind::Nak(Some(d))).await
+        }
+        crate::poison::Verdict::DeadLetter => {
+            let buried = async {
+                dead_letter(ctx, job, &e.to_string(), delivered).await?;
+                let reason = format!("dead-lettered after {delivered} deliveries: {e}");
+                let update = ChannelUpdate::new(DeliveryStatus::Failed, delivered, Some(reason));
+                set_channel(ctx, job, None, update).await
+            };
+            match buried.await {
+                Ok(()) => msg.ack().await,
+                Err(e) => retry_later(msg, &e).await,
+            }
+        }
+    }
+}
+
+/// Dead-letters a job whose body cannot be decoded (the same bytes never will be) and, when
+/// its subject names the notification, fails that channel with the reason.
+async fn unreadable(ctx: &Ctx, msg: &async_nats::jetstream::Message, reason: &str, delivered: u32) -> Result<()> {
+    let named = crate::poison::job_of_subject(msg.subject.as_str());
+    let kind = named.as_ref().map_or("unknown", |(c, _)| c.as_str());
+    crate::poison::dead_letter_raw(ctx, kind, msg, reason, delivered).await?;
+    if let Some((channel, id)) = named {
+        ctx.store
+            .update_status(&id, |doc| match doc.channels.get_mut(&channel) {
+                Some(c)
+                    if !matches!(
+                        c.status,
+                        DeliveryStatus::Sent | DeliveryStatus::Delivered | DeliveryStatus::Read
+                    ) =>
+                {
+                    c.status = DeliveryStatus::Failed;
+                    c.error = Some(reason.to_owned());
+                    c.updated_at = Store::now();
+                    true
+                }
+                _ => false,
+            })
+            .await?;
+    }
+    Ok(())
 }
 
 /// A channel's new state in its notification's status.
@@ -219,6 +286,20 @@ async fn send(ctx: &Ctx, job: &DeliveryJob) -> Result<(Outcome, Option<String>)>
     Ok((outcome, via))
 }
 
+/// A digest's webhook content when the template has no `webhook` part: the default JSON
+/// body a single notification gets, with the items in `data` (a single notification's
+/// default takes the in-app part, but that part is written for one item's data, and
+/// in-app items are never sent as digests).
+fn digest_webhook_default(count: usize) -> tidings_shared::notify::Rendered {
+    tidings_shared::notify::Rendered {
+        title: Some(format!("{count} notifications")),
+        body: String::new(),
+        html: None,
+        url: None,
+        fields: None,
+    }
+}
+
 /// Sends a batch as one digest: closes the batch (later notifications open a new one),
 /// renders the template over `items` and `count`, sends once, and records the outcome on
 /// every notification in it.
@@ -236,7 +317,10 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
     });
     let rendered = match ctx.templates.get(&d.template).await? {
         None => Err(format!("unknown template {:?}", d.template)),
-        Some(t) => crate::render::render(&t, job.channel, &data).map_err(|e| e.to_string()),
+        Some(t) if job.channel == DeliveryChannel::Webhook && t.webhook.is_none() => {
+            Ok(digest_webhook_default(items.len()))
+        }
+        Some(t) => ctx.renderer.render(t, job.channel, data.clone()).await,
     };
     let (outcome, via) = match rendered {
         Err(e) => (Outcome::Fail(e), None),
@@ -287,16 +371,38 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
     Ok(Disposition::Ack)
 }
 
-/// Sends to every subscription (there is at least one: see [`missing`]); those the push
-/// service reports gone are removed from the preferences. Delivered if any subscription took it (the others are not retried, so no
-/// device gets it twice); else retried if any failure was transient.
-async fn push(ctx: &Ctx, job: &DeliveryJob, subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
+/// Push requests in flight at once for one job.
+const PUSH_CONCURRENCY: usize = 8;
+
+/// Sends to every subscription (there is at least one: see [`missing`]), at most
+/// `push_max_subscriptions` of them (the newest: a user's list written around the API
+/// could be any length), several at once; those the push service reports gone are removed
+/// from the preferences. Delivered if any subscription took it (the others are not retried,
+/// so no device gets it twice); else retried if any failure was transient.
+async fn push(ctx: &Ctx, job: &DeliveryJob, mut subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
+    if subs.len() > ctx.push_max_subscriptions {
+        tracing::warn!(
+            have = subs.len(),
+            cap = ctx.push_max_subscriptions,
+            "more push subscriptions than TIDINGS_PUSH_MAX_SUBSCRIPTIONS; sending to the newest"
+        );
+        subs.drain(..subs.len() - ctx.push_max_subscriptions);
+    }
+    let permits = tokio::sync::Semaphore::new(PUSH_CONCURRENCY);
+    let sends = subs.iter().map(|sub| {
+        let permits = &permits;
+        async move {
+            let _permit = permits.acquire().await;
+            (sub, ctx.push.send(sub, job).await)
+        }
+    });
+    let results = futures::future::join_all(sends).await;
     let mut gone = Vec::new();
     let mut delivered = false;
     let mut retry: Option<Outcome> = None;
     let mut errors = Vec::new();
-    for sub in &subs {
-        match ctx.push.send(sub, job).await {
+    for (sub, result) in results {
+        match result {
             crate::push::PushResult::Gone => gone.push(sub.endpoint.clone()),
             crate::push::PushResult::Outcome(Outcome::Delivered) => delivered = true,
             crate::push::PushResult::Outcome(o @ Outcome::Retry { .. }) => retry = Some(o),

@@ -32,12 +32,9 @@ pub struct Mailer {
     from: Mailbox,
 }
 
-/// The URL without its credentials, for logs and statuses.
+/// The URL as logs and statuses show it: scheme and host only.
 fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    tidings_shared::redact::url(url)
 }
 
 /// A TLS relay (`smtp+starttls://` or `smtps://`) trusting `ca` in addition to the system's
@@ -231,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn urls_and_redaction() {
         assert_eq!(redact("smtp+starttls://u:p@mail:587"), "smtp+starttls://mail:587");
-        assert_eq!(redact("smtp://mail:25"), "smtp://mail:25");
+        assert_eq!(redact("smtp://mail:25/?x=y"), "smtp://mail:25");
         let dir = std::env::temp_dir().join(format!("tidings-mail-{}", std::process::id()));
         let m = Mailer::new(
             &format!(

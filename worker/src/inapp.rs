@@ -37,7 +37,9 @@ pub async fn deliver(
         created_at: created_at.to_owned(),
         read: false,
     };
-    ctx.store.create_inbox(&req.user, &item).await?;
+    if ctx.store.create_inbox(&req.user, &item).await? {
+        trim(ctx, &req.user).await;
+    }
     let body = PublishBody {
         event: NOTIFICATION_EVENT.to_owned(),
         data: serde_json::json!({
@@ -65,6 +67,26 @@ pub async fn deliver(
 /// worker stored from a look-alike a user stored on their own channel.
 fn inapp_msg_id(channel: &Channel, id: &str) -> String {
     stored_msg_id("inapp", channel, id)
+}
+
+/// Keeps `user`'s inbox within `TIDINGS_INBOX_MAX_PER_USER`: counted (cheaply) after each
+/// new entry, and trimmed to the bound, oldest first, once it is a tenth over (so a busy
+/// user's inbox is read whole once every many notifications, not each time). A failure
+/// only delays the trim to the next entry.
+async fn trim(ctx: &Ctx, user: &str) {
+    let max = ctx.inbox_max_per_user;
+    let slack = (max / 10) as u64;
+    let result = async {
+        if ctx.store.inbox_len(user).await? <= max as u64 + slack {
+            return Ok(0);
+        }
+        ctx.store.trim_inbox(user, max).await
+    };
+    match result.await {
+        Ok(0) => {}
+        Ok(dropped) => tracing::debug!(dropped, "oldest inbox entries dropped"),
+        Err(e) => tracing::warn!(error = %e, "trimming the inbox failed; trying again with the next entry"),
+    }
 }
 
 /// Marks in-app notifications `delivered` as clients acknowledge them. One worker of the

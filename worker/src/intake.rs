@@ -5,6 +5,7 @@
 //! (see "The delivery guarantee" in `docs/NOTIFICATIONS.md` for the windows that bound it).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_nats::jetstream::AckKind;
 use tidings_shared::Error as SharedError;
@@ -26,18 +27,50 @@ use crate::targets::{default_channels, missing};
 /// failed under it.
 pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
     let seq = msg.info().map(|i| i.stream_sequence).ok();
-    let result = process(ctx, &msg.payload, seq).await;
+    let delivered = msg
+        .info()
+        .map(|i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32)
+        .unwrap_or(1);
+    let work = process(ctx, &msg.payload, seq);
+    let result = crate::progress::with_progress(&msg, crate::progress::interval(crate::INTAKE_ACK_WAIT), work).await;
     let ack = match result {
         Ok(()) => msg.ack().await,
-        Err(e) => {
-            tracing::warn!(error = %e, seq, "notification request will be retried");
-            msg.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
-                .await
-        }
+        Err(e) => match crate::poison::verdict(ctx, &e, delivered) {
+            crate::poison::Verdict::RetryIn(d) => {
+                tracing::warn!(error = %e, seq, delivered, ?d, "notification request will be retried");
+                msg.ack_with(AckKind::Nak(Some(d))).await
+            }
+            crate::poison::Verdict::DeadLetter => match bury(ctx, &msg, seq, &e, delivered).await {
+                Ok(()) => msg.ack().await,
+                Err(e) => {
+                    tracing::warn!(error = %e, seq, "dead-lettering a notification request failed; retrying");
+                    msg.ack_with(AckKind::Nak(Some(std::time::Duration::from_secs(1))))
+                        .await
+                }
+            },
+        },
     };
     if let Err(e) = ack {
         tracing::warn!(error = %e, seq, "acknowledging a notification request failed");
     }
+}
+
+/// Gives up on a request that failed the same way `delivered` times: a dead letter with the
+/// reason, and the notification failed with it when its id can be read.
+async fn bury(
+    ctx: &Ctx,
+    msg: &async_nats::jetstream::Message,
+    seq: Option<u64>,
+    e: &crate::Error,
+    delivered: u32,
+) -> Result<()> {
+    let reason = format!("given up after {delivered} deliveries: {e}");
+    crate::poison::dead_letter_raw(ctx, "intake", msg, &reason, delivered).await?;
+    if let Ok(req) = serde_json::from_slice::<NotificationRequest>(&msg.payload) {
+        let id = notification_id(req.id.as_deref(), seq);
+        crate::poison::fail_request(ctx, &id, &req.user, seq, &reason).await?;
+    }
+    Ok(())
 }
 
 /// The notification id a request gets: its own, or one derived from its stream sequence
@@ -101,18 +134,30 @@ fn quiet_until(req: &NotificationRequest, prefs: &Preferences) -> Option<jiff::T
     }
 }
 
-/// Decides every channel's first state from the user's preferences and the template, with
-/// no side effect, so that the whole plan is recorded in one write before anything goes
-/// out. Returns the plan and the content rendered for it.
+/// The channels a request asks for (or the user's preferences choose), each once.
+fn wanted(req: &NotificationRequest, prefs: &Preferences) -> Vec<DeliveryChannel> {
+    let mut channels = req.channels.clone().unwrap_or_else(|| default_channels(prefs));
+    let mut seen = std::collections::HashSet::new();
+    channels.retain(|c| seen.insert(*c));
+    channels
+}
+
+/// Content rendered per channel, or why it could not be.
+type Renders = HashMap<DeliveryChannel, std::result::Result<Rendered, String>>;
+
+/// Decides every channel's first state from the user's preferences and the template's
+/// `renders` (done beforehand, off the runtime), with no side effect, so that the whole
+/// plan is recorded in one write before anything goes out. Returns the plan and the
+/// content rendered for it.
 fn decide(
     req: &NotificationRequest,
-    template: &Template,
+    mut renders: Renders,
     prefs: &Preferences,
 ) -> (
     BTreeMap<DeliveryChannel, ChannelState>,
     HashMap<DeliveryChannel, Rendered>,
 ) {
-    let channels = req.channels.clone().unwrap_or_else(|| default_channels(prefs));
+    let channels = wanted(req, prefs);
     let quiet = quiet_until(req, prefs);
     let mut plan = BTreeMap::new();
     let mut rendered = HashMap::new();
@@ -132,8 +177,9 @@ fn decide(
             // Rendered later, once, over the whole batch.
             channel_state(DeliveryStatus::Batched, None, None)
         } else {
-            match crate::render::render(template, channel, &req.data) {
-                Err(e) => channel_state(DeliveryStatus::Failed, Some(e.to_string()), None),
+            let render = renders.remove(&channel);
+            match render.unwrap_or_else(|| Err(format!("no {} part", channel.as_str()))) {
+                Err(e) => channel_state(DeliveryStatus::Failed, Some(e), None),
                 Ok(content) => {
                     rendered.insert(channel, content);
                     match until {
@@ -173,13 +219,12 @@ struct ToDo {
 
 /// What the recorded plan `doc` still calls for: every channel in its first state and not
 /// yet attempted (one a delivery has moved on is left to it). Content rendered when the
-/// plan was decided is used; otherwise (the request handed out again) it is rendered now,
-/// and a channel that cannot be rendered any more is returned with the reason.
+/// plan was decided is used; otherwise (the request handed out again) it was rendered by
+/// [`rerender`], and a channel that cannot be rendered any more is returned with the reason.
 fn actions(
     doc: &NotificationStatus,
     req: &NotificationRequest,
-    template: Option<&Template>,
-    mut rendered: HashMap<DeliveryChannel, Rendered>,
+    mut rendered: Renders,
     quiet: Option<jiff::Timestamp>,
 ) -> ToDo {
     let (mut todo, mut failed) = (Vec::new(), Vec::new());
@@ -208,13 +253,9 @@ fn actions(
             }
             _ => continue,
         };
-        let content = match rendered.remove(&channel) {
-            Some(c) => Ok(c),
-            None => match template {
-                Some(t) => crate::render::render(t, channel, &req.data).map_err(|e| e.to_string()),
-                None => Err(format!("unknown template {:?}", req.template)),
-            },
-        };
+        let content = rendered
+            .remove(&channel)
+            .unwrap_or_else(|| Err(format!("unknown template {:?}", req.template)));
         let content = match content {
             Ok(c) => c,
             Err(e) => {
@@ -244,6 +285,34 @@ fn actions(
     ToDo { actions: todo, failed }
 }
 
+/// The content of every channel of the recorded plan `doc` that may still need it: what
+/// was rendered for this plan, and the rest rendered now (the request handed out again).
+async fn rerender(
+    ctx: &Ctx,
+    doc: &NotificationStatus,
+    req: &NotificationRequest,
+    template: Option<Arc<Template>>,
+    rendered: HashMap<DeliveryChannel, Rendered>,
+) -> Renders {
+    let mut out: Renders = rendered.into_iter().map(|(c, r)| (c, Ok(r))).collect();
+    let todo: Vec<DeliveryChannel> = doc
+        .channels
+        .iter()
+        .filter(|(c, s)| s.attempts == 0 && !out.contains_key(c))
+        .filter(|(_, s)| {
+            matches!(
+                s.status,
+                DeliveryStatus::Sent | DeliveryStatus::Pending | DeliveryStatus::Deferred
+            )
+        })
+        .map(|(c, _)| *c)
+        .collect();
+    if let (Some(t), false) = (template, todo.is_empty()) {
+        out.extend(ctx.renderer.render_all(t, todo, req.data.clone()).await);
+    }
+    out
+}
+
 /// Plans an accepted request and starts every channel.
 ///
 /// The plan is decided first, from reads only, and recorded in one conditional write (which
@@ -266,7 +335,13 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
     };
     let mut rendered = HashMap::new();
     match &template {
-        Some(t) => (doc.channels, rendered) = decide(req, t, &prefs),
+        Some(t) => {
+            let renders = ctx
+                .renderer
+                .render_all(t.clone(), wanted(req, &prefs), req.data.clone())
+                .await;
+            (doc.channels, rendered) = decide(req, renders, &prefs);
+        }
         None => doc.error = Some(format!("unknown template {:?}", req.template)),
     }
     doc.summarize();
@@ -291,7 +366,8 @@ async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) 
         return Ok(());
     }
     let quiet = quiet_until(req, &prefs);
-    let ToDo { actions: todo, failed } = actions(&recorded, req, template.as_deref(), rendered, quiet);
+    let rendered = rerender(ctx, &recorded, req, template, rendered).await;
+    let ToDo { actions: todo, failed } = actions(&recorded, req, rendered, quiet);
     for (channel, error) in &failed {
         // Only when carrying out a recorded plan again after its template was deleted or
         // broken: the channel is left as recorded (its message or job may well be out

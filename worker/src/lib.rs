@@ -13,6 +13,8 @@ pub mod inapp;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
+pub mod poison;
+pub mod progress;
 pub mod provider;
 pub mod push;
 pub mod quiet;
@@ -46,9 +48,13 @@ pub use metrics::Metrics;
 const INTAKE_CONCURRENCY: usize = 64;
 /// Deliveries attempted at once by one worker.
 const DELIVERY_CONCURRENCY: usize = 64;
+/// Templates rendered at once by one worker (on the blocking pool): with fuel, a render is
+/// milliseconds at most, so a few threads keep up, and a flood of heavy templates cannot
+/// take more than these.
+const RENDER_CONCURRENCY: usize = 4;
 /// How long a request may be in hand before JetStream gives it to another worker (a worker
 /// that died): planning takes milliseconds.
-const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const INTAKE_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// What the pipeline's steps share; cheap to clone.
 #[derive(Clone)]
@@ -61,6 +67,8 @@ pub struct Ctx {
     pub store: Store,
     /// Templates, kept in memory through a watch on their bucket.
     pub templates: templates::TemplateCache,
+    /// Renders templates off the runtime, within their budget.
+    pub renderer: render::Renderer,
     /// Metrics.
     pub metrics: Metrics,
     /// Webhook client.
@@ -73,6 +81,12 @@ pub struct Ctx {
     pub push: Arc<push::PushSender>,
     /// Attempts per channel before a dead letter.
     pub max_attempts: u32,
+    /// How long a delivery job may go without an ack before JetStream hands it out again.
+    pub delivery_ack_wait: Duration,
+    /// Most push subscriptions of one user sent to (the newest ones).
+    pub push_max_subscriptions: usize,
+    /// Most inbox entries kept per user.
+    pub inbox_max_per_user: usize,
     /// First retry delay.
     pub retry_base: Duration,
     /// Open batches (KV).
@@ -210,8 +224,13 @@ async fn pipeline(
     };
     // Planning reads a template per notification: kept in memory, current through a watch.
     let templates = templates::TemplateCache::spawn(store.templates_bucket().clone());
+    let budget = tidings_shared::template::Budget {
+        fuel: config.template_fuel,
+        max_bytes: config.template_max_bytes,
+    };
     let ctx = Ctx {
         templates,
+        renderer: render::Renderer::new(budget, RENDER_CONCURRENCY),
         nats: client,
         js: js.clone(),
         store: store.clone(),
@@ -221,6 +240,9 @@ async fn pipeline(
         sms: senders.sms,
         push: senders.push,
         max_attempts: config.retry_max_attempts,
+        delivery_ack_wait: Duration::from_millis(config.delivery_ack_wait_ms),
+        push_max_subscriptions: config.push_max_subscriptions,
+        inbox_max_per_user: config.inbox_max_per_user,
         retry_base: Duration::from_millis(config.retry_base_ms),
         batches,
         batch_window: Duration::from_millis(config.batch_window_ms),

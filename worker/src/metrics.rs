@@ -75,6 +75,8 @@ impl Metrics {
             m.dead_letters.with_label_values(&[ch.as_str()]);
             m.delivery_duration.with_label_values(&[ch.as_str()]);
         }
+        // Notification requests given up on before any channel was planned.
+        m.dead_letters.with_label_values(&["intake"]);
         Ok(m)
     }
 }

@@ -179,7 +179,7 @@ impl PushSender {
             .send()
             .await;
         match resp {
-            Err(e) => PushResult::Outcome(crate::provider::connection_error(&e)),
+            Err(e) => PushResult::Outcome(crate::provider::connection_error(e)),
             Ok(r) if matches!(r.status().as_u16(), 404 | 410) => PushResult::Gone,
             Ok(r) => PushResult::Outcome(crate::provider::classify(r).await),
         }

@@ -44,7 +44,7 @@ impl SmsSender {
             .send()
             .await;
         match resp {
-            Err(e) => crate::provider::connection_error(&e),
+            Err(e) => crate::provider::connection_error(e),
             Ok(r) => crate::provider::classify(r).await,
         }
     }

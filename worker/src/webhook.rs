@@ -78,7 +78,7 @@ impl WebhookSender {
             );
         }
         match req.body(body).send().await {
-            Err(e) => connection_error(&e),
+            Err(e) => connection_error(e),
             Ok(resp) => classify(resp).await,
         }
     }

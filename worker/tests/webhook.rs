@@ -174,3 +174,100 @@ async fn a_worker_killed_mid_run_loses_nothing() {
         "{twice} repeats: more than the killed worker had in flight"
     );
 }
+
+/// A receiver whose error bodies never end: each attempt reads only the start of the body
+/// (the status error keeps it), so retries and failures take no longer than a plain error,
+/// and later notifications go on.
+#[tokio::test]
+async fn endless_error_bodies_are_read_only_up_to_a_bound() {
+    let env = start(1).await;
+    let (hooks, _received) = start_receiver().await;
+    for (user, mode) in [("stream", "endless"), ("streambad", "endless-bad"), ("fine", "ok")] {
+        let (code, body) = env
+            .put(
+                &format!("/api/v1/users/{user}/preferences"),
+                json!({"webhook_url": format!("{hooks}/{mode}")}),
+            )
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let started = std::time::Instant::now();
+    for user in ["stream", "streambad"] {
+        env.notify(json!({"id": format!("e-{user}"), "user": user, "template": "pr_merged",
+            "data": {"pr": 1, "title": "t"}, "channels": ["webhook"]}))
+            .await;
+    }
+    // Reading a whole body would last until the client's 15 s timeout, on every attempt.
+    let s = env
+        .wait_channel("e-streambad", "webhook", "failed", Duration::from_secs(10))
+        .await;
+    let error = s["channels"]["webhook"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("HTTP 400: bad request: xxx"), "{s}");
+    assert!(error.len() <= 1024, "error of {} bytes", error.len());
+    let s = env
+        .wait_channel("e-stream", "webhook", "failed", Duration::from_secs(10))
+        .await;
+    assert_eq!(s["channels"]["webhook"]["attempts"], 3, "{s}");
+    let error = s["channels"]["webhook"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("HTTP 500: overloaded: xxx") && error.len() <= 1024,
+        "{s}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    env.notify(json!({"id": "e-fine", "user": "fine", "template": "pr_merged",
+        "data": {"pr": 2, "title": "t"}, "channels": ["webhook"]}))
+        .await;
+    env.wait_channel("e-fine", "webhook", "sent", Duration::from_secs(10))
+        .await;
+}
+
+/// A template without a `webhook` part: a single notification goes out with the default
+/// JSON body, and so does a digest of several (with the batch's items in `data`).
+#[tokio::test]
+async fn a_digest_to_a_webhook_uses_the_default_body_without_a_webhook_part() {
+    let env = start_with(1, &[("TIDINGS_BATCH_WINDOW_MS", "500".to_owned())]).await;
+    let (hooks, received) = start_receiver().await;
+    let (code, body) = env
+        .put(
+            "/api/v1/templates/plain",
+            json!({"in_app": {"title": "PR #{{ pr }}", "body": "{{ title }}"}}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    env.put(
+        "/api/v1/users/dig/preferences",
+        json!({"webhook_url": format!("{hooks}/ok")}),
+    )
+    .await;
+    env.notify(json!({"id": "single", "user": "dig", "template": "plain",
+        "data": {"pr": 1, "title": "one"}, "channels": ["webhook"]}))
+        .await;
+    env.wait_channel("single", "webhook", "sent", Duration::from_secs(20))
+        .await;
+    for i in 0..3 {
+        env.notify(
+            json!({"id": format!("d{i}"), "user": "dig", "template": "plain", "priority": "low",
+            "batch_key": "prs", "data": {"pr": i, "title": "t"}, "channels": ["webhook"]}),
+        )
+        .await;
+    }
+    let mut digests = Vec::new();
+    for i in 0..3 {
+        let s = env
+            .wait_channel(&format!("d{i}"), "webhook", "sent", Duration::from_secs(20))
+            .await;
+        digests.push(
+            s["channels"]["webhook"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(digests.iter().all(|d| !d.is_empty() && *d == digests[0]), "{digests:?}");
+    let r = received.lock().unwrap();
+    assert_eq!(r.bodies["single"]["title"], "PR #1");
+    let digest = &r.bodies[&digests[0]];
+    assert_eq!(digest["data"]["count"], 3, "{digest}");
+    assert_eq!(digest["data"]["items"][2]["pr"], 2, "{digest}");
+    assert_eq!(digest["event"], r.bodies["single"]["event"]);
+}

@@ -120,6 +120,7 @@ export class HttpApi {
     const q = new URLSearchParams();
     if (opts.unread !== undefined) q.set("unread", String(opts.unread));
     if (opts.limit !== undefined) q.set("limit", String(opts.limit));
+    if (opts.before !== undefined) q.set("before", opts.before);
     return this.request("GET", `/api/v1/users/${segment(user)}/inbox${query(q)}`);
   }
 

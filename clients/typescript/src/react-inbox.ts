@@ -1,8 +1,11 @@
 /**
  * `useNotifications` and `usePresence`: the HTTP-backed hooks.
  *
- * The inbox route has only `unread` and `limit` (no cursor), so `fetchMore()` asks again
- * with a larger `limit`; `hasMore` is true while a page comes back full. Live `notification`
+ * The inbox is read a page at a time: `fetchMore()` asks for the page after the last one
+ * (`before` = the previous answer's `next`) and appends it, so each request stays one page
+ * however far the user scrolls; `hasMore` is true while the gateway gives a `next`. (A
+ * gateway without paging gives no `next`: then `fetchMore()` asks again with a larger
+ * `limit`, and `hasMore` is true while a page comes back full.) Live `notification`
  * messages on `user:<user>` are merged in by id (never twice), including those that arrive
  * while a fetch is on its way.
  */
@@ -12,7 +15,7 @@ import { useHeldChannel, useTidingsClient } from "./react-core.js";
 import type { InboxItem, InboxResult, MessageFrame, PresenceResult } from "./types.js";
 
 export interface UseNotificationsOptions {
-  /** Items per page (default 20); `fetchMore()` grows the limit by this much. */
+  /** Items per page (default 20): the size of the first page and of each `fetchMore()`. */
   pageSize?: number | undefined;
 }
 
@@ -84,7 +87,18 @@ function merge(user: string, r: InboxResult, limit: number, live: InboxItem[], r
     extra.push(i);
     if (!i.read) unread++;
   }
-  return { user, items: [...extra, ...fetched], unread: Math.max(0, unread), hasMore: r.items.length >= limit, loading: false, error: null };
+  return { user, items: [...extra, ...fetched], unread: Math.max(0, unread), hasMore: more(r, limit), loading: false, error: null };
+}
+
+/** Whether there is a page after `r` (asked with `limit`). */
+const more = (r: InboxResult, limit: number): boolean => (r.next === undefined ? r.items.length >= limit : r.next !== null);
+
+/** The view with the older page `r` appended (items it shows already are kept as they are). */
+function append(v: View, r: InboxResult, limit: number, reading: Set<string>): View {
+  const seen = new Set(v.items.map((i) => i.id));
+  const older = r.items.filter((i) => !seen.has(i.id)).map((i) => (reading.has(i.id) ? { ...i, read: true } : i));
+  // `unread` counts the whole inbox, kept current by live messages and reads: unchanged by paging.
+  return { ...v, items: [...v.items, ...older], hasMore: more(r, limit), loading: false, error: null };
 }
 
 export function useNotifications(user: string, opts: UseNotificationsOptions = {}): UseNotificationsResult {
@@ -96,20 +110,28 @@ export function useNotifications(user: string, opts: UseNotificationsOptions = {
   const viewRef = useRef(current);
   viewRef.current = current;
   const limit = useRef(pageSize);
+  // The cursor of the next page (`undefined`: the gateway does not page; grow `limit`).
+  const cursor = useRef<string | null | undefined>(undefined);
   const request = useRef(0);
   const liveSinceRequest = useRef<InboxItem[]>([]);
   const reading = useRef(new Set<string>());
 
   const load = useCallback(
-    async (lim: number): Promise<void> => {
+    async (lim: number, before?: string): Promise<void> => {
       const n = ++request.current;
-      liveSinceRequest.current = [];
+      if (before === undefined) liveSinceRequest.current = [];
       setView((v) => (v.user === user ? { ...v, loading: true } : blank(user)));
       try {
-        const r = await client.inbox(user, { limit: lim });
+        const r = await client.inbox(user, before === undefined ? { limit: lim } : { limit: lim, before });
         if (n !== request.current) return;
-        limit.current = lim;
-        setView(merge(user, r, lim, liveSinceRequest.current, reading.current));
+        cursor.current = r.next;
+        if (before === undefined) {
+          limit.current = lim;
+          setView(merge(user, r, lim, liveSinceRequest.current, reading.current));
+        } else {
+          limit.current += lim;
+          setView((v) => (v.user === user ? append(v, r, lim, reading.current) : v));
+        }
       } catch (e) {
         if (n !== request.current) return;
         setView((v) => ({ ...(v.user === user ? v : blank(user)), loading: false, error: e as Error }));
@@ -151,8 +173,14 @@ export function useNotifications(user: string, opts: UseNotificationsOptions = {
     [client, user],
   );
 
-  const fetchMore = useCallback(() => load(limit.current + pageSize), [load, pageSize]);
-  const refetch = useCallback(() => load(limit.current), [load]);
+  const fetchMore = useCallback((): Promise<void> => {
+    const next = cursor.current;
+    if (next === undefined) return load(limit.current + pageSize);
+    if (next === null) return Promise.resolve();
+    return load(pageSize, next);
+  }, [load, pageSize]);
+  // Everything shown so far again, in one request (the gateway caps a page at 500).
+  const refetch = useCallback(() => load(Math.min(limit.current, 500)), [load]);
   const { items, unread, hasMore, loading } = current;
   // The inbox's own failure first, else the live channel's (e.g. `bad_channel` for a user id that is no channel id).
   const error = current.error ?? held.error;

@@ -271,8 +271,12 @@ export interface InboxItem {
 export interface InboxResult {
   items: InboxItem[];
   unread: number;
+  /** Cursor of the next page (pass it as `before`); `null` on the last page; absent from gateways without paging. */
+  next?: string | null;
 }
 export interface InboxOptions {
   unread?: boolean | undefined;
   limit?: number | undefined;
+  /** Only entries older than this cursor: the `next` of the previous page. */
+  before?: string | undefined;
 }

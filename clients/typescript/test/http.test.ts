@@ -39,17 +39,20 @@ describe("HTTP helpers", () => {
       jsonResponse({ users: ["u1"], connections: 2 }),
       jsonResponse({ items: [], unread: 0 }),
       jsonResponse({ items: [], unread: 0 }),
+      jsonResponse({ items: [], unread: 0, next: null }),
       jsonResponse({ id: "n1", read: true }),
     );
     const c = client(fetch);
     await expect(c.presence("project:p1")).resolves.toEqual({ users: ["u1"], connections: 2 });
     await c.inbox("u1", { unread: true, limit: 20 });
     await c.inbox("u1");
+    await c.inbox("u1", { limit: 20, before: "n20" });
     await expect(c.markRead("u1", "n1")).resolves.toEqual({ id: "n1", read: true });
     expect(fetch.mock.calls.map(([u, i]) => `${i?.method} ${u}`)).toEqual([
       "GET http://gw.test:8080/api/v1/channels/project:p1/presence",
       "GET http://gw.test:8080/api/v1/users/u1/inbox?unread=true&limit=20",
       "GET http://gw.test:8080/api/v1/users/u1/inbox",
+      "GET http://gw.test:8080/api/v1/users/u1/inbox?limit=20&before=n20",
       "POST http://gw.test:8080/api/v1/users/u1/inbox/n1/read",
     ]);
     for (const [, init] of fetch.mock.calls) expect(headers(init).Authorization).toBe("Bearer tok-1");

@@ -326,6 +326,28 @@ describe("useNotifications", () => {
     expect(fetchMock.mock.calls.map(([u]) => new URL(u).searchParams.get("limit"))).toEqual(["2", "4", "4"]);
   });
 
+  it("fetchMore asks for the page after the cursor and appends it; refetch reloads what is shown", async () => {
+    fetchMock
+      .mockResolvedValueOnce(jsonResponse({ items: [item("a"), item("b")], unread: 3, next: "b" }))
+      .mockResolvedValueOnce(jsonResponse({ items: [item("c"), item("d")], unread: 3, next: "d" }))
+      .mockResolvedValueOnce(jsonResponse({ items: [item("e")], unread: 3, next: null }))
+      .mockResolvedValueOnce(jsonResponse({ items: [item("a"), item("b"), item("c"), item("d"), item("e")], unread: 3, next: null }));
+    const { result } = renderHook(() => useNotifications("u1", { pageSize: 2 }), { wrapper });
+    await waitFor(() => expect(result.current.hasMore).toBe(true));
+    await act(() => result.current.fetchMore());
+    expect(result.current.items.map((i) => i.id)).toEqual(["a", "b", "c", "d"]);
+    expect(result.current.hasMore).toBe(true);
+    await act(() => result.current.fetchMore());
+    expect(result.current.items.map((i) => i.id)).toEqual(["a", "b", "c", "d", "e"]);
+    expect(result.current.hasMore).toBe(false);
+    expect(result.current.unread).toBe(3);
+    await act(() => result.current.fetchMore()); // nothing more: no request
+    await act(() => result.current.refetch());
+    const asked = fetchMock.mock.calls.map(([u]) => new URL(u).search);
+    expect(asked).toEqual(["?limit=2", "?limit=2&before=b", "?limit=2&before=d", "?limit=6"]);
+    expect(result.current.items.map((i) => i.id)).toEqual(["a", "b", "c", "d", "e"]);
+  });
+
   it("keeps a live notification that arrived while the page was loading", async () => {
     let resolvePage!: (r: Response) => void;
     fetchMock.mockImplementationOnce(() => new Promise<Response>((r) => (resolvePage = r)));

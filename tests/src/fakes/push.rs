@@ -92,15 +92,19 @@ pub struct PushLog {
     pub payloads: Vec<Value>,
     /// `ttl`, `urgency` and `content-encoding` of every push.
     pub headers: Vec<(String, String)>,
+    /// The path and query of every push accepted, in the order they were accepted.
+    pub endpoints: Vec<String>,
 }
 
 /// A push service for `browser`'s subscriptions: `/push/ok` checks the VAPID signature
-/// against `vapid_public` and decrypts; `/push/gone` answers 410.
+/// against `vapid_public` and decrypts; `/push/slow` does the same after a second;
+/// `/push/gone` answers 410.
 pub async fn start_push_service(browser: Arc<Browser>, vapid_public: String) -> (String, Arc<Mutex<PushLog>>) {
     type S = (Arc<Browser>, String, Arc<Mutex<PushLog>>);
     async fn push(
         State((browser, vapid, log)): State<S>,
         Path(mode): Path<String>,
+        uri: axum::http::Uri,
         headers: HeaderMap,
         body: axum::body::Bytes,
     ) -> StatusCode {
@@ -108,6 +112,9 @@ pub async fn start_push_service(browser: Arc<Browser>, vapid_public: String) -> 
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         if mode == "gone" {
             return StatusCode::GONE;
+        }
+        if mode == "slow" {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }
         // VAPID: an ES256 JWT for this origin, signed by the key the gateway publishes.
         let auth = headers
@@ -138,6 +145,7 @@ pub async fn start_push_service(browser: Arc<Browser>, vapid_public: String) -> 
         let payload: Value = serde_json::from_slice(&browser.decrypt(&body)).unwrap();
         let mut log = log.lock().unwrap();
         log.payloads.push(payload);
+        log.endpoints.push(uri.to_string());
         for h in ["ttl", "urgency", "content-encoding"] {
             log.headers.push((
                 h.to_owned(),

@@ -5,6 +5,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse as _, Response};
+use futures::StreamExt as _;
 use tidings_shared::auth::now_unix;
 
 /// Everything a webhook receiver saw.
@@ -14,6 +16,8 @@ pub struct Received {
     pub attempts: HashMap<String, u32>,
     /// Bodies accepted (2xx), per id.
     pub accepted: HashMap<String, u32>,
+    /// The last body accepted, per id.
+    pub bodies: HashMap<String, serde_json::Value>,
     pub bad_signatures: u32,
 }
 
@@ -37,8 +41,17 @@ fn verify(secret: &str, headers: &HeaderMap, body: &[u8]) -> bool {
     hex == v1 && t.parse::<i64>().is_ok_and(|t| (t - now_unix() as i64).abs() < 300)
 }
 
+/// An error body that never ends: `prefix`, then `x`s for ever (a hostile or broken peer).
+fn endless(status: StatusCode, prefix: &'static str) -> Response {
+    let chunk = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+    let tail = futures::stream::repeat_with(move || Ok::<_, std::convert::Infallible>(chunk.clone()));
+    let body = futures::stream::once(async move { Ok(bytes::Bytes::from_static(prefix.as_bytes())) }).chain(tail);
+    (status, axum::body::Body::from_stream(body)).into_response()
+}
+
 /// A webhook receiver checking signatures made with `secret`: `/ok`, `/flaky` (500, 500, then 200 per id), `/bad` (400), `/down`
-/// (503 always).
+/// (503 always), `/endless` (500 with a body that never ends), `/endless-bad` (400 with a
+/// body that never ends).
 pub async fn start(secret: &str) -> (String, Receiver) {
     let received: Receiver = Arc::default();
     async fn hook(
@@ -46,7 +59,7 @@ pub async fn start(secret: &str) -> (String, Receiver) {
         Path(mode): Path<String>,
         headers: HeaderMap,
         body: axum::body::Bytes,
-    ) -> StatusCode {
+    ) -> Response {
         let id = headers
             .get("tidings-id")
             .and_then(|v| v.to_str().ok())
@@ -55,13 +68,18 @@ pub async fn start(secret: &str) -> (String, Receiver) {
         let mut r = r.lock().unwrap();
         if !verify(&secret, &headers, &body) {
             r.bad_signatures += 1;
-            return StatusCode::UNAUTHORIZED;
+            return StatusCode::UNAUTHORIZED.into_response();
         }
         let n = {
             let a = r.attempts.entry(id.clone()).or_default();
             *a += 1;
             *a
         };
+        match mode.as_str() {
+            "endless" => return endless(StatusCode::INTERNAL_SERVER_ERROR, "overloaded: "),
+            "endless-bad" => return endless(StatusCode::BAD_REQUEST, "bad request: "),
+            _ => {}
+        }
         let status = match mode.as_str() {
             "ok" => StatusCode::OK,
             "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
@@ -70,9 +88,10 @@ pub async fn start(secret: &str) -> (String, Receiver) {
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_success() {
-            *r.accepted.entry(id).or_default() += 1;
+            *r.accepted.entry(id.clone()).or_default() += 1;
+            r.bodies.insert(id, serde_json::from_slice(&body).unwrap_or_default());
         }
-        status
+        status.into_response()
     }
     let app = axum::Router::new()
         .route("/{mode}", axum::routing::post(hook))

@@ -91,16 +91,18 @@ pub fn vapid_key_file() -> String {
 }
 
 pub async fn start_with(workers: usize, worker_env: &[(&str, String)]) -> Env {
+    start_full(workers, worker_env, &[]).await
+}
+
+/// [`start_with`], the gateway getting `gateway_env` as well.
+pub async fn start_full(workers: usize, worker_env: &[(&str, String)], gateway_env: &[(&str, String)]) -> Env {
     let nats = NatsServer::start().await.unwrap();
-    let gw = gateways()
-        .start(
-            &nats.url(),
-            &[
-                ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
-                ("TIDINGS_VAPID_PRIVATE_KEY_FILE", vapid_key_file()),
-            ],
-        )
-        .await;
+    let mut env = vec![
+        ("TIDINGS_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+        ("TIDINGS_VAPID_PRIVATE_KEY_FILE", vapid_key_file()),
+    ];
+    env.extend(gateway_env.iter().cloned());
+    let gw = gateways().start(&nats.url(), &env).await;
     let workers = (0..workers).map(|_| spawn_worker(&nats.url(), worker_env)).collect();
     let env = Env {
         nats,
