@@ -2,9 +2,10 @@
 //! be told to go with, what its writer sends, and the handle the fan-out holds on it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use axum::extract::ws::Message;
+use tidings_shared::Channel;
 use tokio::sync::{Notify, mpsc};
 
 use crate::message::Encoded;
@@ -32,6 +33,8 @@ pub enum Outbound {
     /// A frame encoded for this connection only (e.g. a reply produced by another task);
     /// boxed so that the queue's slots stay two words wide.
     Frame(Box<Message>),
+    /// An operator ended the connection's subscription to this channel: leave it and say so.
+    Unsubscribed(Box<Channel>),
 }
 
 /// State a connection shares with the fan-out: how to tell it to go away.
@@ -39,6 +42,8 @@ pub enum Outbound {
 pub struct ConnSignal {
     notify: Notify,
     code: AtomicU16,
+    /// `iat` of the connection's current token (0: none), for revocations.
+    issued_at: AtomicU64,
 }
 
 impl ConnSignal {
@@ -53,6 +58,16 @@ impl ConnSignal {
             self.notify.notify_one();
         }
         first
+    }
+
+    /// Records the `iat` of the token the connection now runs on (0 without one).
+    pub fn set_issued_at(&self, iat: Option<u64>) {
+        self.issued_at.store(iat.unwrap_or(0), Ordering::Release);
+    }
+
+    /// `iat` of the connection's token (0: none).
+    pub fn issued_at(&self) -> u64 {
+        self.issued_at.load(Ordering::Acquire)
     }
 
     /// The requested close code, 0 if none.

@@ -39,7 +39,18 @@ pub fn bearer(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<
 }
 
 impl AppState {
-    /// Verifies a token, counting failures by reason.
+    /// Verifies a token and checks it was not revoked, counting failures by reason.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Claims, AuthReason> {
+        let claims = self.verify(token)?;
+        if let Err(reason) = crate::control::check_revocation(self, &claims).await {
+            self.metrics.auth_failures.with_label_values(&[reason.as_str()]).inc();
+            return Err(reason);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies a token's signature and times (not revocation: see
+    /// [`AppState::authenticate`]), counting failures by reason.
     pub fn verify(&self, token: Option<&str>) -> Result<Claims, AuthReason> {
         let result = match token {
             None => Err(AuthReason::Missing),
@@ -57,12 +68,13 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if let Some(claims) = parts.extensions.get::<Claims>() {
-            // Verified already, by the HTTP rate limit.
+            // Verified (and checked against revocations) already, by the HTTP rate limit.
             return Ok(Caller(claims.clone()));
         }
         let token = bearer_token(parts);
         let claims = state
-            .verify(token.as_deref())
+            .authenticate(token.as_deref())
+            .await
             .map_err(|reason| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {reason}")))?;
         Ok(Caller(claims))
     }

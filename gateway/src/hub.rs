@@ -191,6 +191,47 @@ impl Hub {
         }
     }
 
+    /// Asks every connection of `user` whose token was issued before `before` (`u64::MAX`:
+    /// all of them) to close with `code`; how many were asked.
+    pub fn close_user(&self, user: &str, before: u64, code: u16) -> u64 {
+        let conns = lock(&self.connections);
+        let asked = conns
+            .by_id
+            .values()
+            .filter(|h| &*h.user == user && h.signal.issued_at() < before)
+            .filter(|h| h.signal.close(code))
+            .count();
+        asked as u64
+    }
+
+    /// Tells every local subscriber of `channel` (only `user`'s, if given) that it is
+    /// unsubscribed: its session leaves the channel and tells its client. How many.
+    pub fn force_unsubscribe(&self, channel: &Channel, user: Option<&str>) -> u64 {
+        let handles: Vec<ConnHandle> = {
+            let channels = lock(&self.channels);
+            let Some(entry) = channels.get(channel) else {
+                return 0;
+            };
+            read(&entry.subscribers)
+                .subs
+                .values()
+                .filter(|s| user.is_none_or(|u| &*s.handle.user == u))
+                .map(|s| s.handle.clone())
+                .collect()
+        };
+        for h in &handles {
+            if h.tx
+                .try_send(Outbound::Unsubscribed(Box::new(channel.clone())))
+                .is_err()
+                && h.signal.close(CLOSE_SLOW_CONSUMER)
+            {
+                // A full queue: the connection is a slow consumer anyway.
+                self.metrics.slow_consumer_disconnects.inc();
+            }
+        }
+        handles.len() as u64
+    }
+
     /// Number of registered connections.
     pub fn connection_count(&self) -> usize {
         lock(&self.connections).by_id.len()

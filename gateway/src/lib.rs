@@ -8,6 +8,7 @@
 pub mod api;
 pub mod assets;
 pub mod conn;
+pub mod control;
 pub mod cors;
 pub mod error;
 pub mod extract;
@@ -86,6 +87,8 @@ pub struct App {
     pub github: Option<github::GitHub>,
     /// Rate limits of the HTTP API.
     pub http_limits: throttle::HttpLimits,
+    /// Revoked tokens, as far as this node knows.
+    pub revocations: control::Revocations,
 }
 
 impl App {
@@ -177,6 +180,7 @@ pub fn router(state: AppState) -> Router {
         .merge(
             api::router()
                 .merge(notifications::router())
+                .merge(control::router())
                 .route_layer(axum::middleware::from_fn_with_state(state.clone(), throttle::limit)),
         )
         .layer(DefaultBodyLimit::max(body_limit))
@@ -245,7 +249,9 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         vapid_public_key,
         github: state_github,
         http_limits,
+        revocations: control::Revocations::default(),
     }));
+    tokio::spawn(control::run(state.clone()));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
     let drain = Duration::from_millis(state.config.drain_ms);

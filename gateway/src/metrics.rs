@@ -36,9 +36,15 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     /// Connections closed because a write made no progress within the write deadline.
     pub write_timeouts: IntCounter,
+    /// Operator controls sent from this node, by action.
+    pub control_actions: IntCounterVec,
+    /// Connections those controls affected across the cluster, by action.
+    pub control_affected: IntCounterVec,
 }
 
-const AUTH_REASONS: [AuthReason; 11] = [
+const AUTH_REASONS: [AuthReason; 13] = [
+    AuthReason::Revoked,
+    AuthReason::LifetimeTooLong,
     AuthReason::Missing,
     AuthReason::Malformed,
     AuthReason::AlgNone,
@@ -127,6 +133,18 @@ impl Metrics {
                 "Commands and HTTP requests refused by a rate limit, by scope",
                 &["scope"],
             )?,
+            control_actions: counter_vec(
+                r,
+                "tidings_gateway_control_actions_total",
+                "Operator controls (disconnect, revoke, unsubscribe) taken by this node",
+                &["action"],
+            )?,
+            control_affected: counter_vec(
+                r,
+                "tidings_gateway_control_affected_connections_total",
+                "Connections affected cluster-wide by the operator controls this node took",
+                &["action"],
+            )?,
             write_timeouts: counter(
                 r,
                 "tidings_gateway_write_timeouts_total",
@@ -149,6 +167,10 @@ impl Metrics {
         }
         for r in REFUSAL_REASONS {
             self.refused_connections.with_label_values(&[r]);
+        }
+        for a in crate::control::ACTIONS {
+            self.control_actions.with_label_values(&[a]);
+            self.control_affected.with_label_values(&[a]);
         }
         for s in RATE_LIMIT_SCOPES {
             self.rate_limited.with_label_values(&[s]);

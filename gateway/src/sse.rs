@@ -91,7 +91,8 @@ pub const MAX_CURSOR_BYTES: usize = 80 * 1024;
 pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Query<SseQuery>) -> Result<Response> {
     session::admit(&state)?;
     let claims = state
-        .verify(bearer_token(&parts).as_deref())
+        .authenticate(bearer_token(&parts).as_deref())
+        .await
         .map_err(|r| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {r}")))?;
     let channels = requested_channels(&q.channels, &claims, state.config.max_subscriptions)?;
     let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
@@ -101,6 +102,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         signal: signal.clone(),
         user: claims.sub.as_str().into(),
     };
+    handle.signal.set_issued_at(claims.iat);
     let registration = Registration::new(state.clone(), handle, claims.is_service())?;
     // Out of the pool of pending connections for as long as the stream lasts.
     let exchange = parts
@@ -244,15 +246,26 @@ impl SseStream {
                     if n == 0 {
                         return None;
                     }
-                    let metrics = &self.registration.state.metrics;
-                    for out in self.batch.drain(..) {
-                        let Outbound::Message(enc) = out else { continue };
+                    let metrics = self.registration.state.metrics.clone();
+                    let mut batch = std::mem::take(&mut self.batch);
+                    for out in batch.drain(..) {
+                        let enc = match out {
+                            Outbound::Message(enc) => enc,
+                            Outbound::Unsubscribed(channel) => {
+                                self.registration.unsubscribe(&channel);
+                                let data = serde_json::json!({"channel": *channel, "reason": "server"});
+                                self.pending.push_back(Event::default().event("unsubscribed").data(data.to_string()));
+                                continue;
+                            }
+                            Outbound::Frame(_) => continue,
+                        };
                         let Some(event) = event_for(&enc, &mut self.cursor) else { continue };
                         let latency = SystemTime::now().duration_since(enc.stored_at).unwrap_or_default();
                         metrics.delivery_latency.observe(latency.as_secs_f64());
                         metrics.messages_delivered.inc();
                         self.pending.push_back(event);
                     }
+                    self.batch = batch;
                 }
             }
         }

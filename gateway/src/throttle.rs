@@ -143,7 +143,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn limit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let now = Instant::now();
     let limits = &state.http_limits;
-    let claims = crate::extract::bearer(req.headers(), req.uri()).and_then(|t| state.verifier.verify(&t).ok());
+    let mut claims = crate::extract::bearer(req.headers(), req.uri()).and_then(|t| state.verifier.verify(&t).ok());
+    if let Some(c) = &claims
+        && crate::control::check_revocation(&state, c).await.is_err()
+    {
+        // Treated as no valid token; the handler's extractor refuses it and counts why.
+        claims = None;
+    }
     match &claims {
         Some(c) if c.is_service() => {}
         Some(c) => {

@@ -144,6 +144,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         role: Some("service".into()),
         exp: now_unix() + 30 * 24 * 3600,
         nbf: None,
+        iat: Some(tidings_shared::auth::now_unix()),
     };
     let token = sign_hs256(&claims, args.secret.as_bytes())?;
     let demo = Demo {

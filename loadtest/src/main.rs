@@ -258,6 +258,7 @@ fn mint(secret: &str, sub: &str, projects: &[&str], role: Option<&str>) -> anyho
         role: role.map(str::to_owned),
         exp: now_unix() + 3600,
         nbf: None,
+        iat: Some(tidings_shared::auth::now_unix()),
     };
     Ok(sign_hs256(&claims, secret.as_bytes())?)
 }
@@ -299,6 +300,7 @@ async fn main() -> anyhow::Result<()> {
                 role: a.role,
                 exp: now_unix() + a.ttl.as_secs(),
                 nbf: None,
+                iat: Some(tidings_shared::auth::now_unix()),
             };
             println!("{}", sign_hs256(&claims, a.secret.as_bytes())?);
         }

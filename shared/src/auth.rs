@@ -39,6 +39,10 @@ pub struct Claims {
     /// Not-before, unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
+    /// Issued-at, unix seconds: what a revocation (`POST /api/v1/users/{user}/revoke`) is
+    /// compared with; a token without it counts as issued before any revocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -80,6 +84,7 @@ pub struct Verifier {
     hmac: Option<DecodingKey>,
     public: Option<(Algorithm, DecodingKey)>,
     leeway: u64,
+    max_lifetime: u64,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -104,6 +109,8 @@ struct RawClaims {
     exp: Option<u64>,
     #[serde(default)]
     nbf: Option<u64>,
+    #[serde(default)]
+    iat: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -142,12 +149,19 @@ impl Verifier {
             hmac,
             public,
             leeway: LEEWAY_SECS,
+            max_lifetime: u64::MAX,
         })
     }
 
     /// Sets the clock leeway on `exp` and `nbf` (capped at the contract's 30 s).
     pub fn with_leeway(mut self, secs: u64) -> Self {
         self.leeway = secs.min(LEEWAY_SECS);
+        self
+    }
+
+    /// Refuses tokens whose `exp` is more than `secs` ahead (`TIDINGS_TOKEN_MAX_LIFETIME`).
+    pub fn with_max_lifetime(mut self, secs: u64) -> Self {
+        self.max_lifetime = secs;
         self
     }
 
@@ -203,6 +217,9 @@ impl Verifier {
         })?;
         let raw = data.claims;
         let exp = raw.exp.ok_or(AuthReason::MissingExp)?;
+        if exp > now_unix().saturating_add(self.max_lifetime).saturating_add(self.leeway) {
+            return Err(AuthReason::LifetimeTooLong);
+        }
         let sub = raw.sub.filter(|s| !s.is_empty()).ok_or(AuthReason::MissingSub)?;
         if !is_valid_id(&sub) {
             return Err(AuthReason::BadSub);
@@ -214,6 +231,7 @@ impl Verifier {
             role: raw.role,
             exp,
             nbf: raw.nbf,
+            iat: raw.iat,
         })
     }
 }
@@ -269,6 +287,7 @@ mod tests {
             role: None,
             exp: (now_unix() as i64 + exp_in) as u64,
             nbf: None,
+            iat: None,
         }
     }
 

@@ -349,6 +349,9 @@ impl Session<'_> {
                 let _ = self.ws.close(None).await;
                 Err(Ended::Reconnect(Duration::from_millis(retry_ms)))
             }
+            // The channel is no longer delivered; this client keeps its position, should it
+            // subscribe again on its next connection.
+            ServerFrame::Unsubscribed { .. } => Ok(()),
             ServerFrame::Reply(_) | ServerFrame::Pong { .. } | ServerFrame::Error { .. } => {
                 if !self.welcomed {
                     return Err(Ended::Failed("refused before welcome".into()));

@@ -201,6 +201,16 @@ pub struct GatewayConfig {
     #[arg(long, env = "TIDINGS_JWT_LEEWAY_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
     pub jwt_leeway_secs: u64,
 
+    /// Longest token lifetime accepted: a token whose `exp` lies further ahead is refused, and
+    /// a revocation is kept this long (e.g. 30d, 12h).
+    #[arg(long, env = "TIDINGS_TOKEN_MAX_LIFETIME", default_value = "30d", value_parser = parse_duration)]
+    pub token_max_lifetime: Duration,
+
+    /// How long an operator control (disconnect, revoke, unsubscribe) waits for every
+    /// gateway's answer, in milliseconds.
+    #[arg(long, env = "TIDINGS_CONTROL_TIMEOUT_MS", default_value_t = 2_000, value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub control_timeout_ms: u64,
+
     /// HMAC secret of GitHub webhooks; unset = the GitHub route is off.
     #[arg(long, env = "TIDINGS_GITHUB_WEBHOOK_SECRET", hide_env_values = true)]
     pub github_webhook_secret: Option<String>,
@@ -352,6 +362,9 @@ impl GatewayConfig {
                 self.replay_budget_bytes, self.max_outbound_frame_bytes
             ));
         }
+        if self.token_max_lifetime < Duration::from_secs(60) {
+            return bad("TIDINGS_TOKEN_MAX_LIFETIME must be at least 1m".into());
+        }
         if let Some(secret) = &self.github_webhook_secret
             && secret.len() < 16
         {
@@ -377,7 +390,8 @@ impl GatewayConfig {
         };
         Ok(
             crate::auth::Verifier::new(self.jwt_secret.as_deref().map(str::as_bytes), pem.as_deref())?
-                .with_leeway(self.jwt_leeway_secs),
+                .with_leeway(self.jwt_leeway_secs)
+                .with_max_lifetime(self.token_max_lifetime.as_secs()),
         )
     }
 }
@@ -571,6 +585,8 @@ mod tests {
             ("TIDINGS_GITHUB_WEBHOOK_SECRET", "github_webhook_secret"),
             ("TIDINGS_CORS_ORIGINS", "cors_origins"),
             ("TIDINGS_MAX_OUTBOUND_FRAME_BYTES", "max_outbound_frame_bytes"),
+            ("TIDINGS_TOKEN_MAX_LIFETIME", "token_max_lifetime"),
+            ("TIDINGS_CONTROL_TIMEOUT_MS", "control_timeout_ms"),
             ("TIDINGS_SHUTDOWN_GRACE_MS", "shutdown_grace_ms"),
             ("TIDINGS_HEADER_READ_TIMEOUT_MS", "header_read_timeout_ms"),
             ("TIDINGS_WRITE_DEADLINE_MS", "write_deadline_ms"),

@@ -93,6 +93,11 @@ pub enum AuthReason {
     BadSub,
     /// No verification key is configured on this node.
     NoKeyConfigured,
+    /// The user's tokens issued before an instant were revoked, this one among them.
+    Revoked,
+    /// `exp` lies further ahead than the longest token lifetime accepted
+    /// (`TIDINGS_TOKEN_MAX_LIFETIME`): a revocation would not outlive it.
+    LifetimeTooLong,
 }
 
 impl AuthReason {
@@ -110,6 +115,8 @@ impl AuthReason {
             AuthReason::MissingSub => "missing_sub",
             AuthReason::BadSub => "bad_sub",
             AuthReason::NoKeyConfigured => "no_key_configured",
+            AuthReason::Revoked => "revoked",
+            AuthReason::LifetimeTooLong => "lifetime_too_long",
         }
     }
 }

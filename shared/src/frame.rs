@@ -241,6 +241,14 @@ pub enum ServerFrame {
         /// What went wrong.
         error: ErrorBody,
     },
+    /// The server ended a subscription (an operator's `POST
+    /// /api/v1/channels/{channel}/unsubscribe`): no more messages of `channel` come.
+    Unsubscribed {
+        /// The channel left.
+        channel: Channel,
+        /// Why, e.g. `server`.
+        reason: String,
+    },
     /// The node is going away: reconnect (elsewhere) after about `retry_ms`.
     Reconnect {
         /// Why, e.g. `shutdown`.

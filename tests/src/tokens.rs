@@ -12,6 +12,7 @@ pub fn claims(sub: &str, projects: &[&str], publish: &[&str], ttl_secs: i64) -> 
         role: None,
         exp: (now_unix() as i64 + ttl_secs) as u64,
         nbf: None,
+        iat: Some(now_unix()),
     }
 }
 

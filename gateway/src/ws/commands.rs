@@ -330,7 +330,7 @@ impl Session {
     }
 
     async fn refresh(&mut self, id: Option<u64>, token: &str, expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>) {
-        let claims = match self.reg.state.verify(Some(token)) {
+        let claims = match self.reg.state.authenticate(Some(token)).await {
             Ok(c) => c,
             Err(reason) => {
                 let msg = format!("token refused ({reason}); the current one stays until it expires");
@@ -357,6 +357,7 @@ impl Session {
             .as_mut()
             .reset(token_deadline(claims.exp, self.reg.state.verifier.leeway()));
         let exp = claims.exp;
+        self.reg.handle.signal.set_issued_at(claims.iat);
         self.claims = claims;
         self.reply(Reply {
             exp: Some(exp),

@@ -113,6 +113,10 @@ async fn close(sink: &mut Sink, code: u16, reason: &str) {
     .await;
 }
 
+/// Close reason of a connection cut by an operator (`disconnect`, `revoke`): with 4001, the
+/// client asks for a new token instead of reconnecting with its old one.
+pub const REVOKED: &str = "revoked";
+
 /// How long a closed session still reads what its peer sends.
 const LINGER: Duration = Duration::from_secs(1);
 
@@ -142,7 +146,8 @@ async fn authenticate(
 ) -> Result<(Claims, Option<u64>), String> {
     if let Some(token) = token {
         return state
-            .verify(Some(&token))
+            .authenticate(Some(&token))
+            .await
             .map(|c| (c, None))
             .map_err(|r| r.as_str().to_owned());
     }
@@ -159,7 +164,8 @@ async fn authenticate(
     };
     match frame {
         Ok(ClientFrame::Auth { id, token }) => state
-            .verify(Some(&token))
+            .authenticate(Some(&token))
+            .await
             .map(|c| (c, id))
             .map_err(|r| r.as_str().to_owned()),
         _ => {
@@ -218,6 +224,7 @@ async fn run(
         signal: Arc::new(ConnSignal::default()),
         user: claims.sub.as_str().into(),
     };
+    handle.signal.set_issued_at(claims.iat);
     let limiter = RateLimiter::new(state.config.command_rate, state.config.command_burst);
     let reg = match Registration::new(state, handle, claims.is_service()) {
         Ok(reg) => reg,
@@ -458,6 +465,15 @@ impl Session {
                     enc.ws_message(self.format)
                 }
                 Outbound::Frame(m) => *m,
+                Outbound::Unsubscribed(channel) => {
+                    self.reg.unsubscribe(&channel);
+                    let frame = ServerFrame::Unsubscribed {
+                        channel: *channel,
+                        reason: "server".into(),
+                    };
+                    let Some(m) = encode(self.format, &frame) else { continue };
+                    m
+                }
             };
             self.sink.feed(msg).await?;
         }
@@ -493,6 +509,9 @@ impl Session {
                 close(&mut self.sink, code, "node draining").await;
             }
             CLOSE_SLOW_CONSUMER => close(&mut self.sink, code, "slow consumer: outbound queue full").await,
+            // Only an operator's disconnect or revoke asks this (an expired token closes in the
+            // session loop): the client must get a new token, not reconnect with this one.
+            CLOSE_UNAUTHORIZED => close(&mut self.sink, code, REVOKED).await,
             _ => close(&mut self.sink, code, "closed by server").await,
         }
     }
