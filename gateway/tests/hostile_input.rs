@@ -392,3 +392,45 @@ async fn after_a_nats_reconnect_quiet_channels_get_what_they_missed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn presence_lists_are_bounded_however_many_are_online() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = gateways().start(&nats.url(), &[]).await;
+    let mut clients = Vec::new();
+    for i in 0..1_001 {
+        let mut c = connect(&gw, &user_token(&format!("u{i}"), &[], &[])).await;
+        c.subscribe("broadcast").await;
+        clients.push(c);
+    }
+    let p = reqwest::Client::new()
+        .get(format!("{}/api/v1/channels/broadcast/presence", gw.base))
+        .bearer_auth(service_token())
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(p["users"].as_array().map(Vec::len), Some(1_000), "{}", p["user_count"]);
+    assert_eq!(
+        (p["user_count"].as_u64(), p["connections"].as_u64()),
+        (Some(1_001), Some(1_001))
+    );
+    assert_eq!(p["truncated"], true);
+    // The entry this node wrote is bounded too: another node reads at most 1,000 names.
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let kv = js.get_key_value("TIDINGS_PRESENCE").await.unwrap();
+    let key = format!("broadcast.gw-{}", gw.port());
+    let entry = eventually(
+        Duration::from_secs(15),
+        "the node's broadcast entry with everyone",
+        || async {
+            let bytes = kv.get(&key).await.ok().flatten()?;
+            let entry: Value = serde_json::from_slice(&bytes).ok()?;
+            (entry["user_count"] == 1_001).then_some(entry)
+        },
+    )
+    .await;
+    assert_eq!(entry["users"].as_array().map(Vec::len), Some(1_000));
+}
