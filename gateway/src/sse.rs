@@ -17,7 +17,7 @@ use tidings_shared::{Channel, ErrorCode};
 use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::conn::{ConnHandle, ConnSignal, Outbound};
+use crate::conn::{CLOSE_UNAUTHORIZED, ConnHandle, ConnSignal, Outbound};
 use crate::error::{Error, Result};
 use crate::extract::bearer_token;
 use crate::history::Reader;
@@ -128,6 +128,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         joining: channels.into(),
         catching_up: None,
         _exchange: exchange,
+        farewell_sent: false,
     };
     let stream = futures::stream::unfold(sse, |mut sse| async move {
         let event = sse.next_event().await?;
@@ -217,6 +218,8 @@ struct SseStream {
     catching_up: Option<(Channel, Option<Reader>)>,
     /// Keeps the connection out of the pending pool while the stream lasts.
     _exchange: Option<Authenticated>,
+    /// Whether the closing `revoked` event went out.
+    farewell_sent: bool,
 }
 
 impl SseStream {
@@ -227,7 +230,10 @@ impl SseStream {
             if let Some(e) = self.pending.pop_front() {
                 return Some(e);
             }
-            if self.signal.code() != 0 || tokio::time::Instant::now() >= self.expires {
+            if self.signal.code() != 0 {
+                return self.farewell();
+            }
+            if tokio::time::Instant::now() >= self.expires {
                 return None;
             }
             match self.catch_up_step().await {
@@ -240,7 +246,7 @@ impl SseStream {
             }
             tokio::select! {
                 biased;
-                _ = self.signal.closed() => return None,
+                _ = self.signal.closed() => return self.farewell(),
                 () = tokio::time::sleep_until(self.expires) => return None,
                 n = self.rx.recv_many(&mut self.batch, 256) => {
                     if n == 0 {
@@ -310,6 +316,17 @@ impl SseStream {
         }
         self.catching_up = Some((c, replay.reader));
         Ok(true)
+    }
+
+    /// The last event of a stream the server closes: `event: revoked` when an operator
+    /// disconnected the user or revoked the token (EventSource shows no close reason, and the
+    /// client must get a new token rather than reconnect with this one); then the end.
+    fn farewell(&mut self) -> Option<Event> {
+        if self.signal.code() != CLOSE_UNAUTHORIZED || std::mem::replace(&mut self.farewell_sent, true) {
+            return None;
+        }
+        let data = serde_json::json!({"reason": crate::ws::REVOKED});
+        Some(Event::default().event("revoked").data(data.to_string()))
     }
 
     /// Queues the events of messages not sent yet.

@@ -61,16 +61,29 @@ async fn one_call_disconnects_a_user_on_every_gateway() {
     let mut on_a = connect(&a, &token).await;
     let mut on_b = connect(&b, &token).await;
     let mut other = connect(&b, &user_token("u2", &["p1"], &[])).await;
+    let sse = reqwest::Client::new()
+        .get(format!("{}/sse?channels=project:p1", a.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    let mut sse = tidings_tests::SseEvents::new(sse);
+    a.wait_metric("tidings_gateway_connections", 2.0, Duration::from_secs(10))
+        .await;
     let (status, body) = control(&b, "/api/v1/users/u1/disconnect", json!({}), &service_token()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         (body["connections"].as_u64(), body["nodes"].as_u64()),
-        (Some(2), Some(2)),
+        (Some(3), Some(2)),
         "{body}"
     );
     for c in [&mut on_a, &mut on_b] {
         assert_eq!(closed(c).await, (4001, "revoked".to_owned()));
     }
+    // SSE cannot show a close code: a last `revoked` event says it.
+    let last = sse.next(Duration::from_secs(10)).await;
+    assert!(last.contains("event: revoked"), "{last}");
     assert_eq!(other.request(json!({"type":"ping"}), 1).await["type"], "pong");
     // Users cannot do it.
     let (status, _) = control(&a, "/api/v1/users/u2/disconnect", json!({}), &token).await;

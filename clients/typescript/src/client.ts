@@ -13,6 +13,10 @@
  * Decisions worth knowing:
  * - `subscribe()` twice on one channel returns the SAME `Subscription`, with the second
  *   call's handlers added; `sub.unsubscribe()` ends the channel for all its handlers.
+ * - The gateway can end a subscription too (an operator's unsubscribe): the subscription
+ *   emits `unsubscribed` with `byServer: true` and its reason, as `sub.unsubscribe()` emits it
+ *   with `byServer: false`; either way the channel leaves `subscriptions()`, is not asked
+ *   again on reconnect, and keeps its position for a later `subscribe()`.
  * - `publish()` defaults to `durable: false`, as the gateway does for a `publish` frame.
  *   While not connected, publishes are queued and sent in order after the next `welcome`; at
  *   most `maxQueue` publishes are held, queued and awaiting their reply together (then
@@ -121,10 +125,7 @@ export class TidingsClient extends Connection {
   }
 
   private release(sub: Subscription<never>): void {
-    if (this.subs.get(sub.channel) !== sub) return;
-    this.subs.delete(sub.channel);
-    sub._setState("unsubscribed");
-    this.channelRemoved(sub.channel);
+    this.endSubscription(sub, { channel: sub.channel, reason: "client", byServer: false });
   }
 
   /**

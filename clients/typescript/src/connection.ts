@@ -17,6 +17,14 @@
  *   if the next connection is closed with 4001 again before `welcome`: state `error` (an SSE
  *   stream refused with HTTP 401 takes the same path);
  * - the browser's `online` event cuts a running backoff short.
+ *
+ * A 4001 whose reason is `revoked` (an operator's disconnect or revoke) takes the 4001 path
+ * like any other. `error` stops everything: no reconnect, no token refresh, no `online`
+ * wake-up, until `connect()`. Over SSE a cut stream shows no code: the client reconnects, and
+ * a revoked token is then refused with HTTP 401 (the 4001 path).
+ *
+ * Subscriptions end by `sub.unsubscribe()` or by the gateway (`unsubscribed` frame or SSE
+ * event): `endSubscription` below, one path for both.
  */
 import { backoffDelay } from "./backoff.js";
 import { PendingCommands } from "./commands.js";
@@ -42,6 +50,7 @@ import type {
   MessageFrame,
   TidingsClientOptions,
   TransportName,
+  UnsubscribedInfo,
   WebSocketConstructor,
 } from "./types.js";
 
@@ -145,6 +154,7 @@ export abstract class Connection {
       lost: (reason) => this.lost(1006, reason),
       unauthorized: (reason) => this.lost(4001, reason),
       refused: (channels, error) => this.refused(channels, error),
+      unsubscribed: (channel, reason) => this.serverUnsubscribed(channel, reason),
       reopenWanted: () => this.wanted && this.mode === "sse" && (this.live || this.sse.isOpening),
       log: this.log,
     });
@@ -169,6 +179,7 @@ export abstract class Connection {
       message: (m) => this.receive(m, null),
       discontinuity: (sub, info) => this.discontinuity(sub, info),
       error: (e) => this.events.emit("error", e),
+      unsubscribed: (channel, reason) => this.serverUnsubscribed(channel, reason),
       lost: (code, reason, retryMs) => this.lost(code, reason, retryMs),
       log: this.log,
     });
@@ -383,9 +394,31 @@ export abstract class Connection {
     else this.ws.subscribe(channel);
   }
 
-  protected channelRemoved(channel: string): void {
+  /**
+   * Ends a subscription, whoever asked: the channel leaves the client's set (so no reconnect
+   * or SSE reopen asks for it again), its position stays (a later `subscribe` resumes from
+   * it), then the subscription and the client emit `unsubscribed`. When the application ends
+   * it, the gateway is told (`unsubscribe` frame, or an SSE stream without it); when the
+   * gateway ended it, it already let go: nothing is sent, and an SSE stream goes on as it is.
+   */
+  protected endSubscription(sub: Subscription<never>, info: UnsubscribedInfo): void {
+    const { channel } = info;
+    if (this.subs.get(channel) !== sub) return;
+    this.subs.delete(channel);
+    this.positions.endResync(channel);
     this.sse.channelChanged(channel);
-    if (this.mode === "sse") this.sse.reopen();
+    if (info.byServer) this.ws.forget(channel);
+    else if (this.mode === "sse") this.sse.reopen();
     else this.ws.unsubscribe(channel);
+    sub._end(info);
+    this.events.emit("unsubscribed", info);
+  }
+
+  /** The gateway ended a subscription (`unsubscribed` frame or SSE event). */
+  private serverUnsubscribed(channel: string, reason: string): void {
+    const sub = this.subs.get(channel);
+    if (!sub) return this.log("unsubscribed by the gateway from a channel not held; ignored", channel, reason);
+    this.log("unsubscribed by the gateway", channel, reason);
+    this.endSubscription(sub, { channel, reason: reason || "server", byServer: true });
   }
 }

@@ -5,7 +5,7 @@
 import { createContext, createElement, useContext, useEffect, useRef, useState, type ReactNode } from "react";
 import type { TidingsClient } from "./client.js";
 import type { Subscription, SubscriptionState } from "./subscription.js";
-import type { MessageFrame } from "./types.js";
+import type { MessageFrame, UnsubscribedInfo } from "./types.js";
 
 const TidingsContext = createContext<TidingsClient | null>(null);
 
@@ -122,17 +122,27 @@ export function hubOf(client: TidingsClient): HookHub {
 
 /** A hook's view of a channel it holds. */
 export interface HeldChannel {
-  /** The subscription's state; `error` when the channel cannot be subscribed (see `error`). */
+  /**
+   * The subscription's state; `error` when the channel cannot be subscribed (see `error`);
+   * `unsubscribed` when the subscription ended while the hook held it (see `unsubscribed`).
+   */
   state: SubscriptionState;
   /** Why: a `bad_channel` name, a refusal by the gateway (`forbidden`, …). Cleared when it subscribes. */
   error: Error | null;
+  /**
+   * How the subscription ended while held (`byServer: true`: the gateway ended it, e.g. an
+   * operator's unsubscribe), else `null`. The hook does not subscribe again by itself: nothing
+   * more of the channel arrives until it mounts again (or its channel changes).
+   */
+  unsubscribed: UnsubscribedInfo | null;
 }
 
 interface HeldView extends HeldChannel {
   channel: string | null;
 }
 
-const sameView = (a: HeldView, b: HeldView): boolean => a.channel === b.channel && a.state === b.state && a.error === b.error;
+const sameView = (a: HeldView, b: HeldView): boolean =>
+  a.channel === b.channel && a.state === b.state && a.error === b.error && a.unsubscribed === b.unsubscribed;
 
 /**
  * Holds `channel` while mounted; calls `onMessage` for each of its messages. A channel that
@@ -142,32 +152,36 @@ const sameView = (a: HeldView, b: HeldView): boolean => a.channel === b.channel 
 export function useHeldChannel<T>(client: TidingsClient, channel: string | null, onMessage: (m: MessageFrame<T>) => void): HeldChannel {
   const handler = useRef(onMessage);
   handler.current = onMessage;
-  const [view, setView] = useState<HeldView>({ channel, state: "subscribing", error: null });
+  const [view, setView] = useState<HeldView>({ channel, state: "subscribing", error: null, unsubscribed: null });
   useEffect(() => {
     if (channel === null) return;
+    let sub: Subscription<T> | null = null;
     const show = (state: SubscriptionState, error: Error | null): void => {
-      const next = { channel, state, error };
+      const next = { channel, state, error, unsubscribed: sub?.unsubscribed ?? null };
       setView((v) => (sameView(v, next) ? v : next));
     };
     const hub = hubOf(client);
-    let sub: Subscription<T>;
+    let held: Subscription<T>;
     try {
-      sub = hub.acquire(channel) as Subscription<T>;
+      held = sub = hub.acquire(channel) as Subscription<T>;
     } catch (e) {
       show("error", e instanceof Error ? e : new Error(String(e)));
       return;
     }
     let error: Error | null = null;
+    // `state` "unsubscribed" comes with `sub.unsubscribed` already set (see Subscription._end).
     const offs = [
-      sub.on("message", (m) => handler.current(m)),
-      sub.on("state", (s) => show(s, s === "subscribed" ? (error = null) : error)),
-      sub.on("error", (e) => show(sub.state, (error = e))),
+      held.on("message", (m) => handler.current(m)),
+      held.on("state", (s) => show(s, s === "subscribed" ? (error = null) : error)),
+      held.on("error", (e) => show(held.state, (error = e))),
     ];
-    show(sub.state, null);
+    show(held.state, null);
     return () => {
       for (const off of offs) off();
       hub.release(channel);
     };
   }, [client, channel]);
-  return view.channel === channel ? { state: view.state, error: view.error } : { state: "subscribing", error: null };
+  return view.channel === channel
+    ? { state: view.state, error: view.error, unsubscribed: view.unsubscribed }
+    : { state: "subscribing", error: null, unsubscribed: null };
 }

@@ -12,7 +12,7 @@
 import { useCallback, useEffect, useRef, useState } from "react";
 import { userChannel } from "./channel.js";
 import { useHeldChannel, useTidingsClient } from "./react-core.js";
-import type { InboxItem, InboxResult, MessageFrame, PresenceResult } from "./types.js";
+import type { InboxItem, InboxResult, MessageFrame, PresenceResult, UnsubscribedInfo } from "./types.js";
 
 export interface UseNotificationsOptions {
   /** Items per page (default 20): the size of the first page and of each `fetchMore()`. */
@@ -31,6 +31,8 @@ export interface UseNotificationsResult {
   loading: boolean;
   /** The last failure: the inbox route's, a refused `markRead`, or the live channel's (`bad_channel`, `forbidden`). */
   error: Error | null;
+  /** The live channel `user:<user>` ended while held (the gateway unsubscribed it): live items stop; `refetch` still works. Else `null`. */
+  unsubscribed: UnsubscribedInfo | null;
 }
 
 interface View {
@@ -184,7 +186,7 @@ export function useNotifications(user: string, opts: UseNotificationsOptions = {
   const { items, unread, hasMore, loading } = current;
   // The inbox's own failure first, else the live channel's (e.g. `bad_channel` for a user id that is no channel id).
   const error = current.error ?? held.error;
-  return { items, unread, markRead, hasMore, fetchMore, refetch, loading, error };
+  return { items, unread, markRead, hasMore, fetchMore, refetch, loading, error, unsubscribed: held.unsubscribed };
 }
 
 export interface UsePresenceOptions {

@@ -17,7 +17,7 @@ import { useCallback, useEffect, useMemo, useRef, useState, useSyncExternalStore
 import { projectChannel } from "./channel.js";
 import { hubOf, useHeldChannel, useTidingsClient, type ProjectMessage } from "./react-core.js";
 import type { SubscriptionState } from "./subscription.js";
-import type { ConnectionState, MessageFrame, Position, PublishOptions, PublishResult } from "./types.js";
+import type { ConnectionState, MessageFrame, Position, PublishOptions, PublishResult, UnsubscribedInfo } from "./types.js";
 
 export { TidingsProvider, useTidingsClient, toProjectMessage } from "./react-core.js";
 export type { HeldChannel, ProjectMessage, TidingsProviderProps } from "./react-core.js";
@@ -53,6 +53,8 @@ export interface UseWebSocketResult {
  * The connection, project-style: `subscribe(projectId)`/`unsubscribe(projectId)` hold
  * `project:<projectId>` for this component (released on unmount), `state.lastMessage` is the
  * last project message the client received, `sendMessage` publishes `type` on the project.
+ * A project the gateway unsubscribed (an operator's unsubscribe) is let go: no longer held,
+ * so a later `subscribe(projectId)` subscribes it again.
  */
 export function useWebSocket(): UseWebSocketResult {
   const client = useTidingsClient();
@@ -67,6 +69,15 @@ export function useWebSocket(): UseWebSocketResult {
       mine.clear();
     };
   }, [hub]);
+  useEffect(
+    () =>
+      client.on("unsubscribed", (info) => {
+        if (!info.byServer || !info.channel.startsWith("project:")) return;
+        const projectId = info.channel.slice("project:".length);
+        if (held.current.delete(projectId)) hub.release(info.channel);
+      }),
+    [client, hub],
+  );
   const subscribe = useCallback(
     (projectId: string) => {
       if (held.current.has(projectId)) return;
@@ -108,6 +119,12 @@ export interface UseChannelResult<T> {
   state: SubscriptionState;
   /** Why the channel is in `error` (or the last transient refusal), else `null`. */
   error: Error | null;
+  /**
+   * How the subscription ended while this hook held it (state `unsubscribed`): `{ channel,
+   * reason, byServer }`, `byServer: true` when the gateway ended it (an operator's
+   * unsubscribe). Else `null`. Messages already received stay in `messages`.
+   */
+  unsubscribed: UnsubscribedInfo | null;
 }
 
 /** Subscribes to a channel while mounted; keeps its last `limit` messages. */
@@ -124,10 +141,10 @@ export function useChannel<T = unknown>(channel: string, opts: UseChannelOptions
     onMessage?.(m);
   });
   const messages = state.channel === channel ? state.messages : [];
-  const { state: subState, error } = held;
-  return { messages, lastMessage: messages[messages.length - 1], position: client.position(channel), state: subState, error };
+  const { state: subState, error, unsubscribed } = held;
+  return { messages, lastMessage: messages[messages.length - 1], position: client.position(channel), state: subState, error, unsubscribed };
 }
 
 export { useNotifications, usePresence } from "./react-inbox.js";
 export type { UseNotificationsOptions, UseNotificationsResult } from "./react-inbox.js";
-export type { InboxItem, PresenceResult } from "./types.js";
+export type { InboxItem, PresenceResult, UnsubscribedInfo } from "./types.js";

@@ -8,6 +8,10 @@
  * `getToken()`, then `error`); 403/400 fail the channel(s) the error names (all of them
  * when it names none), which are left out of the stream so that the others keep working;
  * anything else is a lost connection (backoff, then again).
+ *
+ * An `event: unsubscribed` ends that channel's subscription (the client drops it from its
+ * set, so the next EventSource leaves it out); the current stream is kept: the gateway
+ * already stopped sending the channel on it.
  */
 import type { TidingsError } from "./errors.js";
 import type { PositionTracker } from "./positions.js";
@@ -35,6 +39,8 @@ export interface SseSessionDeps {
   unauthorized(reason: string): void;
   /** The gateway refused these channels (HTTP 403/400); they are left out from now on. */
   refused(channels: string[], error: TidingsError): void;
+  /** The gateway ended `channel` on the open stream (`event: unsubscribed`); the stream goes on. */
+  unsubscribed(channel: string, reason: string): void;
   /** Whether a reopen is still wanted when its turn comes. */
   reopenWanted(): boolean;
   log(...args: unknown[]): void;
@@ -78,6 +84,17 @@ export class SseSession {
           if (this.sse !== sse) return;
           if (c !== null) this.checkEpoch(c);
           this.d.message(m, c);
+        },
+        unsubscribed: (channel, reason) => {
+          if (this.sse !== sse) return;
+          this.d.unsubscribed(channel, reason);
+        },
+        revoked: (reason) => {
+          if (this.sse !== sse) return;
+          this.clearOpenTimer();
+          this.sse = null;
+          // As a WebSocket 4001 `revoked`: a new token, not a reconnect with this one.
+          this.d.unauthorized(`the gateway ended the session (${reason})`);
         },
         error: (beforeOpen) => {
           if (this.sse !== sse) return;

@@ -10,13 +10,17 @@
  */
 import { Emitter } from "./emitter.js";
 import type { TidingsError } from "./errors.js";
-import type { DiscontinuityInfo, MessageFrame, Position, SubscribeOptions } from "./types.js";
+import type { DiscontinuityInfo, MessageFrame, Position, SubscribeOptions, UnsubscribedInfo } from "./types.js";
 
 /**
  * `subscribing` until the gateway confirms (again after every reconnect), then `subscribed`;
  * `error` when the gateway refused the channel for good (`forbidden`, …: see `onError`): over
  * WebSockets it is asked again on the next connect, over SSE the channel is left out of the
- * stream (so that the others keep working) until it is subscribed again or the token changes.
+ * stream (so that the others keep working) until it is subscribed again or the token changes;
+ * `unsubscribed` for good once it ended, by `unsubscribe()` or by the gateway (see
+ * `sub.unsubscribed` and the `unsubscribed` event). An ended subscription is never
+ * resubscribed: `client.subscribe()` on its channel makes a new one, resuming from the
+ * channel's position.
  */
 export type SubscriptionState = "subscribing" | "subscribed" | "error" | "unsubscribed";
 
@@ -25,6 +29,8 @@ export interface SubscriptionEvents<T> {
   discontinuity: [DiscontinuityInfo];
   error: [TidingsError];
   state: [SubscriptionState];
+  /** Once, when the subscription ends: `byServer` false after `unsubscribe()`, true when the gateway ended it. */
+  unsubscribed: [UnsubscribedInfo];
 }
 
 /** What a subscription needs from its client. */
@@ -36,6 +42,7 @@ export interface SubscriptionHost {
 export class Subscription<T = unknown> {
   readonly channel: string;
   private _state: SubscriptionState = "subscribing";
+  private _unsubscribed: UnsubscribedInfo | null = null;
   private readonly events = new Emitter<SubscriptionEvents<T>>();
   /** @internal How many `client.subscribe()` calls returned this object. */
   _holders = 0;
@@ -54,6 +61,16 @@ export class Subscription<T = unknown> {
     return this._state;
   }
 
+  /**
+   * How the subscription ended (`{ channel, reason, byServer }`), or `null` while it is
+   * active. `byServer: true` means the gateway ended it (an operator unsubscribed the
+   * channel, `reason` is the gateway's, e.g. `"server"`); `reason: "client"` means
+   * `unsubscribe()` was called.
+   */
+  get unsubscribed(): UnsubscribedInfo | null {
+    return this._unsubscribed;
+  }
+
   on<K extends keyof SubscriptionEvents<T>>(event: K, fn: (...args: SubscriptionEvents<T>[K]) => void): () => void {
     return this.events.on(event, fn);
   }
@@ -62,7 +79,10 @@ export class Subscription<T = unknown> {
     this.events.off(event, fn);
   }
 
-  /** Stops receiving the channel. The client keeps its position for a later `subscribe`. */
+  /**
+   * Stops receiving the channel; emits `unsubscribed` with `{ reason: "client", byServer:
+   * false }`. The client keeps its position for a later `subscribe`.
+   */
   unsubscribe(): void {
     if (this._state === "unsubscribed") return;
     this.host.release(this as unknown as Subscription<never>);
@@ -74,14 +94,27 @@ export class Subscription<T = unknown> {
     if (opts.onMessage) this.events.on("message", opts.onMessage);
     if (opts.onDiscontinuity) this.events.on("discontinuity", opts.onDiscontinuity);
     if (opts.onError) this.events.on("error", opts.onError);
+    if (opts.onUnsubscribed) this.events.on("unsubscribed", opts.onUnsubscribed);
   }
 
-  /** @internal */
+  /** @internal Not for `unsubscribed`: see `_end`. */
   _setState(state: SubscriptionState): void {
-    if (this._state === state || this._state === "unsubscribed") return;
+    if (this._state === state || this._state === "unsubscribed" || state === "unsubscribed") return;
     this._state = state;
     this.events.emit("state", state);
-    if (state === "unsubscribed") this.events.clear();
+  }
+
+  /**
+   * @internal The end (the client already let go of the channel): state `unsubscribed`, then
+   * the `unsubscribed` event; the listeners are dropped after it. Only the first end counts.
+   */
+  _end(info: UnsubscribedInfo): void {
+    if (this._state === "unsubscribed") return;
+    this._unsubscribed = info;
+    this._state = "unsubscribed";
+    this.events.emit("state", "unsubscribed");
+    this.events.emit("unsubscribed", info);
+    this.events.clear();
   }
 
   /** @internal */

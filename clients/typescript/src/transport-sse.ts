@@ -7,6 +7,10 @@
  * cursor built from it and its positions (sse-cursor.ts) as `last_event_id=`, because a new
  * EventSource cannot set the `Last-Event-ID` header.
  *
+ * The gateway can end one channel of the stream (an operator's unsubscribe) with an
+ * `event: unsubscribed` whose `data` is `{"channel","reason"}`; the stream goes on for the
+ * others.
+ *
  * The EventSource's own automatic reconnect is cut short (closed on the first `error`): it
  * would reuse a URL with an old token and an old cursor, and could resume after a message
  * the client refused as a gap. The client reconnects itself, with backoff.
@@ -17,6 +21,10 @@ import type { EventSourceConstructor, EventSourceLike, MessageFrame } from "./ty
 export interface SseHandlers {
   open(): void;
   message(frame: MessageFrame, cursor: string | null): void;
+  /** An `event: unsubscribed` (`data: {"channel","reason"}`): the gateway ended that channel; the stream goes on. */
+  unsubscribed(channel: string, reason: string): void;
+  /** An `event: revoked`: an operator disconnected the user or revoked the token; the stream ends. */
+  revoked(reason: string): void;
   /** The stream failed or ended; `beforeOpen` when it never opened. Never called after `close()`. */
   error(beforeOpen: boolean): void;
 }
@@ -63,6 +71,8 @@ export class SseTransport {
         this.handlers.open();
       }),
       listen(es, "message", (ev) => this.onMessage(ev)),
+      listen(es, "unsubscribed", (ev) => this.onUnsubscribed(ev)),
+      listen(es, "revoked", (ev) => this.onRevoked(ev)),
       listen(es, "error", () => {
         const beforeOpen = !this.opened;
         this.close();
@@ -82,6 +92,36 @@ export class SseTransport {
     } catch (e) {
       this.log("EventSource close failed", e);
     }
+  }
+
+  private onRevoked(ev: unknown): void {
+    const data = (ev ?? {}) as { data?: unknown };
+    let reason = "revoked";
+    try {
+      const body = typeof data.data === "string" ? (JSON.parse(data.data) as { reason?: unknown }) : null;
+      if (typeof body?.reason === "string") reason = body.reason;
+    } catch {
+      // a reason-less event is still a revocation
+    }
+    // Closed before the server ends the stream: its end is not reported as a failure too.
+    this.close();
+    this.handlers.revoked(reason);
+  }
+
+  private onUnsubscribed(ev: unknown): void {
+    const data = (ev ?? {}) as { data?: unknown };
+    let body: unknown = null;
+    try {
+      body = typeof data.data === "string" ? JSON.parse(data.data) : null;
+    } catch {
+      body = null;
+    }
+    const b = (body ?? {}) as { channel?: unknown; reason?: unknown };
+    if (typeof b.channel !== "string") {
+      this.log("ignored an unsubscribed event without a channel", ev);
+      return;
+    }
+    this.handlers.unsubscribed(b.channel, typeof b.reason === "string" ? b.reason : "");
   }
 
   private onMessage(ev: unknown): void {

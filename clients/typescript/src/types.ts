@@ -35,6 +35,8 @@ export interface ClientEvents {
   discontinuity: [DiscontinuityInfo];
   /** Each WebSocket `welcome`. */
   welcome: [WelcomeFrame];
+  /** A subscription ended: by `sub.unsubscribe()` (`byServer: false`) or by the gateway (also the subscription's own `unsubscribed` event). */
+  unsubscribed: [UnsubscribedInfo];
 }
 
 /** `{"code","message"}` in replies, `error` frames and HTTP error bodies. */
@@ -94,7 +96,14 @@ export interface ReconnectFrame {
   retry_ms: number;
 }
 
-export type ServerFrame = WelcomeFrame | MessageFrame | ReplyFrame | PongFrame | ErrorFrame | ReconnectFrame;
+/** The gateway ended a subscription (an operator's `POST /api/v1/channels/{channel}/unsubscribe`). */
+export interface UnsubscribedFrame {
+  type: "unsubscribed";
+  channel: string;
+  reason: string;
+}
+
+export type ServerFrame = WelcomeFrame | MessageFrame | ReplyFrame | PongFrame | ErrorFrame | ReconnectFrame | UnsubscribedFrame;
 
 export interface SubscribeFrame {
   type: "subscribe";
@@ -169,6 +178,18 @@ export interface DiscontinuityInfo {
   missed?: number;
 }
 
+/**
+ * How a subscription ended: `sub.unsubscribed` afterwards, and the argument of the
+ * `unsubscribed` events of the subscription and of the client.
+ */
+export interface UnsubscribedInfo {
+  channel: string;
+  /** `"client"` after `sub.unsubscribe()`; else the gateway's reason (`"server"`: an operator unsubscribed it). */
+  reason: string;
+  /** `true` when the gateway ended the subscription (an `unsubscribed` frame or SSE event), `false` for `sub.unsubscribe()`. */
+  byServer: boolean;
+}
+
 /** The minimum of the WebSocket API this client uses (browsers', Node ≥ 22's, `ws`, fakes). */
 export interface WebSocketLike {
   readonly readyState?: number;
@@ -224,6 +245,8 @@ export interface SubscribeOptions<T = unknown> {
   onDiscontinuity?: ((info: DiscontinuityInfo) => void) | undefined;
   /** Called when the gateway refuses the subscription (`forbidden`, `bad_channel`, …; the subscription's state becomes `error`). */
   onError?: ((error: Error) => void) | undefined;
+  /** Called once when the subscription ends, by `sub.unsubscribe()` or by the gateway (see `UnsubscribedInfo`). */
+  onUnsubscribed?: ((info: UnsubscribedInfo) => void) | undefined;
   /** A position the application persisted: resume after it (used when the client knows none). */
   since?: Position | undefined;
 }

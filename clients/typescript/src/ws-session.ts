@@ -44,6 +44,8 @@ export interface WsSessionDeps {
   message(m: MessageFrame): void;
   discontinuity(sub: Subscription<never>, info: DiscontinuityInfo): void;
   error(e: TidingsError): void;
+  /** The gateway ended the subscription to `channel` (an `unsubscribed` frame). */
+  unsubscribed(channel: string, reason: string): void;
   /** The connection ended; `retryMs` when the gateway asked to come back after that long. */
   lost(code: number, reason: string, retryMs?: number): void;
   log(...args: unknown[]): void;
@@ -56,6 +58,8 @@ export class WsSession {
   private readonly retryTimers = new Map<string, ReturnType<typeof setTimeout>>();
   /** Consecutive retryable refusals per channel (reset by a successful subscribe). */
   private readonly retryAttempts = new Map<string, number>();
+  /** Channels the gateway ended on this socket that the client has not subscribed since. */
+  private readonly endedByServer = new Set<string>();
   private readonly heartbeat: Heartbeat;
 
   constructor(private readonly d: WsSessionDeps) {
@@ -116,6 +120,7 @@ export class WsSession {
   /** Subscribes (or re-subscribes, to repair a gap) with `since`/`epoch` when a position is known. */
   subscribe(channel: string): void {
     if (!this.isLive) return;
+    this.endedByServer.delete(channel);
     const sub = this.d.subs.get(channel);
     if (sub?.state === "error") sub._setState("subscribing"); // asked again
     const id = this.d.nextId();
@@ -132,14 +137,24 @@ export class WsSession {
   }
 
   unsubscribe(channel: string): void {
-    const t = this.retryTimers.get(channel);
-    if (t !== undefined) clearTimeout(t);
-    this.retryTimers.delete(channel);
-    this.retryAttempts.delete(channel);
+    this.clearRetry(channel);
     if (!this.isLive) return;
     const id = this.d.nextId();
     this.d.pending.add(id, { reply: () => undefined }, null);
     this.send({ type: "unsubscribe", id, channel });
+  }
+
+  /** The gateway ended the subscription to `channel`: drop its retry, send nothing (it already let go). */
+  forget(channel: string): void {
+    this.clearRetry(channel);
+    if (this.isLive) this.endedByServer.add(channel);
+  }
+
+  private clearRetry(channel: string): void {
+    const t = this.retryTimers.get(channel);
+    if (t !== undefined) clearTimeout(t);
+    this.retryTimers.delete(channel);
+    this.retryAttempts.delete(channel);
   }
 
   /** Sends a refreshed token with `auth`; resolves on `ok`, rejects when the gateway refuses it. */
@@ -169,6 +184,7 @@ export class WsSession {
     this.welcomeTimer = null;
     for (const t of this.retryTimers.values()) clearTimeout(t);
     this.retryTimers.clear();
+    this.endedByServer.clear();
   }
 
   /** Closes a socket that is dead, unresponsive or asked to go, and reports it lost. */
@@ -191,6 +207,9 @@ export class WsSession {
         return this.d.error(TidingsError.from(f.error));
       case "reconnect":
         return this.drop(`the gateway asked to reconnect (${f.reason})`, retryDelay(f.retry_ms));
+      case "unsubscribed":
+        if (typeof f.channel !== "string") return this.d.log("ignored an unsubscribed frame without a channel", f);
+        return this.d.unsubscribed(f.channel, typeof f.reason === "string" ? f.reason : "");
       default:
         return; // pong (it counted as a sign of life) or a frame type this client does not know
     }
@@ -218,7 +237,16 @@ export class WsSession {
     }
     this.retryAttempts.delete(channel);
     const info = this.d.positions.subscribed(channel, r, since);
-    if (!sub) return;
+    if (!sub) {
+      // The gateway ended it while this subscribe (a gap repair) was on its way, and then
+      // took the subscribe: let go again. (After the application's own unsubscribe, its
+      // `unsubscribe` frame follows this reply: nothing to do.)
+      if (this.endedByServer.delete(channel)) {
+        this.d.log("a subscribe crossed the gateway's unsubscribe; unsubscribing", channel);
+        this.unsubscribe(channel);
+      }
+      return;
+    }
     sub._setState("subscribed");
     if (info) this.d.discontinuity(sub, info);
   }

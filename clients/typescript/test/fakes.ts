@@ -119,6 +119,11 @@ export class FakeEventSource {
   error(): void {
     this.onerror?.({});
   }
+  /** A named event (`event: <type>`): delivered, as a browser does, to that type's listeners only (here the `on<type>` property the client sets). */
+  emitEvent(type: string, data: unknown): void {
+    const handler = (this as unknown as Record<string, Handler | undefined>)[`on${type}`];
+    handler?.({ type, data: typeof data === "string" ? data : JSON.stringify(data), lastEventId: "" });
+  }
   params(): URLSearchParams {
     return new URL(this.url).searchParams;
   }

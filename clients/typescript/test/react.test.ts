@@ -229,6 +229,76 @@ describe("hook reference counts and the application's own subscriptions", () => 
   });
 });
 
+describe("a subscription the gateway ended (operator unsubscribe)", () => {
+  const unsubscribed = (channel: string) => ({ type: "unsubscribed", channel, reason: "server" });
+
+  it("useChannel shows state unsubscribed with the reason, keeps its messages, and unmounts cleanly", () => {
+    const { result, unmount } = renderHook(() => useChannel("project:p1"), { wrapper });
+    expect(result.current.unsubscribed).toBeNull();
+    const ws = welcome();
+    act(() => ws.reply(ws.framesOf("subscribe")[0]!, { channel: "project:p1", epoch: "E1", recovered: true, missed: 0 }));
+    act(() => ws.receive(message("project:p1", 1, 0)));
+    expect(result.current.state).toBe("subscribed");
+
+    act(() => ws.receive(unsubscribed("project:p1")));
+    expect(result.current.state).toBe("unsubscribed");
+    expect(result.current.unsubscribed).toEqual({ channel: "project:p1", reason: "server", byServer: true });
+    expect(result.current.error).toBeNull();
+    expect(result.current.messages.map((m) => m.seq)).toEqual([1]);
+    expect(result.current.position).toEqual({ seq: 1, epoch: "E1" });
+
+    act(() => ws.receive(message("project:p1", 2, 1))); // nothing more arrives
+    expect(result.current.messages.map((m) => m.seq)).toEqual([1]);
+    act(() => ws.serverClose(1006));
+    expect(result.current.state).toBe("unsubscribed"); // a reconnect does not bring it back
+    unmount();
+    expect(ws.framesOf("unsubscribe")).toHaveLength(0);
+    expect(client.subscriptions()).toHaveLength(0);
+  });
+
+  it("useChannel on another channel is not affected, and a remount subscribes again from the position", () => {
+    const p1 = renderHook(() => useChannel("project:p1"), { wrapper });
+    const p2 = renderHook(() => useChannel("project:p2"), { wrapper });
+    const ws = welcome();
+    for (const f of ws.framesOf("subscribe")) act(() => ws.reply(f, { channel: f.channel, epoch: "E1", recovered: true, missed: 0 }));
+    act(() => ws.receive(message("project:p1", 3, 0)));
+    act(() => ws.receive(unsubscribed("project:p1")));
+    act(() => ws.receive(message("project:p2", 4, 0)));
+    expect(p2.result.current.state).toBe("subscribed");
+    expect(p2.result.current.unsubscribed).toBeNull();
+    expect(p2.result.current.messages.map((m) => m.seq)).toEqual([4]);
+    p1.unmount();
+    const again = renderHook(() => useChannel("project:p1"), { wrapper });
+    expect(ws.framesOf("subscribe").at(-1)).toMatchObject({ channel: "project:p1", since: 3, epoch: "E1" });
+    expect(again.result.current.state).toBe("subscribing");
+    expect(again.result.current.unsubscribed).toBeNull();
+  });
+
+  it("useWebSocket lets a project the gateway unsubscribed go, so subscribe(projectId) works again", () => {
+    const { result } = renderHook(() => useWebSocket(), { wrapper });
+    const ws = welcome();
+    act(() => result.current.subscribe("p1"));
+    expect(ws.framesOf("subscribe").map((f) => f.channel)).toEqual(["project:p1"]);
+    act(() => ws.receive(unsubscribed("project:p1")));
+    expect(client.getSubscription("project:p1")).toBeUndefined();
+    act(() => result.current.subscribe("p1"));
+    expect(ws.framesOf("subscribe").map((f) => f.channel)).toEqual(["project:p1", "project:p1"]);
+    act(() => result.current.unsubscribe("p1"));
+    expect(ws.framesOf("unsubscribe").map((f) => f.channel)).toEqual(["project:p1"]);
+  });
+
+  it("useNotifications reports the live channel's end in unsubscribed", async () => {
+    fetchMock.mockResolvedValue(jsonResponse({ items: [], unread: 0 }));
+    const { result } = renderHook(() => useNotifications("u1"), { wrapper });
+    const ws = welcome();
+    await waitFor(() => expect(result.current.loading).toBe(false));
+    expect(result.current.unsubscribed).toBeNull();
+    act(() => ws.receive(unsubscribed("user:u1")));
+    expect(result.current.unsubscribed).toEqual({ channel: "user:u1", reason: "server", byServer: true });
+    expect(result.current.error).toBeNull();
+  });
+});
+
 describe("useConnectionState", () => {
   it("follows the client state", () => {
     const { result } = renderHook(() => useConnectionState(), { wrapper });
@@ -254,7 +324,7 @@ describe("useNotifications", () => {
     fetchMock.mockResolvedValueOnce(jsonResponse({ items: [item("n2"), item("n1", true)], unread: 1 }));
     const { result } = renderHook(() => useNotifications("u1", { pageSize: 2 }), { wrapper });
     expect(Object.keys(result.current).sort()).toEqual(
-      ["error", "fetchMore", "hasMore", "items", "loading", "markRead", "refetch", "unread"].sort(),
+      ["error", "fetchMore", "hasMore", "items", "loading", "markRead", "refetch", "unread", "unsubscribed"].sort(),
     );
     await waitFor(() => expect(result.current.loading).toBe(false));
     expect(fetchMock.mock.calls[0]![0]).toBe("http://gw.test:8080/api/v1/users/u1/inbox?limit=2");
