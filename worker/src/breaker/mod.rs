@@ -15,6 +15,8 @@
 pub mod gauge;
 pub mod state;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{kv, stream};
@@ -77,6 +79,9 @@ pub struct Admitted {
     pub target: Target,
     /// This attempt is the half-open probe: its result closes or re-opens the breaker.
     pub probe: bool,
+    /// The breaker as read when admitting (written, for a probe): a success to a target
+    /// with no failure streak is then recorded without reading it again.
+    pub seen: Option<Record>,
 }
 
 /// What the breakers say about a job's targets.
@@ -88,11 +93,19 @@ pub struct Gate {
     pub held_until_ms: Option<i64>,
 }
 
+/// Most targets whose successes are held locally (see [`Breakers::report`]); past it,
+/// successes of further targets are not counted (their failure rate reads high, never low).
+const MAX_HELD_SUCCESSES: usize = 10_000;
+
 /// The breakers, over their KV bucket; cheap to clone.
 #[derive(Clone)]
 pub struct Breakers {
     kv: kv::Store,
     thresholds: Thresholds,
+    /// Successes to targets with failures in their window, not yet written: they join the
+    /// record with its next failure (where the rate is decided), so that a busy target with
+    /// one failure does not turn every success into a contended write.
+    successes: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 /// The bucket's configuration: one value per key, entries forgotten after [`ENTRY_TTL`].
@@ -123,7 +136,11 @@ impl Breakers {
                 Err(_) => js.get_key_value(BREAKERS_BUCKET).await.map_err(SharedError::nats)?,
             },
         };
-        Ok(Breakers { kv, thresholds })
+        Ok(Breakers {
+            kv,
+            thresholds,
+            successes: Arc::default(),
+        })
     }
 
     /// The bucket (for the gauge's watch).
@@ -186,6 +203,7 @@ impl Breakers {
                     return Ok(Ok(Admitted {
                         target: target.clone(),
                         probe: false,
+                        seen: rec,
                     }));
                 }
                 state::Admit::Hold(until) => return Ok(Err(until)),
@@ -195,6 +213,7 @@ impl Breakers {
                         return Ok(Ok(Admitted {
                             target: target.clone(),
                             probe: true,
+                            seen: Some(next),
                         }));
                     }
                 }
@@ -221,10 +240,28 @@ impl Breakers {
 
     /// Records the result of an attempt to an admitted target. Returns the breaker's new
     /// state when this changed it.
+    ///
+    /// A success costs nothing when the target had no failure streak when admitted: none
+    /// at all if it had no recent failure, else it is held in memory and joins the record
+    /// with the target's next failure. Only failures, the end of a streak and probes write.
     pub async fn report(&self, admitted: &Admitted, health: Health) -> Result<Option<State>> {
         let target = &admitted.target;
+        if !admitted.probe && health == Health::Up {
+            match &admitted.seen {
+                Some(r) if r.state == State::Closed && r.consecutive > 0 => {}
+                Some(r) if r.state == State::Closed && r.failures > 0 => {
+                    self.hold_success(&target.key);
+                    return Ok(None);
+                }
+                _ => return Ok(None),
+            }
+        }
+        let held = self.take_successes(&target.key);
         for _ in 0..WRITE_TRIES {
-            let (rec, revision) = self.read(&target.key).await?;
+            let (mut rec, revision) = self.read(&target.key).await?;
+            if let Some(r) = rec.as_mut().filter(|r| r.state == State::Closed) {
+                r.requests = r.requests.saturating_add(held);
+            }
             let before = rec.as_ref().map_or(State::Closed, |r| r.state);
             let Some(next) = state::after(
                 rec.as_ref(),
@@ -256,6 +293,25 @@ impl Breakers {
         }
         tracing::debug!(target = %target.display, "breaker update kept conflicting; skipped");
         Ok(None)
+    }
+
+    /// Counts a success to `key` in memory (see [`Breakers::report`]).
+    fn hold_success(&self, key: &str) {
+        let Ok(mut held) = self.successes.lock() else { return };
+        if let Some(n) = held.get_mut(key) {
+            *n = n.saturating_add(1);
+        } else if held.len() < MAX_HELD_SUCCESSES {
+            held.insert(key.to_owned(), 1);
+        }
+    }
+
+    /// The successes to `key` held in memory, taken out.
+    fn take_successes(&self, key: &str) -> u32 {
+        self.successes
+            .lock()
+            .ok()
+            .and_then(|mut held| held.remove(key))
+            .unwrap_or(0)
     }
 
     /// When a job held until `until_ms` should come back: then, plus a random spread (up to
