@@ -175,3 +175,76 @@ async fn an_open_breaker_defers_without_attempts_on_every_worker_and_recovered_t
     assert_eq!(r.bad_signatures, 0);
     assert_eq!(r.accepted.len(), 1 + deferred.len());
 }
+
+/// The breaker's key and record for the only webhook target.
+async fn keyed_record(js: &async_nats::jetstream::Context) -> Option<(String, serde_json::Value)> {
+    use futures::StreamExt as _;
+    let kv = js.get_key_value("TIDINGS_BREAKERS").await.ok()?;
+    let keys: Vec<String> = kv.keys().await.ok()?.filter_map(|k| async { k.ok() }).collect().await;
+    let key = keys.into_iter().find(|k| k.starts_with("webhook."))?;
+    let value = serde_json::from_slice(&kv.get(&key).await.ok()??).ok()?;
+    Some((key, value))
+}
+
+#[tokio::test]
+async fn hand_outs_that_were_deferrals_do_not_bring_a_job_closer_to_a_dead_letter() {
+    // Three attempts or deliveries at most (as in every worker test); a probe in flight
+    // holds the others for the open time, 200 ms, so a job is deferred several times a second.
+    let env = start_with(
+        1,
+        &[
+            ("TIDINGS_BREAKER_FAILURES", "3".to_owned()),
+            ("TIDINGS_BREAKER_MIN_REQUESTS", "1000000".to_owned()),
+            ("TIDINGS_BREAKER_OPEN_MS", "200".to_owned()),
+            ("TIDINGS_BREAKER_MAX_OPEN_MS", "200".to_owned()),
+        ],
+    )
+    .await;
+    let (base, dead) = start_receiver().await;
+    dead.lock().unwrap().switch_down = true;
+    let (code, body) = env
+        .put(
+            "/api/v1/users/dora/preferences",
+            json!({"webhook_url": format!("{base}/switch")}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let notify = |id: &str| json!({"id": id, "user": "dora", "template": "pr_merged", "data": {"pr": 1, "title": "t"}, "channels": ["webhook"]});
+    // The first job's three failures open the breaker (and dead-letter that job).
+    env.notify(notify("p-0")).await;
+    let js = async_nats::jetstream::new(env.nats.client().await.unwrap());
+    let (key, mut rec) = eventually(Duration::from_secs(20), "the breaker opens", || async {
+        keyed_record(&js).await.filter(|(_, r)| r["state"] == "open")
+    })
+    .await;
+    // Another worker's probe is in flight, for a minute.
+    rec["state"] = json!("half_open");
+    rec["until_ms"] = json!(jiff::Timestamp::now().as_millisecond() + 60_000);
+    let kv = js.get_key_value("TIDINGS_BREAKERS").await.unwrap();
+    kv.put(&key, rec.to_string().into()).await.unwrap();
+
+    env.notify(notify("p-1")).await;
+    let s = eventually(Duration::from_secs(20), "p-1 deferred again and again", || async {
+        let s = env.status("p-1").await;
+        (s["channels"]["webhook"]["deferrals"].as_u64()? >= 5).then_some(s)
+    })
+    .await;
+    assert_eq!(s["channels"]["webhook"]["attempts"], 0, "{s}");
+    assert_eq!(s["channels"]["webhook"]["status"], "deferred", "{s}");
+    // Now the job fails the same way at each hand-out (preferences that no longer parse):
+    // it gets its three deliveries before the dead letter, however often it was deferred.
+    let prefs = js.get_key_value("TIDINGS_PREFERENCES").await.unwrap();
+    prefs.put("dora", r#"{"webhook_url": 42}"#.into()).await.unwrap();
+    let s = env
+        .wait_channel("p-1", "webhook", "failed", Duration::from_secs(20))
+        .await;
+    let error = s["channels"]["webhook"]["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("dead-lettered after 3 deliveries"), "{s}");
+    assert!(error.contains("preferences"), "{s}");
+    assert!(s["channels"]["webhook"]["deferrals"].as_u64().unwrap_or(0) >= 5, "{s}");
+    assert_eq!(
+        dead.lock().unwrap().attempts.get("p-1"),
+        None,
+        "p-1 never reached the target"
+    );
+}
