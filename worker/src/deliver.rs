@@ -302,6 +302,34 @@ fn defer(ctx: &Ctx, job: &DeliveryJob, until_ms: i64) -> Disposition {
     Disposition::RetryIn(Duration::from_millis(wait as u64))
 }
 
+/// The deferrals recorded on channel `channel` of notification `id` (a digest's, on its
+/// first item).
+async fn recorded_deferrals(ctx: &Ctx, id: &str, channel: DeliveryChannel) -> Result<u32> {
+    Ok(match ctx.store.status(id).await? {
+        Some((doc, _)) => doc.channels.get(&channel).map_or(0, |c| c.deferrals),
+        None => 0,
+    })
+}
+
+/// Records a digest's deferral by an open breaker on each of its items (where the digest's
+/// count of deferrals is read back).
+async fn defer_items(
+    ctx: &Ctx,
+    job: &DeliveryJob,
+    items: &[tidings_shared::notify::BatchItem],
+    attempts: u32,
+    until_ms: i64,
+) -> Result<()> {
+    for item in items {
+        let item_job = DeliveryJob {
+            id: item.id.clone(),
+            ..job.clone()
+        };
+        set_channel(ctx, &item_job, None, ChannelUpdate::deferred(attempts, until_ms)).await?;
+    }
+    Ok(())
+}
+
 /// A digest's webhook content when the template has no `webhook` part: the default JSON
 /// body a single notification gets, with the items in `data` (a single notification's
 /// default takes the in-app part, but that part is written for one item's data, and
@@ -336,10 +364,7 @@ async fn digest(
     let Some(first) = items.first() else {
         return Ok(Disposition::Ack);
     };
-    *deferrals = match ctx.store.status(&first.id).await? {
-        Some((doc, _)) => doc.channels.get(&job.channel).map_or(0, |c| c.deferrals),
-        None => 0,
-    };
+    *deferrals = recorded_deferrals(ctx, &first.id, job.channel).await?;
     let attempts = delivered.saturating_sub(1).saturating_sub(*deferrals).max(1);
     let data = serde_json::json!({
         "items": items.iter().map(|i| i.data.clone()).collect::<Vec<_>>(),
@@ -364,14 +389,7 @@ async fn digest(
             match crate::attempt::send(ctx, &concrete).await? {
                 Attempt::Tried(outcome, via) => (outcome, via),
                 Attempt::Held(until_ms) => {
-                    for item in &items {
-                        let item_job = DeliveryJob {
-                            id: item.id.clone(),
-                            ..job.clone()
-                        };
-                        let update = ChannelUpdate::deferred(attempts - 1, until_ms);
-                        set_channel(ctx, &item_job, None, update).await?;
-                    }
+                    defer_items(ctx, job, &items, attempts - 1, until_ms).await?;
                     *deferrals += 1;
                     return Ok(defer(ctx, job, until_ms));
                 }

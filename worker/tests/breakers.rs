@@ -248,3 +248,61 @@ async fn hand_outs_that_were_deferrals_do_not_bring_a_job_closer_to_a_dead_lette
         "p-1 never reached the target"
     );
 }
+
+#[tokio::test]
+async fn a_digest_for_an_open_target_is_deferred_on_its_items_then_sent_once() {
+    let mut worker_env = breaker_env();
+    worker_env.push(("TIDINGS_BATCH_WINDOW_MS", "300".to_owned()));
+    let env = start_with(1, &worker_env).await;
+    // No webhook part: a digest goes out with the default body (`data` = items and count).
+    let plain = json!({"in_app": {"title": "PR #{{ pr }}", "body": "{{ title }}"}});
+    assert_eq!(env.put("/api/v1/templates/plain", plain).await.0, 200);
+    let (base, dead) = start_receiver().await;
+    dead.lock().unwrap().switch_down = true;
+    let (code, body) = env
+        .put(
+            "/api/v1/users/dig/preferences",
+            json!({"webhook_url": format!("{base}/switch")}),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    env.notify(json!({"id": "o-0", "user": "dig", "template": "plain",
+        "data": {"pr": 1, "title": "t"}, "channels": ["webhook"]}))
+        .await;
+    env.wait_channel("o-0", "webhook", "deferred", Duration::from_secs(20))
+        .await;
+    let items: Vec<String> = (0..3).map(|i| format!("d-{i}")).collect();
+    for (i, id) in items.iter().enumerate() {
+        env.notify(json!({"id": id, "user": "dig", "template": "plain", "priority": "low",
+            "batch_key": "prs", "data": {"pr": i, "title": "t"}, "channels": ["webhook"]}))
+            .await;
+    }
+    for id in &items {
+        let s = env
+            .wait_channel(id, "webhook", "deferred", Duration::from_secs(20))
+            .await;
+        assert_eq!(s["channels"]["webhook"]["error"], "target unavailable", "{s}");
+    }
+    dead.lock().unwrap().switch_down = false;
+    let mut digests = Vec::new();
+    for id in &items {
+        let s = env.wait_channel(id, "webhook", "sent", Duration::from_secs(20)).await;
+        digests.push(
+            s["channels"]["webhook"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    assert!(digests.iter().all(|d| !d.is_empty() && *d == digests[0]), "{digests:?}");
+    env.wait_channel("o-0", "webhook", "sent", Duration::from_secs(20))
+        .await;
+    let r = dead.lock().unwrap();
+    assert_eq!(r.accepted.get(&digests[0]), Some(&1), "the digest went out once");
+    assert_eq!(r.bodies[&digests[0]]["data"]["count"], 3);
+    assert_eq!(r.accepted.get("o-0"), Some(&1));
+    assert!(
+        items.iter().all(|id| !r.attempts.contains_key(id)),
+        "items go out only in the digest"
+    );
+}
