@@ -227,9 +227,12 @@ async fn pipeline(
     let Some((store, batches, breakers)) = open_store(&js, &provisioner, replicas, thresholds, &stop).await else {
         return;
     };
+    // A breaker counts as open in the gauge until a probe is this overdue (see gauge::series).
+    let stale = breakers.thresholds().max_open + Duration::from_millis(config.delivery_ack_wait_ms);
     tokio::spawn(breaker::gauge::follow(
         breakers.bucket().clone(),
         metrics.breaker_open.clone(),
+        stale,
     ));
     // Planning reads a template per notification: kept in memory, current through a watch.
     let templates = templates::TemplateCache::spawn(store.templates_bucket().clone());

@@ -22,13 +22,27 @@ pub const MAX_TARGET_SERIES: usize = 50;
 /// The label of targets past [`MAX_TARGET_SERIES`].
 pub const OTHER: &str = "other";
 
+/// An open breaker as the gauge knows it.
+#[derive(Debug, Clone)]
+pub struct Open {
+    /// Its channel.
+    pub channel: DeliveryChannel,
+    /// Its redacted target.
+    pub target: String,
+    /// End of its open time or of its probe's lease (ms since the epoch).
+    pub until_ms: i64,
+}
+
 /// The gauge's series, `(channel, target)` → open breakers, for the open breakers `open`
-/// (key → channel and redacted target): named ones first come, first named (by key order,
-/// so every worker names the same ones).
-pub fn series(open: &BTreeMap<String, (DeliveryChannel, String)>) -> HashMap<(DeliveryChannel, String), i64> {
+/// (by key) at `now`: named ones first come, first named (by key order, so every worker
+/// names the same ones). A breaker whose open time ended more than `stale_ms` ago without a
+/// probe has no job waiting for its target (a probe would have come by then): it leaves the
+/// gauge, so an alert does not fire for a day over a target nobody sends to any more (its
+/// record stays until the next job probes it, or expires).
+pub fn series(open: &BTreeMap<String, Open>, now: i64, stale_ms: i64) -> HashMap<(DeliveryChannel, String), i64> {
     let mut out: HashMap<(DeliveryChannel, String), i64> = HashMap::new();
     let mut named: HashMap<DeliveryChannel, usize> = HashMap::new();
-    for (channel, target) in open.values() {
+    for Open { channel, target, .. } in open.values().filter(|o| now < o.until_ms.saturating_add(stale_ms)) {
         let n = named.entry(*channel).or_default();
         let label = if *n < MAX_TARGET_SERIES && target != OTHER {
             *n += 1;
@@ -63,10 +77,16 @@ fn apply(
     *have = want;
 }
 
-/// Follows the bucket for ever, keeping `gauge` current; a failed watch is started again
-/// (from every entry's current value) after a second.
-pub async fn follow(bucket: kv::Store, gauge: IntGaugeVec) {
+/// How often the gauge is recomputed without a change (for breakers going stale).
+const REFRESH: Duration = Duration::from_secs(5);
+
+/// Follows the bucket for ever, keeping `gauge` current (see [`series`] for `stale`); a
+/// failed watch is started again (from every entry's current value) after a second.
+pub async fn follow(bucket: kv::Store, gauge: IntGaugeVec, stale: Duration) {
     let mut have = HashMap::new();
+    let stale_ms = stale.as_millis() as i64;
+    let now = || jiff::Timestamp::now().as_millisecond();
+    let mut refresh = tokio::time::interval(REFRESH);
     loop {
         let mut watch = match bucket.watch_with_history(">").await {
             Ok(w) => w,
@@ -77,10 +97,18 @@ pub async fn follow(bucket: kv::Store, gauge: IntGaugeVec) {
             }
         };
         let mut open = BTreeMap::new();
-        while let Some(entry) = watch.next().await {
+        loop {
+            let entry = tokio::select! {
+                entry = watch.next() => entry,
+                _ = refresh.tick() => {
+                    apply(&gauge, &mut have, series(&open, now(), stale_ms));
+                    continue;
+                }
+            };
             let entry = match entry {
-                Ok(e) => e,
-                Err(e) => {
+                Some(Ok(e)) => e,
+                None => break,
+                Some(Err(e)) => {
                     tracing::debug!(error = %e, "breaker watch hiccup");
                     break;
                 }
@@ -90,13 +118,21 @@ pub async fn follow(bucket: kv::Store, gauge: IntGaugeVec) {
                 .flatten();
             match rec {
                 Some(r) if r.state != State::Closed => {
-                    open.insert(entry.key, (r.channel, r.target));
+                    let (channel, target, until_ms) = (r.channel, r.target, r.until_ms);
+                    open.insert(
+                        entry.key,
+                        Open {
+                            channel,
+                            target,
+                            until_ms,
+                        },
+                    );
                 }
                 _ => {
                     open.remove(&entry.key);
                 }
             }
-            apply(&gauge, &mut have, series(&open));
+            apply(&gauge, &mut have, series(&open, now(), stale_ms));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -109,14 +145,22 @@ mod tests {
     #[test]
     fn targets_past_the_cap_are_counted_under_other() {
         let mut open = BTreeMap::new();
+        let open_until = |channel, target: String| Open {
+            channel,
+            target,
+            until_ms: 1_000,
+        };
         for i in 0..(MAX_TARGET_SERIES + 3) {
             open.insert(
                 format!("webhook.{i:04}"),
-                (DeliveryChannel::Webhook, format!("https://h{i:04}.example")),
+                open_until(DeliveryChannel::Webhook, format!("https://h{i:04}.example")),
             );
         }
-        open.insert("sms.x".into(), (DeliveryChannel::Sms, "https://api.twilio.com".into()));
-        let s = series(&open);
+        open.insert(
+            "sms.x".into(),
+            open_until(DeliveryChannel::Sms, "https://api.twilio.com".into()),
+        );
+        let s = series(&open, 0, 500);
         assert_eq!(s.len(), MAX_TARGET_SERIES + 2);
         assert_eq!(s[&(DeliveryChannel::Webhook, OTHER.to_owned())], 3);
         assert_eq!(s[&(DeliveryChannel::Webhook, "https://h0000.example".to_owned())], 1);
@@ -124,9 +168,12 @@ mod tests {
 
         let gauge = IntGaugeVec::new(prometheus::Opts::new("g", "g"), &["channel", "target"]).unwrap();
         let mut have = HashMap::new();
+        // Past the open time, a breaker no job came to probe goes stale.
+        assert_eq!(series(&open, 1_499, 500).len(), MAX_TARGET_SERIES + 2);
+        assert!(series(&open, 1_500, 500).is_empty());
         apply(&gauge, &mut have, s);
         open.clear();
-        apply(&gauge, &mut have, series(&open));
+        apply(&gauge, &mut have, series(&open, 0, 500));
         let families = {
             let r = prometheus::Registry::new();
             r.register(Box::new(gauge.clone())).unwrap();
