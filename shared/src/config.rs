@@ -12,6 +12,9 @@ use clap::{Args, Parser, ValueEnum};
 
 use crate::error::{Error, Result};
 
+mod breaker;
+pub use breaker::BreakerConfig;
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -319,6 +322,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "TIDINGS_INBOX_MAX_PER_USER", default_value_t = 1_000,
         value_parser = usize_in(1, 100_000, "entries"))]
     pub inbox_max_per_user: usize,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub breaker: BreakerConfig,
 }
 
 /// A byte size between `min` and `max`.
@@ -619,6 +626,12 @@ mod tests {
             ("TIDINGS_TEMPLATE_MAX_BYTES", "template_max_bytes"),
             ("TIDINGS_PUSH_MAX_SUBSCRIPTIONS", "push_max_subscriptions"),
             ("TIDINGS_INBOX_MAX_PER_USER", "inbox_max_per_user"),
+            ("TIDINGS_BREAKER_FAILURES", "breaker_failures"),
+            ("TIDINGS_BREAKER_WINDOW_MS", "breaker_window_ms"),
+            ("TIDINGS_BREAKER_FAILURE_RATE", "breaker_failure_rate"),
+            ("TIDINGS_BREAKER_MIN_REQUESTS", "breaker_min_requests"),
+            ("TIDINGS_BREAKER_OPEN_MS", "breaker_open_ms"),
+            ("TIDINGS_BREAKER_MAX_OPEN_MS", "breaker_max_open_ms"),
         ]));
         assert_eq!(wired(WorkerConfig::command()), worker);
         let g = GatewayConfig::try_parse_from([

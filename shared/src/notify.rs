@@ -194,6 +194,15 @@ pub struct ChannelState {
     /// The digest it went out in, when batched (an extra field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
+    /// Times its job was handed back because the target's circuit breaker was open (an
+    /// extra field): those hand-outs are not attempts, and the poison-message count of
+    /// JetStream deliveries leaves them out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The status of a notification (contract §6), one document per transition on
@@ -377,6 +386,8 @@ pub mod names {
     pub const INBOX_BUCKET: &str = "TIDINGS_INBOX";
     /// KV bucket of open batches, key = `<user>.<batch hash>.<channel>`.
     pub const BATCHES_BUCKET: &str = "TIDINGS_BATCHES";
+    /// KV bucket of circuit breakers, key = `<channel>.<hash of the target>`.
+    pub const BREAKERS_BUCKET: &str = "TIDINGS_BREAKERS";
     /// Stream of batched items, `tidings.batch.<user>.<batch hash>.<channel>`.
     pub const BATCH_ITEMS_STREAM: &str = "TIDINGS_BATCH_ITEMS";
     /// Subject prefix of batched items.

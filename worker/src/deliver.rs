@@ -3,20 +3,19 @@
 //! A job's status is read before each attempt, so a job redelivered after a worker died
 //! between sending and acknowledging is not sent again once its `sent` was recorded.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
 use tidings_shared::notify::{DeliveryChannel, DeliveryJob, DeliveryStatus, DigestRef, NotificationStatus};
-use tidings_shared::prefs::Preferences;
 use tidings_shared::store::Store;
 
 use tracing::Instrument as _;
 
 use crate::Ctx;
+use crate::attempt::Attempt;
 use crate::error::Result;
 use crate::jobs::dead_letter;
 use crate::provider::Outcome;
-use crate::targets::missing;
 
 /// What to do with the job's message.
 enum Disposition {
@@ -41,10 +40,14 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
                 tracing::debug!(error = %e, "progress ack failed");
             }
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
-            let work = process(ctx, &job, delivered).instrument(span.clone());
+            let mut deferrals = 0;
+            let work = process(ctx, &job, delivered, &mut deferrals).instrument(span.clone());
             let every = crate::progress::interval(ctx.delivery_ack_wait);
             let disposition = crate::progress::with_progress(&msg, every, work).await;
-            settle(ctx, &msg, &job, disposition, delivered).instrument(span).await
+            // Hand-outs that only found the target's breaker open are not failures of the
+            // job: they do not bring it closer to a dead letter.
+            let counted = delivered.saturating_sub(deferrals).max(1);
+            settle(ctx, &msg, &job, disposition, counted).instrument(span).await
         }
     };
     if let Err(e) = acked {
@@ -130,6 +133,10 @@ struct ChannelUpdate<'a> {
     via: Option<String>,
     /// The digest it went out in, for a batched item.
     digest: Option<&'a str>,
+    /// Until when it is deferred (RFC 3339), for `deferred`.
+    until: Option<String>,
+    /// This update records one more deferral by an open breaker.
+    deferral: bool,
 }
 
 impl ChannelUpdate<'_> {
@@ -140,6 +147,24 @@ impl ChannelUpdate<'_> {
             error,
             via: None,
             digest: None,
+            until: None,
+            deferral: false,
+        }
+    }
+
+    /// Deferred by an open breaker until `until_ms`, attempts unchanged.
+    fn deferred(attempts: u32, until_ms: i64) -> Self {
+        let until = jiff::Timestamp::from_millisecond(until_ms)
+            .map(|t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string())
+            .ok();
+        ChannelUpdate {
+            until,
+            deferral: true,
+            ..ChannelUpdate::new(
+                DeliveryStatus::Deferred,
+                attempts,
+                Some(crate::breaker::TARGET_UNAVAILABLE.to_owned()),
+            )
         }
     }
 }
@@ -157,6 +182,8 @@ async fn set_channel(
         error,
         via,
         digest,
+        until,
+        deferral,
     } = update;
     ctx.store
         .update_status_from(&job.id, known, |doc| {
@@ -167,8 +194,11 @@ async fn set_channel(
             c.status = status;
             c.attempts = attempts;
             c.error = error.clone();
-            c.until = None;
+            c.until = until.clone();
             c.updated_at = Store::now();
+            if deferral {
+                c.deferrals = c.deferrals.saturating_add(1);
+            }
             if via.is_some() {
                 c.via = via.clone();
             }
@@ -187,7 +217,10 @@ async fn set_channel(
     Ok(())
 }
 
-async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposition> {
+/// Waits out quiet hours, attempts the job (or defers it while its target's breaker is
+/// open) and records the outcome. `deferrals` gets the job's count of deferrals by open
+/// breakers, as recorded (its hand-outs that were not attempts).
+async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32, deferrals: &mut u32) -> Result<Disposition> {
     if let Some(at) = job.not_before_ms {
         let wait = at - jiff::Timestamp::now().as_millisecond();
         if wait > 0 {
@@ -198,7 +231,7 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
     }
     if let Some(d) = &job.digest {
         // The first delivery of a flush job only waited for the window to close.
-        return digest(ctx, job, d, delivered.saturating_sub(1).max(1)).await;
+        return digest(ctx, job, d, delivered, deferrals).await;
     }
     // Kept for the status update after the attempt (saves reading it again).
     let mut current = ctx.store.status(&job.id).await?;
@@ -213,8 +246,17 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
     {
         return Ok(Disposition::Ack);
     }
+    *deferrals = previous.as_ref().map_or(0, |p| p.deferrals);
     let attempts = previous.map_or(0, |p| p.attempts) + 1;
-    let (outcome, via) = send(ctx, job).await?;
+    let (outcome, via) = match crate::attempt::send(ctx, job).await? {
+        Attempt::Tried(outcome, via) => (outcome, via),
+        Attempt::Held(until_ms) => {
+            let update = ChannelUpdate::deferred(attempts - 1, until_ms);
+            set_channel(ctx, job, current.take(), update).await?;
+            *deferrals += 1;
+            return Ok(defer(ctx, job, until_ms));
+        }
+    };
     match outcome {
         Outcome::Delivered => {
             let update = ChannelUpdate {
@@ -248,42 +290,44 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32) -> Result<Disposi
     }
 }
 
-/// One attempt on the job's channel, to the addresses the user has now (they may have
-/// changed since the job was queued). Returns the outcome and the relay that took it.
-async fn send(ctx: &Ctx, job: &DeliveryJob) -> Result<(Outcome, Option<String>)> {
-    let started = Instant::now();
-    // Addresses are read now, not when the job was queued: the user may have changed them.
-    let prefs = ctx.store.preferences(&job.user).await?;
-    let (outcome, via) = if let Some(lack) = missing(&prefs, job.channel) {
-        (Outcome::Fail(lack.to_owned()), None)
-    } else {
-        match (job.channel, prefs) {
-            (
-                DeliveryChannel::Webhook,
-                Preferences {
-                    webhook_url: Some(url), ..
-                },
-            ) => (ctx.webhook.send(&url, job).await, None),
-            (DeliveryChannel::Email, Preferences { email: Some(to), .. }) => ctx.mailer.send(&to, job).await,
-            (DeliveryChannel::Sms, Preferences { phone: Some(to), .. }) => match &ctx.sms {
-                None => (
-                    Outcome::Fail(
-                        "SMS is not configured (TIDINGS_SMS_API_URL, _ACCOUNT_SID, _AUTH_TOKEN, _FROM)".into(),
-                    ),
-                    None,
-                ),
-                Some(sms) => (sms.send(&to, &job.content.body).await, None),
-            },
-            (DeliveryChannel::Push, prefs) => (push(ctx, job, prefs.push_subscriptions).await?, None),
-            // In-app (every other channel's target was checked above).
-            _ => (Outcome::Fail("in-app is not delivered through jobs".into()), None),
-        }
-    };
+/// Counts a deferral by an open breaker and hands the job back until `until_ms`: the job
+/// stays in JetStream (so a deferral survives restarts) and no attempt is counted.
+fn defer(ctx: &Ctx, job: &DeliveryJob, until_ms: i64) -> Disposition {
     ctx.metrics
-        .delivery_duration
+        .breaker_deferrals
         .with_label_values(&[job.channel.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    Ok((outcome, via))
+        .inc();
+    let wait = (until_ms - jiff::Timestamp::now().as_millisecond()).max(0);
+    tracing::info!(wait_ms = wait, "target unavailable: delivery deferred");
+    Disposition::RetryIn(Duration::from_millis(wait as u64))
+}
+
+/// The deferrals recorded on channel `channel` of notification `id` (a digest's, on its
+/// first item).
+async fn recorded_deferrals(ctx: &Ctx, id: &str, channel: DeliveryChannel) -> Result<u32> {
+    Ok(match ctx.store.status(id).await? {
+        Some((doc, _)) => doc.channels.get(&channel).map_or(0, |c| c.deferrals),
+        None => 0,
+    })
+}
+
+/// Records a digest's deferral by an open breaker on each of its items (where the digest's
+/// count of deferrals is read back).
+async fn defer_items(
+    ctx: &Ctx,
+    job: &DeliveryJob,
+    items: &[tidings_shared::notify::BatchItem],
+    attempts: u32,
+    until_ms: i64,
+) -> Result<()> {
+    for item in items {
+        let item_job = DeliveryJob {
+            id: item.id.clone(),
+            ..job.clone()
+        };
+        set_channel(ctx, &item_job, None, ChannelUpdate::deferred(attempts, until_ms)).await?;
+    }
+    Ok(())
 }
 
 /// A digest's webhook content when the template has no `webhook` part: the default JSON
@@ -303,14 +347,25 @@ fn digest_webhook_default(count: usize) -> tidings_shared::notify::Rendered {
 /// Sends a batch as one digest: closes the batch (later notifications open a new one),
 /// renders the template over `items` and `count`, sends once, and records the outcome on
 /// every notification in it.
-async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> Result<Disposition> {
+///
+/// Its attempts are the job's hand-outs but the first (which only waited for the window)
+/// and those deferred by an open breaker (counted on its items' statuses).
+async fn digest(
+    ctx: &Ctx,
+    job: &DeliveryJob,
+    d: &DigestRef,
+    delivered: u32,
+    deferrals: &mut u32,
+) -> Result<Disposition> {
     if let Err(e) = ctx.batches.delete(&d.key).await {
         tracing::debug!(error = %e, "closing the batch failed (already closed)");
     }
     let (items, last) = crate::batch::items(ctx, &d.subject).await?;
-    if items.is_empty() {
+    let Some(first) = items.first() else {
         return Ok(Disposition::Ack);
-    }
+    };
+    *deferrals = recorded_deferrals(ctx, &first.id, job.channel).await?;
+    let attempts = delivered.saturating_sub(1).saturating_sub(*deferrals).max(1);
     let data = serde_json::json!({
         "items": items.iter().map(|i| i.data.clone()).collect::<Vec<_>>(),
         "count": items.len(),
@@ -331,7 +386,14 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
                 digest: None,
                 ..job.clone()
             };
-            send(ctx, &concrete).await?
+            match crate::attempt::send(ctx, &concrete).await? {
+                Attempt::Tried(outcome, via) => (outcome, via),
+                Attempt::Held(until_ms) => {
+                    defer_items(ctx, job, &items, attempts - 1, until_ms).await?;
+                    *deferrals += 1;
+                    return Ok(defer(ctx, job, until_ms));
+                }
+            }
         }
     };
     let (status, error, done) = match outcome {
@@ -369,62 +431,4 @@ async fn digest(ctx: &Ctx, job: &DeliveryJob, d: &DigestRef, attempts: u32) -> R
         tracing::info!(digest = %job.id, items = items.len(), status = status.as_str(), "digest done");
     }
     Ok(Disposition::Ack)
-}
-
-/// Push requests in flight at once for one job.
-const PUSH_CONCURRENCY: usize = 8;
-
-/// Sends to every subscription (there is at least one: see [`missing`]), at most
-/// `push_max_subscriptions` of them (the newest: a user's list written around the API
-/// could be any length), several at once; those the push service reports gone are removed
-/// from the preferences. Delivered if any subscription took it (the others are not retried,
-/// so no device gets it twice); else retried if any failure was transient.
-async fn push(ctx: &Ctx, job: &DeliveryJob, mut subs: Vec<tidings_shared::prefs::PushSubscription>) -> Result<Outcome> {
-    if subs.len() > ctx.push_max_subscriptions {
-        tracing::warn!(
-            have = subs.len(),
-            cap = ctx.push_max_subscriptions,
-            "more push subscriptions than TIDINGS_PUSH_MAX_SUBSCRIPTIONS; sending to the newest"
-        );
-        subs.drain(..subs.len() - ctx.push_max_subscriptions);
-    }
-    let permits = tokio::sync::Semaphore::new(PUSH_CONCURRENCY);
-    let sends = subs.iter().map(|sub| {
-        let permits = &permits;
-        async move {
-            let _permit = permits.acquire().await;
-            (sub, ctx.push.send(sub, job).await)
-        }
-    });
-    let results = futures::future::join_all(sends).await;
-    let mut gone = Vec::new();
-    let mut delivered = false;
-    let mut retry: Option<Outcome> = None;
-    let mut errors = Vec::new();
-    for (sub, result) in results {
-        match result {
-            crate::push::PushResult::Gone => gone.push(sub.endpoint.clone()),
-            crate::push::PushResult::Outcome(Outcome::Delivered) => delivered = true,
-            crate::push::PushResult::Outcome(o @ Outcome::Retry { .. }) => retry = Some(o),
-            crate::push::PushResult::Outcome(Outcome::Fail(e)) => errors.push(e),
-        }
-    }
-    if !gone.is_empty() {
-        let mut prefs = ctx.store.preferences(&job.user).await?;
-        prefs.push_subscriptions.retain(|s| !gone.contains(&s.endpoint));
-        ctx.store.put_preferences(&job.user, &prefs).await?;
-        tracing::info!(
-            removed = gone.len(),
-            "push subscriptions gone; removed from preferences"
-        );
-    }
-    Ok(if delivered {
-        Outcome::Delivered
-    } else if let Some(r) = retry {
-        r
-    } else if errors.is_empty() {
-        Outcome::Fail("every push subscription is gone (404/410)".into())
-    } else {
-        Outcome::Fail(errors.join("; "))
-    })
 }

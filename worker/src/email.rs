@@ -12,6 +12,7 @@ use lettre::{AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, To
 use tidings_shared::Error as SharedError;
 use tidings_shared::notify::DeliveryJob;
 
+use crate::breaker::Health;
 use crate::provider::Outcome;
 
 enum Transport {
@@ -176,50 +177,65 @@ impl Mailer {
         built.map_err(|e| format!("building the email: {e}"))
     }
 
-    /// One attempt: each relay in turn until one accepts. Returns the outcome and the relay
-    /// that took it.
-    pub async fn send(&self, to: &str, job: &DeliveryJob) -> (Outcome, Option<String>) {
+    /// The relays as statuses show them (`scheme://host:port`), in failover order.
+    pub fn relay_names(&self) -> impl Iterator<Item = &str> {
+        self.relays.iter().map(|r| r.name.as_str())
+    }
+
+    /// One attempt: each relay `admit` lets through (by its index, in order) until one
+    /// accepts. Returns the outcome, the relay that took it, and what each relay tried said
+    /// about itself (for its circuit breaker: a permanent refusal is an answer, a connection
+    /// error or a transient reply is not).
+    pub async fn send(&self, to: &str, job: &DeliveryJob, admit: impl Fn(usize) -> bool) -> Mailed {
         let message = match self.message(to, job) {
             Ok(m) => m,
-            Err(e) => return (Outcome::Fail(e), None),
+            Err(e) => return (Outcome::Fail(e), None, Vec::new()),
         };
         let mut errors = Vec::new();
         let mut all_permanent = true;
-        for relay in &self.relays {
+        let mut health = Vec::new();
+        for (i, relay) in self.relays.iter().enumerate().filter(|(i, _)| admit(*i)) {
             let result = match &relay.transport {
-                Transport::Smtp(t) => t.send(message.clone()).await.map(|_| ()).map_err(|e| {
-                    if !e.is_permanent() {
-                        all_permanent = false;
-                    }
-                    e.to_string()
-                }),
-                Transport::File(t) => t.send(message.clone()).await.map(|_| ()).map_err(|e| {
-                    all_permanent = false;
-                    e.to_string()
-                }),
+                Transport::Smtp(t) => t
+                    .send(message.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (e.is_permanent(), e.to_string())),
+                Transport::File(t) => t
+                    .send(message.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| (false, e.to_string())),
             };
             match result {
-                Ok(()) => return (Outcome::Delivered, Some(relay.name.clone())),
-                Err(e) => {
+                Ok(()) => {
+                    health.push((i, Health::Up));
+                    return (Outcome::Delivered, Some(relay.name.clone()), health);
+                }
+                Err((permanent, e)) => {
                     tracing::info!(relay = %relay.name, error = %e, "relay refused the email; trying the next");
+                    all_permanent &= permanent;
+                    health.push((i, if permanent { Health::Up } else { Health::Down(e.clone()) }));
                     errors.push(format!("{}: {e}", relay.name));
                 }
             }
         }
         let error = errors.join("; ");
         if all_permanent {
-            (Outcome::Fail(error), None)
+            (Outcome::Fail(error), None, health)
         } else {
-            (
-                Outcome::Retry {
-                    error,
-                    retry_after: None,
-                },
-                None,
-            )
+            let retry = Outcome::Retry {
+                error,
+                retry_after: None,
+            };
+            (retry, None, health)
         }
     }
 }
+
+/// What [`Mailer::send`] returns: the outcome, the relay that took the email, and each
+/// tried relay's health by its index.
+pub type Mailed = (Outcome, Option<String>, Vec<(usize, Health)>);
 
 #[cfg(test)]
 mod tests {

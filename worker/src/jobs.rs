@@ -71,5 +71,6 @@ pub(crate) fn channel_state(status: DeliveryStatus, error: Option<String>, until
         updated_at: Store::now(),
         via: None,
         digest: None,
+        deferrals: 0,
     }
 }

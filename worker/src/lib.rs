@@ -5,7 +5,9 @@
 //! delivery jobs, dead letters) and KV (preferences, templates, inbox). See `docs/NOTIFICATIONS.md`.
 #![warn(missing_docs)]
 
+pub mod attempt;
 pub mod batch;
+pub mod breaker;
 pub mod deliver;
 pub mod email;
 pub mod error;
@@ -93,6 +95,8 @@ pub struct Ctx {
     pub batches: async_nats::jetstream::kv::Store,
     /// How long a batch stays open.
     pub batch_window: Duration,
+    /// Circuit breakers per delivery target (KV).
+    pub breakers: breaker::Breakers,
 }
 
 /// The streams a worker keeps in place: it owns `TIDINGS_NOTIFY` and the pipeline's own
@@ -219,9 +223,17 @@ async fn pipeline(
 ) {
     let js = async_nats::jetstream::new(client.clone());
     let replicas = usize::from(config.common.stream_replicas);
-    let Some((store, batches)) = open_store(&js, &provisioner, replicas, &stop).await else {
+    let thresholds = breaker::Thresholds::from_config(&config.breaker);
+    let Some((store, batches, breakers)) = open_store(&js, &provisioner, replicas, thresholds, &stop).await else {
         return;
     };
+    // A breaker counts as open in the gauge until a probe is this overdue (see gauge::series).
+    let stale = breakers.thresholds().max_open + Duration::from_millis(config.delivery_ack_wait_ms);
+    tokio::spawn(breaker::gauge::follow(
+        breakers.bucket().clone(),
+        metrics.breaker_open.clone(),
+        stale,
+    ));
     // Planning reads a template per notification: kept in memory, current through a watch.
     let templates = templates::TemplateCache::spawn(store.templates_bucket().clone());
     let budget = tidings_shared::template::Budget {
@@ -246,6 +258,7 @@ async fn pipeline(
         retry_base: Duration::from_millis(config.retry_base_ms),
         batches,
         batch_window: Duration::from_millis(config.batch_window_ms),
+        breakers,
     };
     tokio::spawn(inapp::ack_loop(ctx.clone(), store));
     let intake = consume(
@@ -272,14 +285,18 @@ async fn pipeline(
     tokio::join!(intake, futures::future::join_all(deliveries));
 }
 
-/// Waits for NATS and the streams, then opens the store and the batches bucket (retried
-/// every 200 ms); `None` if stopped first.
+/// What [`open_store`] opens: the store, the batches bucket and the breakers.
+type Opened = (Store, async_nats::jetstream::kv::Store, breaker::Breakers);
+
+/// Waits for NATS and the streams, then opens the store, the batches bucket and the
+/// breakers' bucket (retried every 200 ms); `None` if stopped first.
 async fn open_store(
     js: &async_nats::jetstream::Context,
     provisioner: &Provisioner,
     replicas: usize,
+    thresholds: breaker::Thresholds,
     stop: &watch::Receiver<bool>,
-) -> Option<(Store, async_nats::jetstream::kv::Store)> {
+) -> Option<Opened> {
     loop {
         if *stop.borrow() {
             return None;
@@ -288,7 +305,8 @@ async fn open_store(
             let opened = async {
                 let store = Store::open(js.clone(), replicas).await?;
                 let batches = store::ensure_kv(js, tidings_shared::notify::names::BATCHES_BUCKET, replicas).await?;
-                Ok::<_, tidings_shared::Error>((store, batches))
+                let breakers = breaker::Breakers::open(js, replicas, thresholds).await?;
+                Ok::<_, crate::Error>((store, batches, breakers))
             };
             match opened.await {
                 Ok(s) => return Some(s),

@@ -2,7 +2,7 @@
 //! startup for each delivery channel and status, so dashboards and alerts see zeros rather
 //! than missing series.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 use tidings_shared::notify::{DeliveryChannel, DeliveryStatus};
 use tidings_shared::telemetry::register;
 
@@ -21,6 +21,13 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// Time one delivery attempt took: `{channel}`.
     pub delivery_duration: HistogramVec,
+    /// Circuit breakers open or probing now: `{channel, target}` (see `breaker::gauge` for
+    /// the bound on `target`).
+    pub breaker_open: IntGaugeVec,
+    /// Jobs handed back because their target's breaker was open: `{channel}`.
+    pub breaker_deferrals: IntCounterVec,
+    /// Half-open probes sent to a target whose breaker was open: `{channel}`.
+    pub breaker_probes: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +72,36 @@ impl Metrics {
                     &["channel"],
                 )?,
             )?,
+            breaker_open: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tidings_worker_breaker_open",
+                        "Circuit breakers open or probing per delivery target (redacted origin; targets past 50 per channel summed under target=\"other\")",
+                    ),
+                    &["channel", "target"],
+                )?,
+            )?,
+            breaker_deferrals: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tidings_worker_breaker_deferrals_total",
+                        "Delivery jobs deferred because their target's circuit breaker was open",
+                    ),
+                    &["channel"],
+                )?,
+            )?,
+            breaker_probes: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tidings_worker_breaker_probes_total",
+                        "Half-open probe attempts to a target whose circuit breaker was open",
+                    ),
+                    &["channel"],
+                )?,
+            )?,
             registry,
         };
         for ch in DeliveryChannel::ALL {
@@ -74,6 +111,12 @@ impl Metrics {
             m.retries.with_label_values(&[ch.as_str()]);
             m.dead_letters.with_label_values(&[ch.as_str()]);
             m.delivery_duration.with_label_values(&[ch.as_str()]);
+            if ch != DeliveryChannel::InApp {
+                m.breaker_open
+                    .with_label_values(&[ch.as_str(), crate::breaker::gauge::OTHER]);
+                m.breaker_deferrals.with_label_values(&[ch.as_str()]);
+                m.breaker_probes.with_label_values(&[ch.as_str()]);
+            }
         }
         // Notification requests given up on before any channel was planned.
         m.dead_letters.with_label_values(&["intake"]);

@@ -33,6 +33,11 @@ impl SmsSender {
         })
     }
 
+    /// The provider's endpoint (its origin names the SMS circuit breaker).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     /// One attempt. The provider's error (its JSON `message`, else the body) is kept.
     pub async fn send(&self, to: &str, body: &str) -> Outcome {
         let form = [("To", to), ("From", self.from.as_str()), ("Body", body)];

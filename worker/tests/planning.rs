@@ -239,6 +239,7 @@ fn recorded_plan(seq: u64) -> tidings_shared::notify::NotificationStatus {
         updated_at: "2026-01-01T00:00:00.000Z".into(),
         via: None,
         digest: None,
+        deferrals: 0,
     };
     let mut plan = NotificationStatus {
         id: "redo".into(),

@@ -19,6 +19,16 @@ pub struct Received {
     /// The last body accepted, per id.
     pub bodies: HashMap<String, serde_json::Value>,
     pub bad_signatures: u32,
+    /// `/switch` answers 503 while this is set, 200 otherwise (a target that goes down and
+    /// recovers).
+    pub switch_down: bool,
+}
+
+impl Received {
+    /// Requests received, all ids together (a retry storm shows here).
+    pub fn total_requests(&self) -> u32 {
+        self.attempts.values().sum()
+    }
 }
 
 /// What the receiver saw, shared with the test.
@@ -50,7 +60,7 @@ fn endless(status: StatusCode, prefix: &'static str) -> Response {
 }
 
 /// A webhook receiver checking signatures made with `secret`: `/ok`, `/flaky` (500, 500, then 200 per id), `/bad` (400), `/down`
-/// (503 always), `/endless` (500 with a body that never ends), `/endless-bad` (400 with a
+/// (503 always), `/switch` (503 while [`Received::switch_down`] is set, else 200), `/endless` (500 with a body that never ends), `/endless-bad` (400 with a
 /// body that never ends).
 pub async fn start(secret: &str) -> (String, Receiver) {
     let received: Receiver = Arc::default();
@@ -85,6 +95,8 @@ pub async fn start(secret: &str) -> (String, Receiver) {
             "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
             "flaky" => StatusCode::OK,
             "bad" => StatusCode::BAD_REQUEST,
+            "switch" if r.switch_down => StatusCode::SERVICE_UNAVAILABLE,
+            "switch" => StatusCode::OK,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_success() {

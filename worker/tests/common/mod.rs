@@ -62,6 +62,10 @@ pub fn spawn_worker(nats_url: &str, extra: &[(&str, String)]) -> (Process, Strin
         ("TIDINGS_RETRY_BASE_MS", "50".to_owned()),
         ("TIDINGS_RETRY_MAX_ATTEMPTS", "3".to_owned()),
         ("TIDINGS_DELIVERY_ACK_WAIT_MS", "5000".to_owned()),
+        // Every path of a fake receiver is one origin, so one breaker: tests of other things
+        // that send to `/down` and `/ok` alike keep it closed (tests/breakers.rs lowers it).
+        ("TIDINGS_BREAKER_FAILURES", "10000".to_owned()),
+        ("TIDINGS_BREAKER_MIN_REQUESTS", "1000000".to_owned()),
         (
             "TIDINGS_SMTP_URL",
             format!("file://{}", std::env::temp_dir().join("tidings-test-mail").display()),
