@@ -41,6 +41,7 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
                 tracing::debug!(error = %e, "progress ack failed");
             }
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
+            tidings_shared::telemetry::follow_nats(&span, msg.headers.as_ref());
             let work = process(ctx, &job, delivered).instrument(span.clone());
             let every = crate::progress::interval(ctx.delivery_ack_wait);
             let disposition = crate::progress::with_progress(&msg, every, work).await;
