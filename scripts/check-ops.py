@@ -5,6 +5,7 @@ Called by scripts/test-ops (with the venv's Python, which has PyYAML through
 kubernetes-validate) after the tools ran:
 
     check-ops.py RENDERED_DIR GATEWAY_HELP WORKER_HELP OUT_RULES
+    check-ops.py --write-prometheusrule    # regenerates k8s/base/prometheusrule.yaml
 
 RENDERED_DIR holds `kubectl kustomize` output per overlay (<name>.yaml). Prints one line per
 check group and fails (exit 1) with every problem found.
@@ -253,7 +254,7 @@ def check_overlay(name, docs, gateway_help, worker_help, adapter_metric, rules_s
     # the PrometheusRule is the alerts file
     rules = by_kind.get("PrometheusRule", [])
     if len(rules) != 1 or rules[0]["spec"] != rules_spec:
-        problem(f"{where} PrometheusRule spec differs from deploy/prometheus/alerts.yml")
+        problem(f"{where} PrometheusRule spec differs from deploy/prometheus/alerts.yml (scripts/check-ops.py --write-prometheusrule)")
     return rules[0]["spec"] if rules else None
 
 
@@ -269,8 +270,8 @@ def check_nats():
         problem("k8s/nats/values.yaml: JetStream file storage on PVCs")
     if not values["podTemplate"]["topologySpreadConstraints"]:
         problem("k8s/nats/values.yaml: topology spread")
-    if not values.get("headlessService", {}).get("enabled", True):
-        problem("k8s/nats/values.yaml: the headless service KEDA reads")
+    if values.get("promExporter", {}).get("enabled") is not True or not values["promExporter"].get("podMonitor", {}).get("enabled"):
+        problem("k8s/nats/values.yaml: the exporter and its PodMonitor feed the consumer-lag alert")
     conf = open(os.path.join(ROOT, "k8s/nats/accounts.conf")).read()
     users = re.findall(r"user:\s*(\w+)\s*\n\s*password:[^\n]*\n\s*permissions\s*\{(.*?)\n        \}\n      \}", conf, re.S)
     if {u for u, _ in users} != {"tidings", "publisher"}:
@@ -411,7 +412,24 @@ def check_alerts_and_dashboard():
     print(f"ok: {len(names)} alerts with runbooks and firing tests; dashboard {len(ids)} panels")
 
 
+def write_prometheusrule():
+    """k8s/base/prometheusrule.yaml from deploy/prometheus/alerts.yml, comments dropped."""
+    src = open(os.path.join(ROOT, "deploy/prometheus/alerts.yml")).read()
+    body = [l for l in src.split("\n") if not l.startswith("#")]
+    out = ["# Generated from deploy/prometheus/alerts.yml (the one source) by",
+           "# `scripts/check-ops.py --write-prometheusrule`; scripts/test-ops fails when the two",
+           "# differ. Runbooks: docs/OPERATIONS.md.",
+           "apiVersion: monitoring.coreos.com/v1", "kind: PrometheusRule", "metadata:", "  name: tidings",
+           "  labels:", "    release: prometheus", "spec:"]
+    out += ["  " + l if l.strip() else l for l in body]
+    with open(os.path.join(ROOT, "k8s/base/prometheusrule.yaml"), "w") as f:
+        f.write("\n".join(out).rstrip() + "\n")
+
+
 def main():
+    if sys.argv[1:] == ["--write-prometheusrule"]:
+        write_prometheusrule()
+        return
     rendered, gw_help, wk_help, out_rules = sys.argv[1:5]
     gateway_help, worker_help = help_names(gw_help), help_names(wk_help)
     if not gateway_help or not worker_help:
