@@ -154,6 +154,8 @@ def check_overlay(name, docs, gateway_help, worker_help, adapter_metric, rules_s
         res = c.get("resources", {})
         if not res.get("requests", {}).get("memory") or not res.get("limits", {}).get("memory") or not res.get("requests", {}).get("cpu"):
             problem(f"{where} {dep_name}: cpu/memory requests and a memory limit are required")
+        if "replicas" in dep["spec"]:
+            problem(f"{where} {dep_name}: `replicas` set although an autoscaler owns the count (re-applying would reset it)")
         if not spec.get("topologySpreadConstraints"):
             problem(f"{where} {dep_name}: no topology spread")
         for pdb in by_kind.get("PodDisruptionBudget", []):
