@@ -379,6 +379,28 @@ def check_compose(gateway_help, worker_help):
     print("ok: docker-compose structure (services, settings, ports, volumes, scrape targets)")
 
 
+# --- Dockerfiles ------------------------------------------------------------------------------
+
+def check_dockerfiles():
+    """No Docker engine here: at least the build context has what the build needs."""
+    cargo = open(os.path.join(ROOT, "Cargo.toml")).read()
+    members = re.findall(r'"([^"]+)"', re.search(r"members\s*=\s*\[(.*?)\]", cargo, re.S).group(1))
+    for svc in ("gateway", "worker"):
+        df = open(os.path.join(ROOT, f"deploy/{svc}.Dockerfile")).read()
+        ignore = open(os.path.join(ROOT, f"deploy/{svc}.Dockerfile.dockerignore")).read().split()
+        copied = {src for c in re.findall(r"^COPY (?!--from)(.+)$", df, re.M) for src in c.split()[:-1]}
+        for need in members + ["Cargo.lock", "deploy/probe"]:
+            if need not in copied and not any(c.startswith(need) for c in copied):
+                problem(f"deploy/{svc}.Dockerfile: the workspace needs {need}, not copied")
+            if f"!{need}/**" not in ignore and f"!{need}" not in ignore:
+                problem(f"deploy/{svc}.Dockerfile.dockerignore: {need} is excluded from the context")
+        if f"-p tidings-{svc}" not in df or f'ENTRYPOINT ["/usr/local/bin/tidings-{svc}"]' not in df:
+            problem(f"deploy/{svc}.Dockerfile: builds or runs something else than tidings-{svc}")
+        if not re.search(r"^USER \d+:\d+$", df, re.M) or "HEALTHCHECK" not in df or "distroless" not in df:
+            problem(f"deploy/{svc}.Dockerfile: numeric non-root USER, HEALTHCHECK, distroless runtime")
+    print(f"ok: Dockerfiles copy every workspace member ({', '.join(members)}) and the probe")
+
+
 # --- alerts, runbooks, dashboard ------------------------------------------------------------
 
 def check_alerts_and_dashboard():
@@ -447,6 +469,7 @@ def main():
                 yaml.safe_dump(spec, f, sort_keys=False)
         print(f"ok: k8s overlay {overlay}: {len(docs)} objects (settings, security, probes, drain, sizing, HPA, KEDA, monitors, policies, rules)")
     check_nats()
+    check_dockerfiles()
     check_compose(gateway_help, worker_help)
     check_alerts_and_dashboard()
     if PROBLEMS:
