@@ -80,6 +80,7 @@ pub struct Published {
 async fn publish(
     State(state): State<AppState>,
     Caller(claims): Caller,
+    headers: axum::http::HeaderMap,
     body: std::result::Result<Json<PublishRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Published>)> {
     let Json(req) = body?;
@@ -99,7 +100,9 @@ async fn publish(
         req.id,
         true,
     )?;
-    let seq = prepared.send_durable(&state).await?;
+    let span =
+        tidings_shared::telemetry::request_span(&headers, || tracing::info_span!("POST /api/v1/publish", %channel));
+    let seq = tracing::Instrument::instrument(prepared.send_durable(&state), span).await?;
     Ok((StatusCode::ACCEPTED, Json(Published { seq })))
 }
 

@@ -247,11 +247,21 @@ impl<O: Outlet> Feed<'_, O> {
             None
         };
         match message::from_nats(msg, self.channel, link, ctx.limits) {
-            Ok(encoded) => {
+            Ok(mut encoded) => {
                 if let Some(link) = link {
                     self.chain.delivered(link.seq);
                 }
-                self.outlet.deliver(&encoded);
+                match tidings_shared::telemetry::TraceParent::from_nats(msg.headers.as_ref()) {
+                    None => self.outlet.deliver(&encoded),
+                    Some(parent) => {
+                        let span = tracing::info_span!("fanout", channel = %self.channel);
+                        parent.adopt(&span);
+                        if let Some(e) = Arc::get_mut(&mut encoded) {
+                            e.trace = tidings_shared::telemetry::TraceParent::of_span(&span);
+                        }
+                        span.in_scope(|| self.outlet.deliver(&encoded));
+                    }
+                }
             }
             Err(rejected) => {
                 ctx.metrics

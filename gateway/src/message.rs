@@ -49,6 +49,9 @@ pub struct Encoded {
     msgpack: OnceLock<Bytes>,
     /// When NATS stored the message (durable) or the gateway received it (live).
     pub stored_at: SystemTime,
+    /// The fan-out span's context when spans are exported and the publisher sent one:
+    /// each frame write is its child.
+    pub trace: Option<tidings_shared::telemetry::TraceParent>,
 }
 
 impl Encoded {
@@ -74,6 +77,7 @@ impl Encoded {
             json,
             msgpack,
             stored_at,
+            trace: None,
         }))
     }
 

@@ -63,6 +63,7 @@ pub struct Accepted {
 async fn create(
     State(state): State<AppState>,
     _service: Service,
+    http_headers: axum::http::HeaderMap,
     body: std::result::Result<Json<NotificationRequest>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Accepted>)> {
     let Json(mut req) = body?;
@@ -81,8 +82,14 @@ async fn create(
     // with nothing queued behind it. A worker that gets there first creates the status.
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", id.as_str());
+    let span = tidings_shared::telemetry::request_span(
+        &http_headers,
+        || tracing::info_span!("POST /api/v1/notifications", %id),
+    );
+    // The worker's intake, its delivery jobs and the provider calls join this trace.
+    span.in_scope(|| tidings_shared::telemetry::inject_nats(&mut headers));
     let bytes = serde_json::to_vec(&req).map_err(|e| SharedError::Encode(e.to_string()))?;
-    publish_acked(&state.js, NOTIFY_SUBJECT, headers, bytes.into())
+    tracing::Instrument::instrument(publish_acked(&state.js, NOTIFY_SUBJECT, headers, bytes.into()), span)
         .await
         .map_err(SharedError::nats)?;
     let mut doc = NotificationStatus {

@@ -7,7 +7,9 @@ use tidings_shared::ack::{ACK_SUBJECT, ClientAck};
 use tidings_shared::body::{PublishBody, validate_event, validate_message_id};
 use tidings_shared::nats::publish_acked;
 use tidings_shared::subject::stored_msg_id;
+use tidings_shared::telemetry;
 use tidings_shared::{Channel, Error as SharedError};
+use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::error::{Error, Result};
@@ -81,23 +83,38 @@ impl Prepared {
     /// Stores the message in `TIDINGS_EVENTS`; returns its sequence (the original one for a
     /// repeated `msg_id` within the duplicate window).
     pub async fn send_durable(self, state: &AppState) -> Result<u64> {
-        let mut headers = HeaderMap::new();
-        if let Some(id) = &self.msg_id {
-            headers.insert("Nats-Msg-Id", id.as_str());
+        let span = telemetry::span_if_exporting(|| tracing::info_span!("nats publish", channel = %self.channel));
+        async move {
+            let mut headers = HeaderMap::new();
+            if let Some(id) = &self.msg_id {
+                headers.insert("Nats-Msg-Id", id.as_str());
+            }
+            // The stream's re-publish keeps it: the gateways' fan-out joins this trace.
+            telemetry::inject_nats(&mut headers);
+            let ack = publish_acked(&state.js, self.channel.durable_subject(), headers, self.payload)
+                .await
+                .map_err(SharedError::nats)?;
+            Ok(ack.sequence)
         }
-        let ack = publish_acked(&state.js, self.channel.durable_subject(), headers, self.payload)
-            .await
-            .map_err(SharedError::nats)?;
-        Ok(ack.sequence)
+        .instrument(span)
+        .await
     }
 
     /// Publishes on the ephemeral subject (no history, no sequence).
     pub async fn send_live(self, state: &AppState) -> Result<()> {
-        state
-            .nats
-            .publish(self.channel.live_subject(), self.payload)
-            .await
-            .map_err(|e| Error::from(SharedError::nats(e)))
+        let sent = if telemetry::exporting() {
+            let span = tracing::info_span!("nats publish", channel = %self.channel);
+            let mut headers = HeaderMap::new();
+            span.in_scope(|| telemetry::inject_nats(&mut headers));
+            state
+                .nats
+                .publish_with_headers(self.channel.live_subject(), headers, self.payload)
+                .instrument(span)
+                .await
+        } else {
+            state.nats.publish(self.channel.live_subject(), self.payload).await
+        };
+        sent.map_err(|e| Error::from(SharedError::nats(e)))
     }
 }
 

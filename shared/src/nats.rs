@@ -59,6 +59,51 @@ pub fn server_addrs(urls: &str) -> Result<Vec<ServerAddr>> {
     Ok(addrs)
 }
 
+/// How the client authenticates: credentials in the first URL that has any
+/// (`nats://user:password@host`, or `nats://token@host`), percent-decoded. async-nats reads
+/// none from a list of addresses, so they are passed as options.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Credentials {
+    /// User and password.
+    UserPassword(String, String),
+    /// A token (user part without a password).
+    Token(String),
+}
+
+/// The credentials the URLs carry, if any (see [`Credentials`]).
+pub fn credentials(addrs: &[ServerAddr]) -> Option<Credentials> {
+    let addr = addrs.iter().find(|a| a.username().is_some())?;
+    let user = percent_decode(addr.username()?);
+    Some(match addr.password() {
+        Some(p) => Credentials::UserPassword(user, percent_decode(p)),
+        None => Credentials::Token(user),
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Delay before reconnect attempt `attempt`: exponential from 50 ms, capped, full jitter.
 pub fn reconnect_delay(attempt: usize) -> Duration {
     let exp = 50u64.saturating_mul(1u64 << attempt.min(16) as u32);
@@ -72,7 +117,12 @@ pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<
     let addrs = server_addrs(urls)?;
     // Logged on every state change: without the credentials the URLs may carry.
     let shown = crate::redact::urls(urls);
-    let options = ConnectOptions::new()
+    let options = match credentials(&addrs) {
+        Some(Credentials::UserPassword(user, password)) => ConnectOptions::with_user_and_password(user, password),
+        Some(Credentials::Token(token)) => ConnectOptions::with_token(token),
+        None => ConnectOptions::new(),
+    };
+    let options = options
         .name(name)
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -303,6 +353,18 @@ impl Provisioner {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_come_from_the_urls() {
+        use super::{Credentials, credentials, server_addrs};
+        let of = |urls: &str| credentials(&server_addrs(urls).unwrap());
+        assert_eq!(of("nats://a:4222,nats://b:4222"), None);
+        assert_eq!(
+            of("nats://a:4222,nats://tidings:p%40ss%3Aw@b:4222"),
+            Some(Credentials::UserPassword("tidings".into(), "p@ss:w".into()))
+        );
+        assert_eq!(of("nats://s3cr3t@a:4222"), Some(Credentials::Token("s3cr3t".into())));
+    }
+
     use super::*;
 
     #[test]

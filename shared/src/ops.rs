@@ -23,17 +23,73 @@ pub struct Health {
     provisioner: Provisioner,
     draining: Arc<AtomicBool>,
     registry: prometheus::Registry,
+    gauges: Arc<ScrapeGauges>,
+}
+
+/// Gauges the alerts need that no event updates: set when `/metrics` is scraped.
+struct ScrapeGauges {
+    /// `tidings_nats_connected`: 1 while the NATS connection is up.
+    nats_connected: prometheus::IntGauge,
+    /// `tidings_ready`: 1 while `/readyz` answers 200.
+    ready: prometheus::IntGauge,
+    /// `process_open_fds` / `process_max_fds` (the usual names), from `/proc/self`.
+    open_fds: prometheus::IntGauge,
+    max_fds: prometheus::IntGauge,
+}
+
+impl ScrapeGauges {
+    fn new(registry: &prometheus::Registry) -> Self {
+        let gauge = |name: &str, help: &str| {
+            let g = prometheus::IntGauge::new(name, help).expect("valid metric name");
+            // A second Health on the same registry (tests) shares the first one's series.
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        ScrapeGauges {
+            nats_connected: gauge("tidings_nats_connected", "1 while the NATS connection is up"),
+            ready: gauge(
+                "tidings_ready",
+                "1 while /readyz answers 200 (NATS connected, streams in place, not draining)",
+            ),
+            open_fds: gauge("process_open_fds", "Open file descriptors"),
+            max_fds: gauge("process_max_fds", "Limit on open file descriptors (RLIMIT_NOFILE soft)"),
+        }
+    }
+
+    fn update(&self, health: &Health) {
+        self.nats_connected.set(i64::from(is_connected(&health.nats)));
+        self.ready.set(i64::from(health.not_ready_reason().is_none()));
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(dir.count() as i64);
+        }
+        if let Some(max) = max_open_files() {
+            self.max_fds.set(max);
+        }
+    }
+}
+
+/// The soft limit on open files, from `/proc/self/limits` (Linux).
+fn max_open_files() -> Option<i64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl Health {
     /// Readiness of a process using `nats`, with streams kept by `provisioner`, exporting
     /// `registry` at `/metrics`.
     pub fn new(nats: Client, provisioner: Provisioner, registry: prometheus::Registry) -> Self {
+        let gauges = Arc::new(ScrapeGauges::new(&registry));
         Health {
             nats,
             provisioner,
             draining: Arc::new(AtomicBool::new(false)),
             registry,
+            gauges,
         }
     }
 
@@ -88,6 +144,7 @@ async fn readyz(State(health): State<Health>) -> impl IntoResponse {
 }
 
 async fn metrics(State(health): State<Health>) -> impl IntoResponse {
+    health.gauges.update(&health);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         crate::telemetry::render_metrics(&health.registry),

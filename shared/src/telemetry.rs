@@ -3,11 +3,21 @@
 //! Every process calls [`init`] once in `main`. Spans carry the channel or notification id
 //! they work on; when `TIDINGS_OTLP_ENDPOINT` is set they are also exported over OTLP/HTTP
 //! in batches, so a notification can be followed from intake to delivery in a trace viewer.
+//!
+//! Traces cross NATS in the W3C `traceparent` header ([`TraceParent`]): a publisher's span
+//! is the parent of the gateway's fan-out and of every frame write, a notification request's
+//! of the worker's intake, its delivery jobs and the provider call (the webhook receives
+//! `traceparent` too). With export off ([`exporting`] false) none of it runs: no header is
+//! read or written and nothing is allocated per message.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState};
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -74,6 +84,7 @@ pub fn init(service: &'static str, format: LogFormat, otlp_endpoint: Option<&str
             )
         }
     };
+    EXPORTING.store(provider.is_some(), Ordering::Release);
     let otel_layer = provider
         .as_ref()
         .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(service)));
@@ -87,6 +98,169 @@ pub fn init(service: &'static str, format: LogFormat, otlp_endpoint: Option<&str
         tracing::info!(endpoint = %crate::redact::url(endpoint), "exporting traces over OTLP/HTTP");
     }
     Ok(TelemetryGuard { provider })
+}
+
+/// Whether spans are exported (set once by [`init`]).
+static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+/// The header carrying the trace context across NATS and HTTP (W3C Trace Context).
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Whether spans are exported: every propagation step is skipped when they are not.
+#[inline]
+pub fn exporting() -> bool {
+    EXPORTING.load(Ordering::Relaxed)
+}
+
+/// A span's W3C trace context (`traceparent`): small and `Copy`, so a message shared by
+/// many recipients can carry it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceParent {
+    /// The trace id (16 bytes, not all zero).
+    pub trace_id: [u8; 16],
+    /// The parent span's id (8 bytes, not all zero).
+    pub span_id: [u8; 8],
+    /// The sampled flag.
+    pub sampled: bool,
+}
+
+impl TraceParent {
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>` (other versions: the same first four fields).
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let version = parts.next()?;
+        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+            return None;
+        }
+        let mut trace_id = [0u8; 16];
+        let mut span_id = [0u8; 8];
+        let mut flag = [0u8; 1];
+        hex_into(trace, &mut trace_id)?;
+        hex_into(span, &mut span_id)?;
+        hex_into(flags, &mut flag)?;
+        let p = TraceParent {
+            trace_id,
+            span_id,
+            sampled: flag[0] & 1 == 1,
+        };
+        (p.trace_id != [0; 16] && p.span_id != [0; 8]).then_some(p)
+    }
+
+    /// The header value.
+    pub fn encode(&self) -> String {
+        let mut s = String::with_capacity(55);
+        s.push_str("00-");
+        push_hex(&mut s, &self.trace_id);
+        s.push('-');
+        push_hex(&mut s, &self.span_id);
+        s.push_str(if self.sampled { "-01" } else { "-00" });
+        s
+    }
+
+    /// The context of `span`, if it is exported.
+    pub fn of_span(span: &tracing::Span) -> Option<Self> {
+        if !exporting() || span.is_disabled() {
+            return None;
+        }
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| TraceParent {
+            trace_id: sc.trace_id().to_bytes(),
+            span_id: sc.span_id().to_bytes(),
+            sampled: sc.is_sampled(),
+        })
+    }
+
+    /// The context of the current span, if it is exported.
+    pub fn current() -> Option<Self> {
+        if !exporting() {
+            return None;
+        }
+        Self::of_span(&tracing::Span::current())
+    }
+
+    /// The trace context carried by NATS headers, when spans are exported.
+    pub fn from_nats(headers: Option<&async_nats::HeaderMap>) -> Option<Self> {
+        if !exporting() {
+            return None;
+        }
+        Self::parse(headers?.get(TRACEPARENT)?.as_str())
+    }
+
+    /// Makes `span` (not yet entered) a child of this remote span.
+    pub fn adopt(&self, span: &tracing::Span) {
+        let sc = SpanContext::new(
+            TraceId::from_bytes(self.trace_id),
+            SpanId::from_bytes(self.span_id),
+            if self.sampled {
+                TraceFlags::SAMPLED
+            } else {
+                TraceFlags::default()
+            },
+            true,
+            TraceState::default(),
+        );
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+    }
+}
+
+/// Makes `span` a child of the trace in `headers` (a message from NATS), when spans are
+/// exported and the message carries one.
+pub fn follow_nats(span: &tracing::Span, headers: Option<&async_nats::HeaderMap>) {
+    if let Some(p) = TraceParent::from_nats(headers) {
+        p.adopt(span);
+    }
+}
+
+/// A span made by `make` when spans are exported, [`tracing::Span::none`] otherwise (no cost
+/// on paths taken per message).
+#[inline]
+pub fn span_if_exporting(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if exporting() { make() } else { tracing::Span::none() }
+}
+
+/// A request's span (from `make`, when spans are exported) continuing the caller's trace
+/// when its HTTP headers carry `traceparent`.
+pub fn request_span(headers: &axum::http::HeaderMap, make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if !exporting() {
+        return tracing::Span::none();
+    }
+    let span = make();
+    if let Some(p) = headers
+        .get(TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+    {
+        p.adopt(&span);
+    }
+    span
+}
+
+/// Adds `traceparent` for the current span to headers published to NATS, when spans are
+/// exported.
+pub fn inject_nats(headers: &mut async_nats::HeaderMap) {
+    if let Some(p) = TraceParent::current() {
+        headers.insert(TRACEPARENT, p.encode().as_str());
+    }
+}
+
+fn hex_into(s: &str, out: &mut [u8]) -> Option<()> {
+    if s.len() != out.len() * 2 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(())
+}
+
+fn push_hex(s: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
 }
 
 /// Renders a Prometheus registry in the text exposition format.
@@ -120,6 +294,40 @@ mod tests {
             otlp_traces_url("http://c:4318/custom/v1/traces"),
             "http://c:4318/custom/v1/traces"
         );
+    }
+
+    #[test]
+    fn traceparent_round_trip() {
+        let v = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let p = TraceParent::parse(v).unwrap();
+        assert!(p.sampled);
+        assert_eq!(p.span_id, [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]);
+        assert_eq!(p.encode(), v);
+        assert_eq!(
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").map(|p| p.sampled),
+            Some(false)
+        );
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4bf92f3577b34da6a3ce929d0e0e47zz-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(TraceParent::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_propagated_while_export_is_off() {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert(TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(TraceParent::from_nats(Some(&h)), None);
+        let mut out = async_nats::HeaderMap::new();
+        inject_nats(&mut out);
+        assert!(out.get(TRACEPARENT).is_none());
     }
 
     #[test]

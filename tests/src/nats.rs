@@ -126,6 +126,27 @@ impl NatsServer {
         Self::start_single(true).await
     }
 
+    /// Like [`Self::start`], with `extra` appended to the server's configuration (accounts
+    /// and permissions, for example).
+    pub async fn start_with_config(extra: &str) -> Result<Self, Error> {
+        let dir = Arc::new(tempfile::tempdir()?);
+        let mut last = None;
+        for _ in 0..3 {
+            let node = NodeSpec {
+                name: "n1".into(),
+                port: free_port(),
+                monitor_port: free_port(),
+                cluster: None,
+                ws_port: None,
+            };
+            match Self::launch_with(dir.clone(), node, extra).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or(Error::Start("no attempt".into())))
+    }
+
     async fn start_single(websocket: bool) -> Result<Self, Error> {
         let dir = Arc::new(tempfile::tempdir()?);
         let mut last = None;
@@ -200,6 +221,10 @@ impl NatsServer {
     }
 
     async fn launch(dir: Arc<tempfile::TempDir>, node: NodeSpec) -> Result<Self, Error> {
+        Self::launch_with(dir, node, "").await
+    }
+
+    async fn launch_with(dir: Arc<tempfile::TempDir>, node: NodeSpec, extra: &str) -> Result<Self, Error> {
         let store = dir.path().join(&node.name);
         std::fs::create_dir_all(&store)?;
         let mut conf = format!(
@@ -222,6 +247,7 @@ impl NatsServer {
                 routes.join("\n")
             ));
         }
+        conf.push_str(extra);
         let config = dir.path().join(format!("{}.conf", node.name));
         std::fs::write(&config, conf)?;
         let (child, log) = spawn_and_wait(&config, &node.name).await?;

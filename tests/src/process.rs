@@ -17,7 +17,13 @@ impl Process {
     /// Starts `bin` with exactly `env` added to a copy of this environment (all inherited
     /// `TIDINGS_*` variables removed, so the test controls every setting).
     pub fn spawn(bin: impl AsRef<Path>, env: &[(&str, String)]) -> std::io::Result<Self> {
+        Self::spawn_args(bin, &[], env)
+    }
+
+    /// [`Process::spawn`] with command-line arguments.
+    pub fn spawn_args(bin: impl AsRef<Path>, args: &[String], env: &[(&str, String)]) -> std::io::Result<Self> {
         let mut cmd = Command::new(bin.as_ref());
+        cmd.args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("TIDINGS_") {
                 cmd.env_remove(k);

@@ -40,6 +40,7 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
                 tracing::debug!(error = %e, "progress ack failed");
             }
             let span = tracing::info_span!("delivery", id = %job.id, channel = job.channel.as_str());
+            tidings_shared::telemetry::follow_nats(&span, msg.headers.as_ref());
             let mut deferrals = 0;
             let work = process(ctx, &job, delivered, &mut deferrals).instrument(span.clone());
             let every = crate::progress::interval(ctx.delivery_ack_wait);

@@ -56,6 +56,8 @@ pub async fn deliver(
     let channel = Channel::user(&req.user)?;
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", inapp_msg_id(&channel, id).as_str());
+    // The gateways' fan-out of the in-app message joins the notification's trace.
+    tidings_shared::telemetry::inject_nats(&mut headers);
     publish_acked(&ctx.js, channel.durable_subject(), headers, body.to_json()?.into())
         .await
         .map_err(SharedError::nats)?;

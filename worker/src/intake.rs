@@ -31,7 +31,10 @@ pub async fn handle(ctx: &Ctx, msg: async_nats::jetstream::Message) {
         .info()
         .map(|i| i.delivered.clamp(1, i64::from(u32::MAX)) as u32)
         .unwrap_or(1);
-    let work = process(ctx, &msg.payload, seq);
+    // The request's trace (from `traceparent`, when spans are exported) goes on here.
+    let span = tidings_shared::telemetry::span_if_exporting(|| tracing::info_span!("intake"));
+    tidings_shared::telemetry::follow_nats(&span, msg.headers.as_ref());
+    let work = process(ctx, &msg.payload, seq).instrument(span);
     let result = crate::progress::with_progress(&msg, crate::progress::interval(crate::INTAKE_ACK_WAIT), work).await;
     let ack = match result {
         Ok(()) => msg.ack().await,

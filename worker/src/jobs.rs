@@ -17,6 +17,8 @@ use crate::error::Result;
 pub(crate) async fn queue(ctx: &Ctx, job: &DeliveryJob) -> Result<()> {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("{}.{}", job.id, job.channel.as_str()).as_str());
+    // The delivery continues the notification's trace.
+    tidings_shared::telemetry::inject_nats(&mut headers);
     let bytes = serde_json::to_vec(job).map_err(|e| SharedError::Encode(e.to_string()))?;
     let subject = format!("{DELIVERY_PREFIX}.{}.{}", job.channel.as_str(), job.id);
     match publish_acked(&ctx.js, subject, headers, bytes.into()).await {

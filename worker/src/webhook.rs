@@ -77,10 +77,18 @@ impl WebhookSender {
                 signature(key, jiff::Timestamp::now().as_second(), &body),
             );
         }
-        match req.body(body).send().await {
-            Err(e) => connection_error(e),
-            Ok(resp) => classify(resp).await,
+        let span = tidings_shared::telemetry::span_if_exporting(|| tracing::info_span!("webhook POST"));
+        // The receiver can continue the trace.
+        if let Some(p) = tidings_shared::telemetry::TraceParent::of_span(&span) {
+            req = req.header(tidings_shared::telemetry::TRACEPARENT, p.encode());
         }
+        let call = async move {
+            match req.body(body).send().await {
+                Err(e) => connection_error(e),
+                Ok(resp) => classify(resp).await,
+            }
+        };
+        tracing::Instrument::instrument(call, span).await
     }
 }
 

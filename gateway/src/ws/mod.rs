@@ -454,6 +454,7 @@ impl Session {
     async fn write_batch(&mut self, batch: &mut Vec<Outbound>) -> Result<(), axum::Error> {
         let mut delivered = 0u64;
         for out in batch.drain(..) {
+            let mut trace = None;
             let msg = match out {
                 Outbound::Message(enc) => {
                     if !self.admit(&enc) {
@@ -462,6 +463,7 @@ impl Session {
                     delivered += 1;
                     let latency = SystemTime::now().duration_since(enc.stored_at).unwrap_or_default();
                     self.reg.state.metrics.delivery_latency.observe(latency.as_secs_f64());
+                    trace = enc.trace;
                     enc.ws_message(self.format)
                 }
                 Outbound::Frame(m) => *m,
@@ -475,7 +477,14 @@ impl Session {
                     m
                 }
             };
-            self.sink.feed(msg).await?;
+            match trace {
+                None => self.sink.feed(msg).await?,
+                Some(parent) => {
+                    let span = tracing::info_span!("frame write");
+                    parent.adopt(&span);
+                    tracing::Instrument::instrument(self.sink.feed(msg), span).await?
+                }
+            }
         }
         self.sink.flush().await?;
         self.reg.state.metrics.messages_delivered.inc_by(delivered);

@@ -38,7 +38,7 @@ pub struct Env {
 
 /// The gateway binary beside this crate's (the workspace's tests and `scripts/test` build
 /// every binary first).
-fn gateways() -> Launcher {
+pub fn gateways() -> Launcher {
     let bin = Path::new(WORKER).with_file_name("tidings-gateway");
     assert!(
         bin.is_file(),
