@@ -178,7 +178,7 @@ async fn history(
     .await?;
     // A page holds at most one replay budget of messages; `more` says there is a next one.
     let (page, cut) = match replay.reader {
-        Some(reader) => reader.collect(&state.metrics, state.config.replay_budget_bytes).await?,
+        Some(reader) => reader.collect(&state.metrics, state.config.replay_budget()).await?,
         None => (Vec::new(), false),
     };
     let messages = page

@@ -173,7 +173,7 @@ impl ReadBudget {
     /// The node's budget.
     pub fn of(state: &AppState) -> Self {
         ReadBudget {
-            bytes: state.config.replay_budget_bytes,
+            bytes: state.config.replay_budget(),
             limits: Limits::of(&state.config),
         }
     }

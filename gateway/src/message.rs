@@ -36,7 +36,7 @@ impl Limits {
     pub fn of(config: &tidings_shared::config::GatewayConfig) -> Self {
         Limits {
             payload: config.max_payload_bytes,
-            frame: config.max_outbound_frame_bytes,
+            frame: config.outbound_frame_limit(),
         }
     }
 }

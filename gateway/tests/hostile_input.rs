@@ -260,7 +260,10 @@ async fn settings_out_of_range_or_inconsistent_stop_the_gateway_with_code_2() {
             "--heartbeat-ms",
         ),
         (
-            vec![("TIDINGS_MAX_PAYLOAD_BYTES", "1000000".to_owned())],
+            vec![
+                ("TIDINGS_MAX_PAYLOAD_BYTES", "1000000".to_owned()),
+                ("TIDINGS_MAX_OUTBOUND_FRAME_BYTES", "262144".to_owned()),
+            ],
             "TIDINGS_MAX_OUTBOUND_FRAME_BYTES",
         ),
         (

@@ -91,18 +91,19 @@ pub struct GatewayConfig {
     pub heartbeat_ms: u64,
 
     /// Largest client frame accepted (larger: close 1009).
-    #[arg(long, env = "TIDINGS_MAX_FRAME_BYTES", default_value_t = 65_536, value_parser = bytes_in(1024, 16 << 20))]
+    #[arg(long, env = "TIDINGS_MAX_FRAME_BYTES", default_value_t = 65_536, value_parser = bytes_in(64, 16 << 20))]
     pub max_frame_bytes: usize,
 
     /// Largest publisher body delivered (larger: dropped and counted).
-    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = bytes_in(256, 16 << 20))]
+    #[arg(long, env = "TIDINGS_MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = bytes_in(64, 16 << 20))]
     pub max_payload_bytes: usize,
 
     /// Largest message frame written to a client, in either wire format (a message whose
     /// encoded frame is larger is rejected once, at the gateway, and counted); at least the
-    /// payload limit plus 1 KiB of envelope.
-    #[arg(long, env = "TIDINGS_MAX_OUTBOUND_FRAME_BYTES", default_value_t = 262_144, value_parser = bytes_in(2048, 64 << 20))]
-    pub max_outbound_frame_bytes: usize,
+    /// payload limit plus 1 KiB of envelope [default: 256 KiB, or 4 × the payload limit + 1 KiB
+    /// if larger].
+    #[arg(long, env = "TIDINGS_MAX_OUTBOUND_FRAME_BYTES", value_parser = bytes_in(2048, 256 << 20))]
+    pub max_outbound_frame_bytes: Option<usize>,
 
     /// How long a SIGTERM drain spreads the connection closes over, in milliseconds.
     #[arg(long, env = "TIDINGS_DRAIN_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -134,9 +135,10 @@ pub struct GatewayConfig {
     pub max_connections_per_user: usize,
 
     /// Bytes of stored messages one replay (subscribe with `since`, SSE resume, history) reads
-    /// ahead of what the socket has taken.
-    #[arg(long, env = "TIDINGS_REPLAY_BUDGET_BYTES", default_value_t = 1 << 20, value_parser = bytes_in(64 << 10, 256 << 20))]
-    pub replay_budget_bytes: usize,
+    /// ahead of what the socket has taken [default: 1 MiB, or the outbound frame limit if
+    /// larger].
+    #[arg(long, env = "TIDINGS_REPLAY_BUDGET_BYTES", value_parser = bytes_in(64 << 10, 1 << 30))]
+    pub replay_budget_bytes: Option<usize>,
 
     /// Sustained HTTP API requests per second per user token (service tokens are not limited).
     #[arg(long, env = "TIDINGS_HTTP_RATE", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -357,27 +359,36 @@ impl GatewayConfig {
                 secret.len()
             ));
         }
-        if self.max_outbound_frame_bytes < self.max_payload_bytes + 1024 {
+        let frame = self.outbound_frame_limit();
+        if frame < self.max_payload_bytes + 1024 {
             return bad(format!(
-                "TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({}) must be at least TIDINGS_MAX_PAYLOAD_BYTES ({}) + 1024",
-                self.max_outbound_frame_bytes, self.max_payload_bytes
+                "TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({frame}) must be at least TIDINGS_MAX_PAYLOAD_BYTES ({}) + 1024",
+                self.max_payload_bytes
             ));
         }
-        if self.replay_budget_bytes < self.max_outbound_frame_bytes {
+        if self.replay_budget() < frame {
             return bad(format!(
-                "TIDINGS_REPLAY_BUDGET_BYTES ({}) must hold at least one frame of TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({})",
-                self.replay_budget_bytes, self.max_outbound_frame_bytes
+                "TIDINGS_REPLAY_BUDGET_BYTES ({}) must hold at least one frame of TIDINGS_MAX_OUTBOUND_FRAME_BYTES ({frame})",
+                self.replay_budget()
             ));
         }
         if self.token_max_lifetime < Duration::from_secs(60) {
             return bad("TIDINGS_TOKEN_MAX_LIFETIME must be at least 1m".into());
         }
-        if let Some(secret) = &self.github_webhook_secret
-            && secret.len() < 16
-        {
-            return bad("TIDINGS_GITHUB_WEBHOOK_SECRET is shorter than 16 bytes".into());
-        }
         Ok(())
+    }
+
+    /// `TIDINGS_MAX_OUTBOUND_FRAME_BYTES`, or its default: 256 KiB, or room for a payload of
+    /// the configured limit grown 4 times (MessagePack `nil`s as JSON) if that is more.
+    pub fn outbound_frame_limit(&self) -> usize {
+        self.max_outbound_frame_bytes
+            .unwrap_or_else(|| (256 << 10).max(self.max_payload_bytes.saturating_mul(4) + 1024))
+    }
+
+    /// `TIDINGS_REPLAY_BUDGET_BYTES`, or its default: 1 MiB, or one outbound frame if larger.
+    pub fn replay_budget(&self) -> usize {
+        self.replay_budget_bytes
+            .unwrap_or_else(|| (1 << 20).max(self.outbound_frame_limit()))
     }
 
     /// The node id: the configured one, else the host name, made safe for NATS subjects.
@@ -666,7 +677,11 @@ mod tests {
         assert!(ok.validate().is_ok());
         let short = parse(&["--jwt-secret", "short"]).unwrap();
         assert!(short.validate().unwrap_err().to_string().contains("at least 32"));
-        let frames = parse(&["--max-payload-bytes", "300000"]).unwrap();
+        // Unset, the frame limit follows the payload limit; set too low, it is refused.
+        let derived = parse(&["--max-payload-bytes", "300000"]).unwrap();
+        assert_eq!(derived.outbound_frame_limit(), 300_000 * 4 + 1024);
+        assert!(derived.validate().is_ok());
+        let frames = parse(&["--max-payload-bytes", "300000", "--max-outbound-frame-bytes", "262144"]).unwrap();
         assert!(
             frames
                 .validate()
@@ -677,6 +692,7 @@ mod tests {
         for bad in [
             &["--heartbeat-ms", "99999999999999"][..],
             &["--max-frame-bytes", "10"],
+            &["--max-outbound-frame-bytes", "100"],
             &["--drain-ms", "18446744073709551615"],
             &["--write-deadline-ms", "0"],
             &["--max-pending-connections", "0"],

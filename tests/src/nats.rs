@@ -129,25 +129,15 @@ impl NatsServer {
     /// Like [`Self::start`], with `extra` appended to the server's configuration (accounts
     /// and permissions, for example).
     pub async fn start_with_config(extra: &str) -> Result<Self, Error> {
-        let dir = Arc::new(tempfile::tempdir()?);
-        let mut last = None;
-        for _ in 0..3 {
-            let node = NodeSpec {
-                name: "n1".into(),
-                port: free_port(),
-                monitor_port: free_port(),
-                cluster: None,
-                ws_port: None,
-            };
-            match Self::launch_with(dir.clone(), node, extra).await {
-                Ok(s) => return Ok(s),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or(Error::Start("no attempt".into())))
+        Self::start_node(false, extra).await
     }
 
     async fn start_single(websocket: bool) -> Result<Self, Error> {
+        Self::start_node(websocket, "").await
+    }
+
+    /// One node on free ports (three tries: a port found free may be taken meanwhile).
+    async fn start_node(websocket: bool, extra: &str) -> Result<Self, Error> {
         let dir = Arc::new(tempfile::tempdir()?);
         let mut last = None;
         for _ in 0..3 {
@@ -158,7 +148,7 @@ impl NatsServer {
                 cluster: None,
                 ws_port: websocket.then(free_port),
             };
-            match Self::launch(dir.clone(), node).await {
+            match Self::launch_with(dir.clone(), node, extra).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
             }

@@ -95,6 +95,10 @@ async fn a_batch_becomes_one_digest_even_across_a_worker_restart() {
     let worker_env = [
         ("TIDINGS_SMTP_URL", smtp.url()),
         ("TIDINGS_BATCH_WINDOW_MS", "3000".to_owned()),
+        // A job the killed worker held when it died comes back after the ack wait: short
+        // here, so that the race (killed between fetching the flush job and putting it back
+        // with its delay) cannot outlast the test's wait.
+        ("TIDINGS_DELIVERY_ACK_WAIT_MS", "5000".to_owned()),
     ];
     let mut env = start_with(1, &worker_env).await;
     env.put(

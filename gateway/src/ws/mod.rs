@@ -72,7 +72,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketU
         // Room for the largest frame the gateway writes (larger messages are refused when
         // encoded, see `message::Encoded::new`) on top of a full buffer: no message the
         // gateway accepted can fail a connection's write.
-        .max_write_buffer_size(state.config.max_outbound_frame_bytes + 2 * WRITE_BUFFER)
+        .max_write_buffer_size(state.config.outbound_frame_limit() + 2 * WRITE_BUFFER)
         .max_message_size(max)
         .max_frame_size(max);
     let ws = match format {
