@@ -41,6 +41,9 @@ pub const SUBJECT: &str = "tidings.control";
 pub const REVOCATIONS_BUCKET: &str = "TIDINGS_REVOCATIONS";
 /// KV bucket of live gateways: node id → when it last announced itself.
 pub const NODES_BUCKET: &str = "TIDINGS_NODES";
+/// How long a node that has not read the revocations yet asks the bucket during an auth.
+const UNLOADED_CHECK: Duration = Duration::from_millis(500);
+
 /// How often a gateway announces itself in [`NODES_BUCKET`] (entries live three times that).
 pub const ANNOUNCE: Duration = Duration::from_secs(10);
 
@@ -112,12 +115,29 @@ pub struct Revocations {
 
 impl Revocations {
     /// Records that `user`'s tokens issued before `before` are refused (the latest instant
-    /// wins).
-    pub fn record(&self, user: &str, before: u64) {
+    /// wins); whether that raised what this node knew.
+    pub fn record(&self, user: &str, before: u64) -> bool {
+        let Ok(mut map) = self.before.write() else {
+            return false;
+        };
+        let entry = map.entry(user.to_owned()).or_insert(0);
+        let raised = before > *entry;
+        *entry = (*entry).max(before);
+        raised
+    }
+
+    /// Forgets `user`'s revocation (deleted from the bucket: lifted by an operator).
+    fn forget(&self, user: &str) {
         if let Ok(mut map) = self.before.write() {
-            let entry = map.entry(user.to_owned()).or_insert(0);
-            *entry = (*entry).max(before);
+            map.remove(user);
         }
+    }
+
+    /// Whether `claims` were issued before a revocation this node knows (no NATS round trip:
+    /// for the re-check once a connection is registered).
+    pub fn known_revoked(&self, claims: &Claims) -> bool {
+        self.get(&claims.sub)
+            .is_some_and(|before| claims.iat.unwrap_or(0) < before)
     }
 
     /// The instant before which `user`'s tokens are refused, if any, as far as this node
@@ -139,13 +159,16 @@ pub async fn check_revocation(state: &AppState, claims: &Claims) -> std::result:
     let before = if state.revocations.is_loaded() {
         state.revocations.get(&claims.sub)
     } else {
-        match revocations_bucket(state).await {
-            Ok(kv) => match kv.get(&claims.sub).await {
-                Ok(v) => v.and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok()),
-                Err(_) => state.revocations.get(&claims.sub),
-            },
-            Err(_) => state.revocations.get(&claims.sub),
-        }
+        // Not read yet (a node just started): ask the bucket, briefly. With NATS away this
+        // fails open to what the node knows: a node without NATS delivers nothing anyway,
+        // and failing closed would send every client to its token provider and `error`.
+        let asked = tokio::time::timeout(UNLOADED_CHECK, async {
+            let kv = revocations_bucket(state).await.ok()?;
+            let value = kv.get(&claims.sub).await.ok()??;
+            std::str::from_utf8(&value).ok()?.parse::<u64>().ok()
+        })
+        .await;
+        asked.ok().flatten().or_else(|| state.revocations.get(&claims.sub))
     };
     match before {
         Some(before) if claims.iat.unwrap_or(0) < before => Err(AuthReason::Revoked),
@@ -196,7 +219,7 @@ pub fn apply(state: &AppState, command: &Command) -> u64 {
     match command {
         Command::Disconnect { user } => state.hub.close_user(user, u64::MAX, CLOSE_UNAUTHORIZED),
         Command::Revoke { user, before } => {
-            state.revocations.record(user, *before);
+            let _ = state.revocations.record(user, *before);
             state.hub.close_user(user, *before, CLOSE_UNAUTHORIZED)
         }
         Command::Unsubscribe { channel, user } => state.hub.force_unsubscribe(channel, user.as_deref()),
@@ -271,8 +294,14 @@ async fn watch_revocations(state: AppState) {
             }
             while let Some(entry) = watch.next().await {
                 let entry = entry.map_err(SharedError::nats)?;
-                if let Some(before) = std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse().ok()) {
-                    state.revocations.record(&entry.key, before);
+                if entry.operation != kv::Operation::Put {
+                    state.revocations.forget(&entry.key);
+                } else if let Some(before) = std::str::from_utf8(&entry.value).ok().and_then(|v| v.parse().ok())
+                    && state.revocations.record(&entry.key, before)
+                {
+                    // News to this node: it missed the broadcast (reconnecting at the time),
+                    // so it closes the connections running on revoked tokens itself.
+                    state.hub.close_user(&entry.key, before, CLOSE_UNAUTHORIZED);
                 }
                 if entry.delta == 0 {
                     state.revocations.loaded.store(true, Ordering::Release);
@@ -371,18 +400,52 @@ async fn revoke(
 ) -> Result<Json<Tally>> {
     valid_user(&user)?;
     let Json(RevokeBody { before }) = body?;
-    // Stored first: a gateway started, or a connection made, after this point refuses the
-    // tokens even if it missed the broadcast.
-    let kv = revocations_bucket(&state).await?;
-    let kept = match kv.get(&user).await.map_err(SharedError::nats)? {
-        Some(v) => std::str::from_utf8(&v).ok().and_then(|v| v.parse::<u64>().ok()),
-        None => None,
-    };
-    let before = kept.map_or(before, |k| k.max(before));
-    kv.put(&user, before.to_string().into())
-        .await
-        .map_err(SharedError::nats)?;
-    Ok(Json(broadcast(&state, &Command::Revoke { user, before }).await?))
+    let now = tidings_shared::auth::now_unix();
+    if before > now + REVOKE_AHEAD_SECS {
+        // Most likely milliseconds: tokens issued after now would then be refused too.
+        return Err(Error::api(
+            ErrorCode::BadRequest,
+            format!("before ({before}) is in the future: unix seconds, at most now ({now})"),
+        ));
+    }
+    // Every running gateway records it and closes the connections (counted); then it is
+    // stored, for gateways started later and any that missed the broadcast (their watch of
+    // the bucket closes what they hold).
+    let tally = broadcast(
+        &state,
+        &Command::Revoke {
+            user: user.clone(),
+            before,
+        },
+    )
+    .await?;
+    store_revocation(&state, &user, before).await?;
+    Ok(Json(tally))
+}
+
+/// Clock skew allowed on a revocation's `before`, seconds.
+const REVOKE_AHEAD_SECS: u64 = 60;
+
+/// Stores `user`'s revocation, keeping the later instant if one is stored (a revisioned
+/// update: two revocations at once cannot leave the earlier one). Returns the instant kept.
+async fn store_revocation(state: &AppState, user: &str, before: u64) -> Result<u64> {
+    let kv = revocations_bucket(state).await?;
+    for _ in 0..5 {
+        let current = kv.entry(user).await.map_err(SharedError::nats)?;
+        let kept = current
+            .as_ref()
+            .filter(|e| e.operation == kv::Operation::Put)
+            .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse::<u64>().ok());
+        let value = kept.map_or(before, |k| k.max(before));
+        let written = match current {
+            Some(e) => kv.update(user, value.to_string().into(), e.revision).await.is_ok(),
+            None => kv.create(user, value.to_string().into()).await.is_ok(),
+        };
+        if written {
+            return Ok(value);
+        }
+    }
+    Err(SharedError::Conflict(format!("the revocation of {user} kept changing; retry")).into())
 }
 
 async fn unsubscribe(

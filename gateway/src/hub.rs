@@ -192,16 +192,18 @@ impl Hub {
     }
 
     /// Asks every connection of `user` whose token was issued before `before` (`u64::MAX`:
-    /// all of them) to close with `code`; how many were asked.
+    /// all of them) to close with `code`; how many there are (also those already closing: a
+    /// revocation reaches a node both by the broadcast and by the bucket's watch).
     pub fn close_user(&self, user: &str, before: u64, code: u16) -> u64 {
         let conns = lock(&self.connections);
-        let asked = conns
-            .by_id
-            .values()
-            .filter(|h| &*h.user == user && h.signal.issued_at() < before)
-            .filter(|h| h.signal.close(code))
-            .count();
-        asked as u64
+        let mut affected = 0;
+        for h in conns.by_id.values() {
+            if &*h.user == user && h.signal.issued_at() < before {
+                h.signal.close(code);
+                affected += 1;
+            }
+        }
+        affected
     }
 
     /// Tells every local subscriber of `channel` (only `user`'s, if given) that it is
@@ -219,17 +221,22 @@ impl Hub {
                 .map(|s| s.handle.clone())
                 .collect()
         };
+        let mut told = 0;
         for h in &handles {
-            if h.tx
-                .try_send(Outbound::Unsubscribed(Box::new(channel.clone())))
-                .is_err()
-                && h.signal.close(CLOSE_SLOW_CONSUMER)
-            {
-                // A full queue: the connection is a slow consumer anyway.
-                self.metrics.slow_consumer_disconnects.inc();
+            match h.tx.try_send(Outbound::Unsubscribed(Box::new(channel.clone()))) {
+                Ok(()) => told += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    // A full queue: the connection is a slow consumer anyway.
+                    if h.signal.close(CLOSE_SLOW_CONSUMER) {
+                        self.metrics.slow_consumer_disconnects.inc();
+                    }
+                    told += 1;
+                }
+                // The connection is ending: nothing to tell.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        handles.len() as u64
+        told
     }
 
     /// Number of registered connections.

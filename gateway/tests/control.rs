@@ -188,3 +188,42 @@ async fn tokens_living_longer_than_revocations_are_refused() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_revocation_can_be_lifted_and_refuses_a_future_instant() {
+    let nats = NatsServer::start().await.unwrap();
+    let gw = gateways().start(&nats.url(), &[]).await;
+    let now = now_unix();
+    let old = token_issued("u1", now - 100);
+    let (status, body) = control(
+        &gw,
+        "/api/v1/users/u1/revoke",
+        json!({"before": now * 1000}),
+        &service_token(),
+    )
+    .await;
+    assert_eq!(status, 400, "milliseconds by mistake: {body}");
+    let (status, _) = control(
+        &gw,
+        "/api/v1/users/u1/revoke",
+        json!({"before": now - 10}),
+        &service_token(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let mut refused = WsClient::connect(&gw.base, TokenIn::Query(old.clone()), None)
+        .await
+        .unwrap();
+    assert_eq!(refused.close_code().await, 4001);
+    // Lifted by deleting it from the bucket: the running gateway follows.
+    let js = async_nats::jetstream::new(nats.client().await.unwrap());
+    let kv = js.get_key_value("TIDINGS_REVOCATIONS").await.unwrap();
+    kv.delete("u1").await.unwrap();
+    eventually(Duration::from_secs(10), "the old token accepted again", || async {
+        let mut c = WsClient::connect(&gw.base, TokenIn::Query(old.clone()), None)
+            .await
+            .ok()?;
+        (c.frame().await["type"] == "welcome").then_some(())
+    })
+    .await;
+}

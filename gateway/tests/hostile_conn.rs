@@ -111,6 +111,8 @@ async fn beyond_the_pending_cap_the_oldest_unauthenticated_connections_make_room
     // connections that waited longest are the ones closed.
     let mut c = connect(&gw, &user_token("u1", &["p1"], &[])).await;
     c.subscribe("project:p1").await;
+    // The client left the pool once authenticated: fill it again, then probe.
+    newer.extend(half_sent(&gw, 1).await);
     assert_eq!(gw.status("/healthz").await, Some(200));
     for (i, s) in oldest[..2].iter_mut().enumerate() {
         let evicted = gw

@@ -217,7 +217,15 @@ impl Verifier {
         })?;
         let raw = data.claims;
         let exp = raw.exp.ok_or(AuthReason::MissingExp)?;
-        if exp > now_unix().saturating_add(self.max_lifetime).saturating_add(self.leeway) {
+        let now = now_unix();
+        // Issued in the future, a token would escape every revocation (compared by `iat`).
+        if raw.iat.is_some_and(|iat| iat > now.saturating_add(self.leeway)) {
+            return Err(AuthReason::NotYetValid);
+        }
+        // A revocation is kept for the longest lifetime, from when it is stored: a token living
+        // longer than that from its issue could outlive it.
+        let issued = raw.iat.unwrap_or(now);
+        if exp > issued.saturating_add(self.max_lifetime).saturating_add(self.leeway) {
             return Err(AuthReason::LifetimeTooLong);
         }
         let sub = raw.sub.filter(|s| !s.is_empty()).ok_or(AuthReason::MissingSub)?;

@@ -35,8 +35,8 @@ pub enum Attempt {
 pub fn health(outcome: &Outcome) -> Health {
     match outcome {
         Outcome::Delivered => Health::Up,
+        Outcome::Retry { throttled: true, .. } | Outcome::Refused(_) => Health::Up,
         Outcome::Retry { error, .. } => Health::Down(error.clone()),
-        Outcome::Fail(e) if e.starts_with("HTTP ") => Health::Up,
         Outcome::Fail(_) => Health::Unknown,
     }
 }
@@ -229,7 +229,7 @@ async fn fold_push(ctx: &Ctx, job: &DeliveryJob, results: Vec<(&PushSubscription
             PushResult::Gone => gone.push(sub.endpoint.clone()),
             PushResult::Outcome(Outcome::Delivered) => delivered = true,
             PushResult::Outcome(o @ Outcome::Retry { .. }) => retry = Some(o),
-            PushResult::Outcome(Outcome::Fail(e)) => errors.push(e),
+            PushResult::Outcome(Outcome::Fail(e) | Outcome::Refused(e)) => errors.push(e),
         }
     }
     if !gone.is_empty() {

@@ -267,13 +267,13 @@ async fn process(ctx: &Ctx, job: &DeliveryJob, delivered: u32, deferrals: &mut u
             set_channel(ctx, job, current.take(), update).await?;
             Ok(Disposition::Ack)
         }
-        Outcome::Fail(error) => {
+        Outcome::Fail(error) | Outcome::Refused(error) => {
             tracing::warn!(%error, attempts, "delivery failed");
             let update = ChannelUpdate::new(DeliveryStatus::Failed, attempts, Some(error));
             set_channel(ctx, job, current.take(), update).await?;
             Ok(Disposition::Ack)
         }
-        Outcome::Retry { error, retry_after } => {
+        Outcome::Retry { error, retry_after, .. } => {
             if attempts >= ctx.max_attempts {
                 dead_letter(ctx, job, &error, attempts).await?;
                 let error = format!("dead-lettered after {attempts} attempts: {error}");
@@ -399,7 +399,7 @@ async fn digest(
     };
     let (status, error, done) = match outcome {
         Outcome::Delivered => (DeliveryStatus::Sent, None, true),
-        Outcome::Fail(e) => (DeliveryStatus::Failed, Some(e), true),
+        Outcome::Fail(e) | Outcome::Refused(e) => (DeliveryStatus::Failed, Some(e), true),
         Outcome::Retry { error, .. } if attempts >= ctx.max_attempts => {
             dead_letter(ctx, job, &error, attempts).await?;
             (
@@ -408,7 +408,7 @@ async fn digest(
                 true,
             )
         }
-        Outcome::Retry { error, retry_after } => {
+        Outcome::Retry { error, retry_after, .. } => {
             ctx.metrics.retries.with_label_values(&[job.channel.as_str()]).inc();
             tracing::info!(%error, attempts, "digest will be retried");
             let delay = retry_after.unwrap_or_else(|| crate::retry::backoff(attempts, ctx.retry_base));

@@ -227,6 +227,7 @@ impl Mailer {
             let retry = Outcome::Retry {
                 error,
                 retry_after: None,
+                throttled: false,
             };
             (retry, None, health)
         }

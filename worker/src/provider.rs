@@ -20,8 +20,15 @@ pub enum Outcome {
         error: String,
         /// The receiver's `Retry-After`.
         retry_after: Option<Duration>,
+        /// A 429: the receiver is up and throttles this sender (a circuit breaker, shared by
+        /// every tenant of the origin, does not count it against the target).
+        throttled: bool,
     },
-    /// Any other answer, or a URL that may not be used: give up now.
+    /// The receiver answered and refused (a 4xx other than 429): give up now. The target is
+    /// up.
+    Refused(String),
+    /// A failure on our side before reaching the receiver (a URL that may not be used, an
+    /// unreadable record): give up now.
     Fail(String),
 }
 
@@ -128,9 +135,13 @@ pub async fn classify(resp: reqwest::Response) -> Outcome {
         .unwrap_or_else(|| text.chars().take(500).collect::<String>().trim().to_owned());
     let error = format!("HTTP {status}: {message}");
     if status >= 500 || status == 429 {
-        Outcome::Retry { error, retry_after }
+        Outcome::Retry {
+            error,
+            retry_after,
+            throttled: status == 429,
+        }
     } else {
-        Outcome::Fail(error)
+        Outcome::Refused(error)
     }
 }
 
@@ -148,6 +159,7 @@ pub fn connection_error(e: reqwest::Error) -> Outcome {
     Outcome::Retry {
         error: format!("connection: {}", error_chain(&e)),
         retry_after: None,
+        throttled: false,
     }
 }
 

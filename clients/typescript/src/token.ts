@@ -70,7 +70,9 @@ export class TokenManager {
    * gateway checks it there), after a 4001 close, or after an HTTP 401.
    */
   async renew(): Promise<string> {
-    const token = await this.fetch();
+    // A fresh call: one already in flight (a scheduled refresh) may have started before the
+    // token was revoked, and could return a token issued before the revocation.
+    const token = await this.fetch(true);
     this.set(token);
     return token;
   }
@@ -90,19 +92,20 @@ export class TokenManager {
     this.clearTimer();
   }
 
-  /** Calls `getToken()`, one call at a time; the token is NOT adopted here. */
-  private fetch(): Promise<string> {
+  /** Calls `getToken()`, one call at a time unless `fresh`; the token is NOT adopted here. */
+  private fetch(fresh = false): Promise<string> {
     const get = this.opts.getToken;
     if (!get) return Promise.reject(new TidingsError("unauthorized", "no getToken to renew the token with"));
-    if (!this.inflight) {
-      this.inflight = get()
+    if (!this.inflight || fresh) {
+      const call: Promise<string> = get()
         .then((t) => {
           if (typeof t !== "string" || t === "") throw new TidingsError("unauthorized", "getToken returned no token");
           return t;
         })
         .finally(() => {
-          this.inflight = null;
+          if (this.inflight === call) this.inflight = null;
         });
+      this.inflight = call;
     }
     return this.inflight;
   }

@@ -234,6 +234,14 @@ async fn run(
             return;
         }
     };
+    // A revocation that landed between the token check and the registration: the broadcast's
+    // scan of this node's connections may have missed this one.
+    if reg.state.revocations.known_revoked(&claims) {
+        drop(reg);
+        Box::pin(close(&mut sink, CLOSE_UNAUTHORIZED, REVOKED)).await;
+        linger(&mut stream).await;
+        return;
+    }
     let session_id = format!("{}-{}", reg.state.node_id, reg.id);
     let span = tracing::info_span!("ws", session = %session_id, user = %claims.sub);
     let mut session = Session {

@@ -93,8 +93,9 @@ pub struct Gate {
     pub held_until_ms: Option<i64>,
 }
 
-/// Most targets whose successes are held locally (see [`Breakers::report`]); past it,
-/// successes of further targets are not counted (their failure rate reads high, never low).
+/// Most targets whose successes are held locally (see [`Breakers::report`]); past it, the
+/// counts of targets not seen within a window are dropped first (their window is over:
+/// those successes no longer count anyway).
 const MAX_HELD_SUCCESSES: usize = 10_000;
 
 /// The breakers, over their KV bucket; cheap to clone.
@@ -105,7 +106,14 @@ pub struct Breakers {
     /// Successes to targets with failures in their window, not yet written: they join the
     /// record with its next failure (where the rate is decided), so that a busy target with
     /// one failure does not turn every success into a contended write.
-    successes: Arc<Mutex<HashMap<String, u32>>>,
+    successes: Arc<Mutex<HashMap<String, HeldSuccesses>>>,
+}
+
+/// Successes held for one target, and when the last one was.
+#[derive(Debug, Clone, Copy)]
+struct HeldSuccesses {
+    count: u32,
+    last_ms: i64,
 }
 
 /// The bucket's configuration: one value per key, entries forgotten after [`ENTRY_TTL`].
@@ -249,7 +257,12 @@ impl Breakers {
         if !admitted.probe && health == Health::Up {
             match &admitted.seen {
                 Some(r) if r.state == State::Closed && r.consecutive > 0 => {}
-                Some(r) if r.state == State::Closed && r.failures > 0 => {
+                // Failures in the current window: the success counts against them.
+                Some(r)
+                    if r.state == State::Closed
+                        && r.failures > 0
+                        && now_ms() - r.window_start_ms < self.thresholds.window.as_millis() as i64 =>
+                {
                     self.hold_success(&target.key);
                     return Ok(None);
                 }
@@ -298,10 +311,19 @@ impl Breakers {
     /// Counts a success to `key` in memory (see [`Breakers::report`]).
     fn hold_success(&self, key: &str) {
         let Ok(mut held) = self.successes.lock() else { return };
-        if let Some(n) = held.get_mut(key) {
-            *n = n.saturating_add(1);
-        } else if held.len() < MAX_HELD_SUCCESSES {
-            held.insert(key.to_owned(), 1);
+        let now = now_ms();
+        if let Some(h) = held.get_mut(key) {
+            h.count = h.count.saturating_add(1);
+            h.last_ms = now;
+            return;
+        }
+        if held.len() >= MAX_HELD_SUCCESSES {
+            // Targets without a success for a whole window: their window is over.
+            let window = self.thresholds.window.as_millis() as i64;
+            held.retain(|_, h| now - h.last_ms < window);
+        }
+        if held.len() < MAX_HELD_SUCCESSES {
+            held.insert(key.to_owned(), HeldSuccesses { count: 1, last_ms: now });
         }
     }
 
@@ -311,7 +333,7 @@ impl Breakers {
             .lock()
             .ok()
             .and_then(|mut held| held.remove(key))
-            .unwrap_or(0)
+            .map_or(0, |h| h.count)
     }
 
     /// When a job held until `until_ms` should come back: then, plus a random spread (up to
