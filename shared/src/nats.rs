@@ -111,6 +111,9 @@ pub fn reconnect_delay(attempt: usize) -> Duration {
     Duration::from_millis(cap / 2 + fastrand::u64(0..=cap / 2))
 }
 
+/// Prefix of the reply subjects of Tidings' processes (see `k8s/nats/accounts.conf`).
+pub const INBOX_PREFIX: &str = "_INBOX_tidings";
+
 /// Connects to NATS. Returns at once even when NATS is down (the client keeps retrying in the
 /// background); `on_connect` is notified on every (re)connect.
 pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<Client> {
@@ -124,6 +127,10 @@ pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<
     };
     let options = options
         .name(name)
+        // Tidings' own reply subjects (JetStream and KV answers, control answers) under a
+        // prefix of their own, so that NATS permissions can keep other users of the account
+        // (publishers, who subscribe to `_INBOX.>` for their own replies) from reading them.
+        .custom_inbox_prefix(INBOX_PREFIX)
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(3))

@@ -166,6 +166,9 @@ async fn tidings_works_as_user_tidings_and_publishers_cannot_forge_stored_messag
     refused(&mut errors, "tidings.stored.project.perm").await;
     publisher.publish("tidings.internal.acks", "{}".into()).await.unwrap();
     refused(&mut errors, "tidings.internal.acks").await;
+    // Nor may a publisher read Tidings' replies (preferences, statuses from the KV).
+    let _snoop = publisher.subscribe("_INBOX_tidings.>").await.unwrap();
+    refused(&mut errors, "_INBOX_tidings.>").await;
     let disconnect = r#"{"action":"disconnect","user":"perm-user"}"#;
     publisher.publish("tidings.control", disconnect.into()).await.unwrap();
     refused(&mut errors, "tidings.control").await;
