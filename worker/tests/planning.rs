@@ -205,7 +205,14 @@ async fn take_and_record_plan(
     js: &async_nats::jetstream::Context,
 ) -> async_nats::jetstream::Message {
     use futures::StreamExt as _;
-    let mut fetched = consumer.fetch().max_messages(1).messages().await.unwrap();
+    // A waiting pull (not `fetch`, which answers at once and may come before the request).
+    let mut fetched = consumer
+        .batch()
+        .max_messages(1)
+        .expires(std::time::Duration::from_secs(10))
+        .messages()
+        .await
+        .unwrap();
     let first = fetched.next().await.unwrap().unwrap();
     assert_eq!(first.info().unwrap().delivered, 1);
     let plan = recorded_plan(first.info().unwrap().stream_sequence);
