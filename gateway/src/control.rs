@@ -182,9 +182,6 @@ async fn bucket(
     max_age: Duration,
     storage: jetstream::stream::StorageType,
 ) -> Result<kv::Store> {
-    if let Ok(s) = state.js.get_key_value(name).await {
-        return Ok(s);
-    }
     let cfg = kv::Config {
         bucket: name.to_owned(),
         history: 1,
@@ -193,10 +190,7 @@ async fn bucket(
         num_replicas: usize::from(state.config.common.stream_replicas),
         ..Default::default()
     };
-    match state.js.create_key_value(cfg).await {
-        Ok(s) => Ok(s),
-        Err(_) => Ok(state.js.get_key_value(name).await.map_err(SharedError::nats)?),
-    }
+    Ok(tidings_shared::store::ensure_kv_with(&state.js, cfg).await?)
 }
 
 async fn revocations_bucket(state: &AppState) -> Result<kv::Store> {

@@ -80,9 +80,6 @@ impl GitHub {
     async fn deliveries(&self, js: &jetstream::Context, replicas: usize) -> Result<&kv::Store> {
         self.deliveries
             .get_or_try_init(|| async {
-                if let Ok(store) = js.get_key_value(DELIVERIES_BUCKET).await {
-                    return Ok(store);
-                }
                 let cfg = kv::Config {
                     bucket: DELIVERIES_BUCKET.to_owned(),
                     description: "Tidings: GitHub delivery ids already published (id -> seq)".to_owned(),
@@ -91,11 +88,7 @@ impl GitHub {
                     num_replicas: replicas,
                     ..Default::default()
                 };
-                match js.create_key_value(cfg).await {
-                    Ok(store) => Ok(store),
-                    // Another gateway created it meanwhile.
-                    Err(_) => js.get_key_value(DELIVERIES_BUCKET).await.map_err(SharedError::nats),
-                }
+                tidings_shared::store::ensure_kv_with(js, cfg).await
             })
             .await
             .map_err(Error::from)

@@ -98,14 +98,7 @@ impl PresenceBoard {
                     storage: jetstream::stream::StorageType::Memory,
                     ..Default::default()
                 };
-                match self.js.get_key_value(BUCKET).await {
-                    Ok(s) => Ok(s),
-                    Err(_) => match self.js.create_key_value(cfg).await {
-                        Ok(s) => Ok(s),
-                        // Another gateway created it meanwhile.
-                        Err(_) => self.js.get_key_value(BUCKET).await.map_err(SharedError::nats),
-                    },
-                }
+                tidings_shared::store::ensure_kv_with(&self.js, cfg).await
             })
             .await
             .map_err(Into::into)

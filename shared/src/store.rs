@@ -34,9 +34,6 @@ pub fn status_stream_config(replicas: usize) -> stream::Config {
 
 /// Gets a KV bucket, creating it if absent (safe when several processes race).
 pub async fn ensure_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -> Result<kv::Store> {
-    if let Ok(s) = js.get_key_value(bucket).await {
-        return Ok(s);
-    }
     let cfg = kv::Config {
         bucket: bucket.to_owned(),
         history: 1,
@@ -44,6 +41,16 @@ pub async fn ensure_kv(js: &jetstream::Context, bucket: &str, replicas: usize) -
         storage: stream::StorageType::File,
         ..Default::default()
     };
+    ensure_kv_with(js, cfg).await
+}
+
+/// Gets the KV bucket `cfg` names, creating it with `cfg` if absent (another process may
+/// create it meanwhile: then that one is taken).
+pub async fn ensure_kv_with(js: &jetstream::Context, cfg: kv::Config) -> Result<kv::Store> {
+    if let Ok(s) = js.get_key_value(&cfg.bucket).await {
+        return Ok(s);
+    }
+    let bucket = cfg.bucket.clone();
     match js.create_key_value(cfg).await {
         Ok(s) => Ok(s),
         Err(_) => js.get_key_value(bucket).await.map_err(Error::nats),

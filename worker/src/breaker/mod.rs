@@ -136,14 +136,7 @@ fn now_ms() -> i64 {
 impl Breakers {
     /// Opens (creating if needed) the bucket.
     pub async fn open(js: &async_nats::jetstream::Context, replicas: usize, thresholds: Thresholds) -> Result<Self> {
-        let kv = match js.get_key_value(BREAKERS_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => match js.create_key_value(bucket_config(replicas)).await {
-                Ok(kv) => kv,
-                // Another worker created it first.
-                Err(_) => js.get_key_value(BREAKERS_BUCKET).await.map_err(SharedError::nats)?,
-            },
-        };
+        let kv = tidings_shared::store::ensure_kv_with(js, bucket_config(replicas)).await?;
         Ok(Breakers {
             kv,
             thresholds,
