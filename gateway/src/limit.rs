@@ -16,37 +16,69 @@ pub enum Verdict {
     Abuse,
 }
 
-/// A token bucket of `burst` tokens refilled at `rate` per second.
+/// A token bucket's state: what both the per-connection limit and the HTTP limits
+/// ([`crate::throttle`]) keep per key, `burst` tokens refilled at `rate` per second.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+impl Bucket {
+    /// A full bucket at `now`.
+    pub fn full(burst: f32, now: Instant) -> Self {
+        Bucket {
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Refills for the time since the last call, then takes `cost` tokens if there are that
+    /// many.
+    pub fn take(&mut self, now: Instant, cost: f32, rate: f32, burst: f32) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        if self.tokens >= cost {
+            self.tokens -= cost;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket has refilled by `now` (nothing taken for long enough).
+    pub fn is_full(&self, now: Instant, rate: f32, burst: f32) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.tokens + elapsed * rate >= burst
+    }
+}
+
+/// The per-connection limit: a [`Bucket`], and the strikes of refusals in a row.
 #[derive(Debug)]
 pub struct RateLimiter {
-    tokens: f32,
+    bucket: Bucket,
     rate: f32,
     burst: f32,
     strikes: u32,
-    last: Instant,
 }
 
 impl RateLimiter {
     /// A full bucket.
     pub fn new(rate: u32, burst: u32) -> Self {
         RateLimiter {
-            tokens: burst as f32,
+            bucket: Bucket::full(burst as f32, Instant::now()),
             rate: rate as f32,
             burst: burst as f32,
             strikes: 0,
-            last: Instant::now(),
         }
     }
 
     /// Takes `cost` tokens for one command at `now` (a command costing more than the whole
     /// burst is allowed from a full bucket, which it empties).
     pub fn check(&mut self, now: Instant, cost: u32) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         let cost = (cost as f32).min(self.burst);
-        if self.tokens >= cost {
-            self.tokens -= cost;
+        if self.bucket.take(now, cost, self.rate, self.burst) {
             self.strikes = 0;
             Verdict::Allow
         } else {
@@ -65,7 +97,7 @@ impl RateLimiter {
     /// back): the bucket may go into debt down to minus one burst, paid back before the next
     /// command is allowed.
     pub fn charge(&mut self, cost: u32) {
-        self.tokens = (self.tokens - cost as f32).max(-self.burst);
+        self.bucket.tokens = (self.bucket.tokens - cost as f32).max(-self.burst);
     }
 }
 

@@ -22,24 +22,18 @@ use tidings_shared::ErrorCode;
 
 use crate::AppState;
 use crate::error::Error;
+use crate::limit::Bucket;
 use crate::server::{Peer, PendingSlot};
 
 /// Most keys one limit tracks.
 const MAX_KEYS: usize = 100_000;
 
-/// One token bucket.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
 /// Token buckets by key, bounded in number.
 #[derive(Debug)]
 pub struct Keyed<K> {
     buckets: Mutex<HashMap<K, Bucket>>,
-    rate: f64,
-    burst: f64,
+    rate: f32,
+    burst: f32,
 }
 
 impl<K: Hash + Eq + Clone> Keyed<K> {
@@ -47,8 +41,8 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
     pub fn new(rate: u32, burst: u32) -> Self {
         Keyed {
             buckets: Mutex::default(),
-            rate: f64::from(rate),
-            burst: f64::from(burst),
+            rate: rate as f32,
+            burst: burst as f32,
         }
     }
 
@@ -60,26 +54,14 @@ impl<K: Hash + Eq + Clone> Keyed<K> {
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             self.forget_refilled(&mut buckets, now);
         }
-        let bucket = buckets.entry(key.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            last: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.last).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.rate).min(self.burst);
-        bucket.last = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        buckets
+            .entry(key.clone())
+            .or_insert(Bucket::full(self.burst, now))
+            .take(now, 1.0, self.rate, self.burst)
     }
 
     fn forget_refilled(&self, buckets: &mut HashMap<K, Bucket>, now: Instant) {
-        buckets.retain(|_, b| {
-            let elapsed = now.saturating_duration_since(b.last).as_secs_f64();
-            b.tokens + elapsed * self.rate < self.burst
-        });
+        buckets.retain(|_, b| !b.is_full(now, self.rate, self.burst));
         if buckets.len() >= MAX_KEYS {
             tracing::warn!(keys = buckets.len(), "HTTP rate limit table full: starting over");
             buckets.clear();
