@@ -228,31 +228,23 @@ impl Session {
     /// write deadline.
     async fn write_messages(&mut self, messages: Vec<std::sync::Arc<crate::message::Encoded>>) -> Result<(), ()> {
         let deadline = self.write_deadline();
-        match tokio::time::timeout(deadline, self.write_all(messages)).await {
-            Ok(r) => r,
-            Err(_) => {
-                self.write_timed_out();
-                Err(())
-            }
+        let written = tokio::time::timeout(deadline, self.write_all(messages)).await;
+        match self.settle_write(written) {
+            None => Ok(()),
+            Some(_) => Err(()),
         }
     }
 
-    async fn write_all(&mut self, messages: Vec<std::sync::Arc<crate::message::Encoded>>) -> Result<(), ()> {
+    async fn write_all(&mut self, messages: Vec<std::sync::Arc<crate::message::Encoded>>) -> Result<(), axum::Error> {
         let mut written = 0u64;
         for m in messages {
             if !self.admit(&m) {
                 continue;
             }
-            if self.sink.feed(m.ws_message(self.format)).await.is_err() {
-                self.broken = true;
-                return Err(());
-            }
+            self.sink.feed(m.ws_message(self.format)).await?;
             written += 1;
         }
-        if self.sink.flush().await.is_err() {
-            self.broken = true;
-            return Err(());
-        }
+        self.sink.flush().await?;
         self.reg.state.metrics.messages_delivered.inc_by(written);
         Ok(())
     }

@@ -304,14 +304,8 @@ enum Next {
 impl Session {
     async fn send(&mut self, frame: &ServerFrame) {
         let deadline = self.write_deadline();
-        match tokio::time::timeout(deadline, send(&mut self.sink, self.format, frame)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "write failed");
-                self.broken = true;
-            }
-            Err(_) => self.write_timed_out(),
-        }
+        let written = tokio::time::timeout(deadline, send(&mut self.sink, self.format, frame)).await;
+        self.settle_write(written);
     }
 
     /// `TIDINGS_WRITE_DEADLINE_MS`: how long one write (a frame, a batch, a replay chunk,
@@ -321,11 +315,27 @@ impl Session {
         Duration::from_millis(self.reg.state.config.write_deadline_ms)
     }
 
-    /// A write ran out of time: the peer is not reading. No close frame could go out either.
-    fn write_timed_out(&mut self) {
-        tracing::debug!("write deadline passed");
-        self.reg.state.metrics.write_timeouts.inc();
+    /// How a write under the deadline went: `Some(reason)` when it failed, and the session
+    /// is then broken. Past the deadline the peer is not reading: no close frame could go out
+    /// either.
+    fn settle_write<E: std::fmt::Display>(
+        &mut self,
+        written: Result<Result<(), E>, tokio::time::error::Elapsed>,
+    ) -> Option<&'static str> {
+        let reason = match written {
+            Ok(Ok(())) => return None,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                "write failed"
+            }
+            Err(_) => {
+                tracing::debug!("write deadline passed");
+                self.reg.state.metrics.write_timeouts.inc();
+                "write deadline passed"
+            }
+        };
         self.broken = true;
+        Some(reason)
     }
 
     async fn reply(&mut self, reply: Reply) {
@@ -398,28 +408,15 @@ impl Session {
                 return Some("closed by server during write");
             }
         };
-        match written {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some("write failed"),
-            Err(_) => {
-                self.write_timed_out();
-                Some("write deadline passed")
-            }
-        }
+        self.settle_write(written)
     }
 
     /// A WebSocket ping, within the write deadline.
     async fn ping(&mut self) -> Option<&'static str> {
         let deadline = self.write_deadline();
         let ping = self.sink.send(Message::Ping(bytes::Bytes::new()));
-        match tokio::time::timeout(deadline, ping).await {
-            Ok(Ok(())) => None,
-            Ok(Err(_)) => Some("write failed"),
-            Err(_) => {
-                self.write_timed_out();
-                Some("write deadline passed")
-            }
-        }
+        let written = tokio::time::timeout(deadline, ping).await;
+        self.settle_write(written)
     }
 
     /// Handles what the peer sent. `Some(reason)` when the session ends.
