@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidings_shared::auth::now_unix;
+use tidings_shared::auth::{Claims, now_unix};
 use tidings_shared::{Channel, ErrorCode};
 
 use crate::AppState;
@@ -70,11 +70,14 @@ pub struct Registration {
 }
 
 impl Registration {
-    /// Registers the connection `handle` with the hub, unless its user is at the per-user
-    /// connection limit (`TIDINGS_MAX_CONNECTIONS_PER_USER`).
-    /// Service tokens (the operator's own backends) are not limited.
-    pub fn new(state: AppState, handle: ConnHandle, service: bool) -> Result<Self> {
-        let max = if service {
+    /// Registers the connection `handle`, running on `claims`, with the hub, unless its user
+    /// is at the per-user connection limit (`TIDINGS_MAX_CONNECTIONS_PER_USER`; service
+    /// tokens, the operator's own backends, are not limited: `rate_limited`), or a revocation
+    /// landed since the token was checked (the broadcast's scan of this node's connections may
+    /// have missed this one: `unauthorized`).
+    pub fn new(state: AppState, handle: ConnHandle, claims: &Claims) -> Result<Self> {
+        handle.signal.set_issued_at(claims.iat);
+        let max = if claims.is_service() {
             usize::MAX
         } else {
             state.config.max_connections_per_user
@@ -90,12 +93,16 @@ impl Registration {
                 format!("at most {max} connections per user on one node"),
             )
         })?;
-        Ok(Registration {
+        let registration = Registration {
             state,
             id,
             handle,
             channels: HashMap::new(),
-        })
+        };
+        if registration.state.revocations.known_revoked(claims) {
+            return Err(Error::api(ErrorCode::Unauthorized, "unauthorized: revoked"));
+        }
+        Ok(registration)
     }
 
     /// Leaves `channel`, if subscribed.

@@ -102,12 +102,7 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         signal: signal.clone(),
         user: claims.sub.as_str().into(),
     };
-    handle.signal.set_issued_at(claims.iat);
-    let registration = Registration::new(state.clone(), handle, claims.is_service())?;
-    // A revocation that landed since the token check (see the WebSocket session).
-    if state.revocations.known_revoked(&claims) {
-        return Err(Error::api(ErrorCode::Unauthorized, "unauthorized: revoked"));
-    }
+    let registration = Registration::new(state.clone(), handle, &claims)?;
     // Out of the pool of pending connections for as long as the stream lasts.
     let exchange = parts
         .extensions

@@ -224,24 +224,19 @@ async fn run(
         signal: Arc::new(ConnSignal::default()),
         user: claims.sub.as_str().into(),
     };
-    handle.signal.set_issued_at(claims.iat);
     let limiter = RateLimiter::new(state.config.command_rate, state.config.command_burst);
-    let reg = match Registration::new(state, handle, claims.is_service()) {
+    let reg = match Registration::new(state, handle, &claims) {
         Ok(reg) => reg,
         Err(e) => {
-            Box::pin(close(&mut sink, CLOSE_RATE_LIMITED, &e.to_string())).await;
+            let (code, reason) = match e.code() {
+                ErrorCode::Unauthorized => (CLOSE_UNAUTHORIZED, REVOKED.to_owned()),
+                _ => (CLOSE_RATE_LIMITED, e.to_string()),
+            };
+            Box::pin(close(&mut sink, code, &reason)).await;
             linger(&mut stream).await;
             return;
         }
     };
-    // A revocation that landed between the token check and the registration: the broadcast's
-    // scan of this node's connections may have missed this one.
-    if reg.state.revocations.known_revoked(&claims) {
-        drop(reg);
-        Box::pin(close(&mut sink, CLOSE_UNAUTHORIZED, REVOKED)).await;
-        linger(&mut stream).await;
-        return;
-    }
     let session_id = format!("{}-{}", reg.state.node_id, reg.id);
     let span = tracing::info_span!("ws", session = %session_id, user = %claims.sub);
     let mut session = Session {
