@@ -1,46 +1,63 @@
-//! A channel's feed from NATS: the task that owns its two core subscriptions (durable
-//! re-publish `tidings.stored.<…>` and ephemeral `tidings.live.<…>`), keeps the durable
-//! messages in order ([`Chain`]), reads missed ones back from the stream (gap repair) and
-//! hands every message, encoded once, to an [`Outlet`] (the hub's subscribers).
+//! A channel's feed from NATS: its two subscriptions (durable re-publish `tidings.stored.<…>`
+//! and ephemeral `tidings.live.<…>`, rows of [`crate::subs`]), the order of its durable
+//! messages ([`Chain`]), reading missed ones back from the stream (gap repair), and handing
+//! every message, encoded once, to an [`Outlet`] (the hub's subscribers).
+//!
+//! A feed is a small object, not a task: the subscription connection calls
+//! [`ChannelFeed::receive`] with each message, which is classified and fanned out right
+//! there. Only the rare slow paths (opening the channel, repairing a gap, catching up after a
+//! reconnect) run as short-lived tasks; meanwhile new messages wait in the feed, in order.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::StreamExt as _;
 use tidings_shared::Channel;
 use tokio::sync::watch;
 
+use crate::chain::{Chain, Step};
 use crate::message::{self, Encoded};
 use crate::metrics::Metrics;
 use crate::position::{Link, Opening};
+use crate::subs::{self, Subscriptions};
 
 /// Most messages one gap repair reads back (a larger gap is left to the clients).
 pub const REPAIR_MAX: usize = 10_000;
 /// Most bytes of messages one gap repair holds (a larger gap is left to the clients, who
 /// recover it with `since`, through the per-connection replay budget).
 pub const REPAIR_BYTES: usize = 8 << 20;
+/// Most messages a feed holds while it opens or repairs a gap. Past it, durable messages
+/// are dropped and show up as the next gap (repaired in turn, or recovered by clients);
+/// ephemeral ones are lost, as they would be to a slow consumer.
+pub const HELD_MAX: usize = 10_000;
+/// How long opening a channel waits for NATS to confirm its subscriptions.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a feed needs from the node: NATS, metrics, the payload limit, and the stream's
 /// generation (bumped when `TIDINGS_EVENTS` is recreated, so feeds restart their sequences).
-#[derive(Clone)]
 pub struct FeedCtx {
-    /// The NATS connection the subscriptions are made on.
+    /// The NATS connection JetStream reads are made on.
     pub nats: async_nats::Client,
+    /// The connection the channels' subscriptions are rows of.
+    pub subs: Subscriptions,
     /// Rejected and recovered message counters.
     pub metrics: Metrics,
     /// Largest publisher body and frame delivered.
     pub limits: crate::message::Limits,
     /// The stream's generation.
     pub generation: Arc<AtomicU64>,
-    /// Moves after every NATS reconnect (see [`tidings_shared::nats::Provisioner::rounds`]).
-    pub reconnects: watch::Receiver<u64>,
+    /// The highest stream sequence this node has seen (0: none yet, or the stream was
+    /// recreated): a channel with no message yet opens there without asking for the
+    /// stream's info, since nothing of it is stored up to that point.
+    pub stream_seen: AtomicU64,
     /// Bounds how many channels read the stream back at once (gap repairs, position checks
     /// after a reconnect).
-    pub checks: Arc<tokio::sync::Semaphore>,
+    pub checks: tokio::sync::Semaphore,
 }
 
 /// Where a feed delivers: a channel's local subscribers.
-pub trait Outlet: Send + 'static {
+pub trait Outlet: Send + Sync + 'static {
     /// Offers one encoded message to every subscriber, never waiting.
     fn deliver(&self, message: &Arc<Encoded>);
     /// The channel was opened at stream position `seq`: new subscribers start there.
@@ -49,207 +66,266 @@ pub trait Outlet: Send + 'static {
     fn restarted(&self);
 }
 
-/// What to do with a durable message, given the chain so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
-    /// Already seen: drop it.
-    Duplicate,
-    /// Deliver it with this link (`prev` = the previous message delivered here).
-    Deliver(Link),
-    /// Messages between `after` and `next` were missed: repair, then [`Chain::resume`].
-    Gap {
-        /// The last sequence seen.
-        after: u64,
-        /// The message that revealed the gap.
-        next: Link,
-    },
+/// A message waiting in a feed that is opening or repairing: (durable, message).
+type Held = (bool, async_nats::Message);
+
+/// What a feed is doing with arriving messages.
+enum Mode {
+    /// Subscribed, position not known yet: hold them.
+    Opening(VecDeque<Held>),
+    /// Deliver them as they come.
+    Live,
+    /// Reading missed messages back: hold them until the repair is delivered.
+    Repairing(VecDeque<Held>),
 }
 
-/// The order of a channel's durable messages on this node: the last sequence seen
-/// (delivered or dropped; `None` until this node knows where the channel stands) and the
-/// last delivered, so that `prev` always names the previous message delivered here and
-/// clients see an unbroken chain even when a malformed message in between was dropped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chain {
-    seen: Option<u64>,
-    delivered: u64,
+/// Missed messages to read back: those after `after` and before `before`, then `next` (the
+/// message that revealed the gap, if one did).
+struct Gap {
+    after: u64,
+    before: u64,
+    next: Option<(Link, async_nats::Message)>,
 }
 
-impl Chain {
-    /// The chain of a channel opened at `opening`.
-    pub fn new(opening: Opening) -> Chain {
-        Chain {
-            seen: opening.stream,
-            delivered: opening.channel_last,
-        }
-    }
-
-    /// The last sequence seen (`None`: not known yet).
-    pub fn seen(&self) -> Option<u64> {
-        self.seen
-    }
-
-    /// The last sequence delivered (0 if none).
-    pub fn last_delivered(&self) -> u64 {
-        self.delivered
-    }
-
-    /// Classifies the next durable message. `Gap` changes nothing: repair, then `resume`.
-    pub fn accept(&mut self, link: Link) -> Step {
-        if self.seen.is_some_and(|l| link.seq <= l) {
-            return Step::Duplicate;
-        }
-        if let Some(after) = self.seen.filter(|l| link.prev > *l) {
-            return Step::Gap { after, next: link };
-        }
-        Step::Deliver(self.admit(link))
-    }
-
-    /// After a gap before `next`: `repaired` is the last sequence the repair delivered, or
-    /// `None` if it failed (then `next` shows its real `prev`, so clients see the gap and
-    /// recover with `since` themselves). Returns the link to deliver `next` with.
-    pub fn resume(&mut self, next: Link, repaired: Option<u64>) -> Link {
-        self.delivered = repaired.unwrap_or(next.prev);
-        self.admit(next)
-    }
-
-    /// Everything up to `seen` was read back, the last delivered being `delivered`.
-    pub fn caught_up(&mut self, seen: u64, delivered: u64) {
-        self.seen = Some(seen);
-        self.delivered = delivered;
-    }
-
-    /// `seq` was delivered (its message could be encoded).
-    pub fn delivered(&mut self, seq: u64) {
-        self.delivered = seq;
-    }
-
-    /// The stream was recreated: sequences start again from 1.
-    pub fn restart(&mut self) {
-        self.seen = Some(0);
-        self.delivered = 0;
-    }
-
-    fn admit(&mut self, link: Link) -> Link {
-        let prev = if self.seen.is_some() { self.delivered } else { link.prev };
-        self.seen = Some(link.seq);
-        Link { seq: link.seq, prev }
-    }
-}
-
-/// Owns a channel's NATS subscriptions; aborted (unsubscribing) when the last local
-/// subscriber leaves.
-///
-/// Durable messages are checked against the last sequence this node saw on the channel: a
-/// `Nats-Last-Sequence` beyond it means this node missed messages (a NATS reconnect, a lost
-/// route), so they are read back from the stream and delivered first; a sequence already
-/// seen is a duplicate and dropped.
-pub async fn channel_task(
-    ctx: FeedCtx,
-    channel: Channel,
-    outlet: impl Outlet,
-    ready: watch::Sender<bool>,
-    opening: Option<Opening>,
-) {
-    let js = async_nats::jetstream::new(ctx.nats.clone());
-    // Where the channel stands before the subscription exists: anything stored after this
-    // and before the subscription is active shows up as a gap and is repaired.
-    let opening = match opening {
-        Some(known) => known,
-        None => opening_position(&js, &channel).await,
-    };
-    outlet.opened(opening.stream.unwrap_or(0));
-    let Some((stored, live)) = subscribe(&ctx.nats, &channel).await else {
-        return;
-    };
-    let mut chain = Chain::new(opening);
-    // Anything stored between the opening position and the subscription becoming active did
-    // not come through it: read it back before anyone is told the channel is ready, so a
-    // subscriber answered from the opening position misses nothing, even on a channel that
-    // then stays quiet (otherwise it would wait for the next message to reveal the gap).
-    if let Some(after) = opening.stream
-        && let Some(now) = last_stored(&js, &channel).await.filter(|l| *l > after)
-        && let Some(last) = repair_gap(&ctx, &js, &channel, &outlet, after, now + 1, chain.last_delivered()).await
-    {
-        chain.caught_up(now, last);
-    }
-    let _ = ready.send(true);
-    let mut merged = futures::stream::select(stored.map(|m| (true, m)), live.map(|m| (false, m)));
-    let mut reconnects = ctx.reconnects.clone();
-    reconnects.borrow_and_update();
-    let mut feed = Feed {
-        generation: ctx.generation.load(Ordering::Acquire),
-        ctx: &ctx,
-        js: &js,
-        channel: &channel,
-        outlet: &outlet,
-        chain,
-        logged: [false; 2],
-    };
-    loop {
-        tokio::select! {
-            next = merged.next() => match next {
-                Some((durable, msg)) => feed.message(durable, &msg).await,
-                None => break,
-            },
-            Ok(()) = reconnects.changed() => {
-                // Messages stored while NATS was away never reached the subscription: a
-                // quiet channel would show them only with its next message. Look now.
-                feed.check_generation();
-                catch_up_after_reconnect(&ctx, &js, &channel, &outlet, &mut feed.chain).await;
-            }
-        }
-    }
-}
-
-/// A running channel feed: where its chain stands, and what it delivers to.
-struct Feed<'a, O> {
-    ctx: &'a FeedCtx,
-    js: &'a async_nats::jetstream::Context,
-    channel: &'a Channel,
-    outlet: &'a O,
+struct State {
+    mode: Mode,
     chain: Chain,
     generation: u64,
-    /// Whether a bad publisher was logged, per subject (durable, live): once, not per message.
+    /// Whether a bad publisher was logged, per subject (live, durable): once, not per message.
     logged: [bool; 2],
 }
 
-impl<O: Outlet> Feed<'_, O> {
+/// One channel's feed on this node (see the module's documentation).
+pub struct ChannelFeed<O> {
+    ctx: Arc<FeedCtx>,
+    channel: Channel,
+    outlet: O,
+    state: Mutex<State>,
+}
+
+impl<O: Outlet> subs::Receiver for ChannelFeed<O> {
+    fn receive(self: Arc<Self>, durable: bool, msg: async_nats::Message) {
+        let mut st = lock(&self.state);
+        if let Mode::Opening(held) | Mode::Repairing(held) = &mut st.mode {
+            hold(held, (durable, msg), &self.ctx.metrics);
+            return;
+        }
+        if let Some(gap) = self.process(&mut st, durable, msg) {
+            st.mode = Mode::Repairing(VecDeque::new());
+            drop(st);
+            tokio::spawn(self.repair(gap));
+        }
+    }
+}
+
+fn hold(held: &mut VecDeque<Held>, message: Held, metrics: &Metrics) {
+    if held.len() < HELD_MAX {
+        held.push_back(message);
+    } else {
+        metrics.rejected_messages.with_label_values(&["overflow"]).inc();
+    }
+}
+
+impl<O: Outlet> ChannelFeed<O> {
+    /// A feed for `channel`, holding what arrives until [`ChannelFeed::open`] knows where the
+    /// channel stands.
+    pub fn new(ctx: Arc<FeedCtx>, channel: Channel, outlet: O) -> Arc<Self> {
+        let generation = ctx.generation.load(Ordering::Acquire);
+        Arc::new(ChannelFeed {
+            ctx,
+            channel,
+            outlet,
+            state: Mutex::new(State {
+                mode: Mode::Opening(VecDeque::new()),
+                chain: Chain::new(Opening::default()),
+                generation,
+                logged: [false; 2],
+            }),
+        })
+    }
+
+    /// The channel's subject rows, subscribed on the node's subscription connection;
+    /// dropping them unsubscribes.
+    pub fn subscribe(self: &Arc<Self>) -> [subs::Subscription; 2] {
+        let subs = &self.ctx.subs;
+        [
+            subs.add(self.channel.stored_subject(), true, self.clone()),
+            subs.add(self.channel.live_subject(), false, self.clone()),
+        ]
+    }
+
+    /// Opens the channel once its rows are subscribed. `opening` is where the channel stood
+    /// before anyone subscribed (read before the rows were added; `None`: find it now).
+    /// Once NATS confirms the rows, whatever is stored on the channel reaches them; what was
+    /// stored between `opening` and that moment is read back from the stream before anyone
+    /// is answered, so a subscriber misses nothing stored after it asked, even on a channel
+    /// that then stays quiet. `ready` is set when subscribers can be answered (dropped unset
+    /// if NATS did not confirm the rows).
+    pub async fn open(self: Arc<Self>, ready: watch::Sender<bool>, opening: Option<Opening>) {
+        if let Err(e) = self.ctx.subs.confirm(CONFIRM_TIMEOUT).await {
+            tracing::warn!(channel = %self.channel, error = %e, "channel not opened");
+            return;
+        }
+        let opening = match opening {
+            Some(known) => known,
+            None => {
+                let found = opening_position(&self.ctx, &self.channel).await;
+                self.outlet.opened(found.stream.unwrap_or(0));
+                found
+            }
+        };
+        let mut chain = Chain::new(opening);
+        if let Some(after) = opening.stream
+            && let Some(now) = last_stored(&self.ctx, &self.channel).await.filter(|l| *l > after)
+            && let Some(last) = repair_gap(
+                &self.ctx,
+                &self.channel,
+                &self.outlet,
+                after,
+                now + 1,
+                chain.last_delivered(),
+            )
+            .await
+        {
+            chain.caught_up(now, last);
+        }
+        let gap = {
+            let mut st = lock(&self.state);
+            st.chain = chain;
+            let held = match &mut st.mode {
+                Mode::Opening(held) => std::mem::take(held),
+                _ => VecDeque::new(),
+            };
+            self.drain(&mut st, held)
+        };
+        let _ = ready.send(true);
+        if let Some(gap) = gap {
+            self.repair(gap).await;
+        }
+    }
+
+    /// Delivers held messages in order until one reveals a gap: then the rest stay held
+    /// (the feed is `Repairing`) and the gap is returned.
+    fn drain(&self, st: &mut State, mut held: VecDeque<Held>) -> Option<Gap> {
+        while let Some((durable, msg)) = held.pop_front() {
+            if let Some(gap) = self.process(st, durable, msg) {
+                st.mode = Mode::Repairing(held);
+                return Some(gap);
+            }
+        }
+        st.mode = Mode::Live;
+        None
+    }
+
+    /// After a NATS reconnect: reads back what was stored on the channel beyond what this
+    /// node saw (a quiet channel would otherwise show it only with its next message).
+    pub async fn catch_up(self: Arc<Self>) {
+        let seen = {
+            let mut st = lock(&self.state);
+            self.check_generation(&mut st);
+            match (&st.mode, st.chain.seen()) {
+                (Mode::Live, Some(seen)) => seen,
+                _ => return,
+            }
+        };
+        let now = {
+            let Ok(_permit) = self.ctx.checks.acquire().await else {
+                return;
+            };
+            last_stored(&self.ctx, &self.channel).await
+        };
+        let Some(now) = now.filter(|n| *n > seen) else {
+            return;
+        };
+        let gap = {
+            let mut st = lock(&self.state);
+            let Some(after) = st.chain.seen().filter(|s| matches!(st.mode, Mode::Live) && *s < now) else {
+                return;
+            };
+            st.mode = Mode::Repairing(VecDeque::new());
+            Gap {
+                after,
+                before: now + 1,
+                next: None,
+            }
+        };
+        tracing::info!(channel = %self.channel, seen, now, "messages stored while NATS was away: reading them back");
+        self.repair(gap).await;
+    }
+
+    /// Reads missed messages back and delivers them, then what was held meanwhile; again
+    /// for every further gap found in what was held.
+    async fn repair(self: Arc<Self>, mut gap: Gap) {
+        loop {
+            let last = lock(&self.state).chain.last_delivered();
+            let repaired = repair_gap(&self.ctx, &self.channel, &self.outlet, gap.after, gap.before, last).await;
+            let mut st = lock(&self.state);
+            match gap.next {
+                Some((next, msg)) => {
+                    let link = st.chain.resume(next, repaired);
+                    self.emit(&mut st, true, &msg, Some(link));
+                }
+                None => {
+                    if let Some(last) = repaired {
+                        st.chain.caught_up(gap.before - 1, last);
+                    }
+                }
+            }
+            let held = match &mut st.mode {
+                Mode::Repairing(held) => std::mem::take(held),
+                _ => VecDeque::new(),
+            };
+            match self.drain(&mut st, held) {
+                Some(next) => gap = next,
+                None => return,
+            }
+        }
+    }
+
     /// After `TIDINGS_EVENTS` was recreated, sequences start again from 1.
-    fn check_generation(&mut self) {
+    fn check_generation(&self, st: &mut State) {
         let current = self.ctx.generation.load(Ordering::Acquire);
-        if current != self.generation {
-            self.generation = current;
-            self.chain.restart();
+        if current != st.generation {
+            st.generation = current;
+            st.chain.restart();
             self.outlet.restarted();
         }
     }
 
-    /// One message from the stored or the live subject.
-    async fn message(&mut self, durable: bool, msg: &async_nats::Message) {
-        self.check_generation();
-        let ctx = self.ctx;
+    /// Classifies one message and delivers it, unless it reveals a gap (returned).
+    fn process(&self, st: &mut State, durable: bool, msg: async_nats::Message) -> Option<Gap> {
+        self.check_generation(st);
         let link = if durable {
-            let Some(link) = message::stored_position(msg) else {
-                ctx.metrics.rejected_messages.with_label_values(&["invalid"]).inc();
-                return;
+            let Some(link) = message::stored_position(&msg) else {
+                self.ctx.metrics.rejected_messages.with_label_values(&["invalid"]).inc();
+                return None;
             };
-            match self.chain.accept(link) {
-                Step::Duplicate => return,
+            self.ctx.stream_seen.fetch_max(link.seq, Ordering::AcqRel);
+            match st.chain.accept(link) {
+                Step::Duplicate => return None,
                 Step::Deliver(link) => Some(link),
                 Step::Gap { after, next } => {
-                    let last = self.chain.last_delivered();
-                    let repaired = repair_gap(ctx, self.js, self.channel, self.outlet, after, next.seq, last).await;
-                    Some(self.chain.resume(next, repaired))
+                    return Some(Gap {
+                        after,
+                        before: next.seq,
+                        next: Some((next, msg)),
+                    });
                 }
             }
         } else {
             None
         };
-        match message::from_nats(msg, self.channel, link, ctx.limits) {
+        self.emit(st, durable, &msg, link);
+        None
+    }
+
+    /// Encodes a message once and offers it to every subscriber.
+    fn emit(&self, st: &mut State, durable: bool, msg: &async_nats::Message, link: Option<Link>) {
+        let ctx = &self.ctx;
+        match message::from_nats(msg, &self.channel, link, ctx.limits) {
             Ok(mut encoded) => {
                 if let Some(link) = link {
-                    self.chain.delivered(link.seq);
+                    st.chain.delivered(link.seq);
                 }
                 match tidings_shared::telemetry::TraceParent::from_nats(msg.headers.as_ref()) {
                     None => self.outlet.deliver(&encoded),
@@ -268,7 +344,7 @@ impl<O: Outlet> Feed<'_, O> {
                     .rejected_messages
                     .with_label_values(&[rejected.reason])
                     .inc();
-                if !std::mem::replace(&mut self.logged[usize::from(durable)], true) {
+                if !std::mem::replace(&mut st.logged[usize::from(durable)], true) {
                     tracing::warn!(subject = %msg.subject, reason = rejected.reason, detail = %rejected.detail,
                         "dropping publisher message (logged once per subject)");
                 }
@@ -277,77 +353,55 @@ impl<O: Outlet> Feed<'_, O> {
     }
 }
 
-/// After a reconnect: reads back what was stored on the channel beyond what this node saw.
-async fn catch_up_after_reconnect(
-    ctx: &FeedCtx,
-    js: &async_nats::jetstream::Context,
-    channel: &Channel,
-    outlet: &impl Outlet,
-    chain: &mut Chain,
-) {
-    let Some(seen) = chain.seen() else {
-        return;
-    };
-    let now = {
-        let Ok(_permit) = ctx.checks.acquire().await else {
-            return;
-        };
-        last_stored(js, channel).await
-    };
-    if let Some(now) = now.filter(|l| *l > seen) {
-        tracing::info!(%channel, seen, now, "messages stored while NATS was away: reading them back");
-        if let Some(last) = repair_gap(ctx, js, channel, outlet, seen, now + 1, chain.last_delivered()).await {
-            chain.caught_up(now, last);
-        }
-    }
-}
-
-/// The channel's durable and live subscriptions, confirmed by NATS (flushed); `None` (logged)
-/// if NATS refused them.
-async fn subscribe(
-    nats: &async_nats::Client,
-    channel: &Channel,
-) -> Option<(async_nats::Subscriber, async_nats::Subscriber)> {
-    let (stored, live) = match (
-        nats.subscribe(channel.stored_subject()).await,
-        nats.subscribe(channel.live_subject()).await,
-    ) {
-        (Ok(s), Ok(l)) => (s, l),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::warn!(error = %e, "NATS subscribe failed");
-            return None;
-        }
-    };
-    if let Err(e) = nats.flush().await {
-        tracing::warn!(error = %e, "NATS flush after subscribe failed");
-        return None;
-    }
-    Some((stored, live))
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Where `channel` stands now (see [`Opening`]); `stream: None` and `channel_last: 0` if
 /// NATS cannot tell right now.
-pub async fn opening_position(js: &async_nats::jetstream::Context, channel: &Channel) -> Opening {
-    let unknown = Opening::default();
-    let Ok(mut stream) = js.get_stream(tidings_shared::subject::EVENTS_STREAM).await else {
-        return unknown;
+pub async fn opening_position(ctx: &FeedCtx, channel: &Channel) -> Opening {
+    let js = async_nats::jetstream::new(ctx.nats.clone());
+    let Ok(stream) = js.get_stream_no_info(tidings_shared::subject::EVENTS_STREAM).await else {
+        return Opening::default();
     };
     match stream.direct_get_last_for_subject(channel.durable_subject()).await {
-        Ok(m) => Opening {
-            stream: Some(m.sequence),
-            channel_last: m.sequence,
-        },
-        // No message of the channel yet: its next one has `prev` 0.
-        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Opening {
-            stream: stream.info().await.ok().map(|i| i.state.last_sequence),
-            channel_last: 0,
-        },
-        Err(_) => unknown,
+        Ok(m) => {
+            ctx.stream_seen.fetch_max(m.sequence, Ordering::AcqRel);
+            Opening {
+                stream: Some(m.sequence),
+                channel_last: m.sequence,
+            }
+        }
+        // No message of the channel yet: its next one has `prev` 0, and nothing of it is
+        // stored up to any sequence the stream already had, such as the highest this node
+        // has seen (asking for the stream's info only while it has seen none).
+        Err(e) if e.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+            let seen = ctx.stream_seen.load(Ordering::Acquire);
+            let stream = if seen > 0 {
+                Some(seen)
+            } else {
+                let last = js
+                    .get_stream(tidings_shared::subject::EVENTS_STREAM)
+                    .await
+                    .ok()
+                    .map(|s| s.cached_info().state.last_sequence);
+                if let Some(last) = last {
+                    ctx.stream_seen.fetch_max(last, Ordering::AcqRel);
+                }
+                last
+            };
+            Opening {
+                stream,
+                channel_last: 0,
+            }
+        }
+        Err(_) => Opening::default(),
     }
 }
 
 /// The channel's last stored sequence now; `None` if it has none or NATS cannot tell.
-async fn last_stored(js: &async_nats::jetstream::Context, channel: &Channel) -> Option<u64> {
+async fn last_stored(ctx: &FeedCtx, channel: &Channel) -> Option<u64> {
+    let js = async_nats::jetstream::new(ctx.nats.clone());
     let stream = js
         .get_stream_no_info(tidings_shared::subject::EVENTS_STREAM)
         .await
@@ -363,7 +417,6 @@ async fn last_stored(js: &async_nats::jetstream::Context, channel: &Channel) -> 
 /// delivers them, the first chained to `last_delivered`; returns the last delivered sequence.
 async fn repair_gap(
     ctx: &FeedCtx,
-    js: &async_nats::jetstream::Context,
     channel: &Channel,
     outlet: &impl Outlet,
     after: u64,
@@ -374,6 +427,7 @@ async fn repair_gap(
     let Ok(_permit) = ctx.checks.acquire().await else {
         return None;
     };
+    let js = async_nats::jetstream::new(ctx.nats.clone());
     let read = async {
         let stream = js
             .get_stream(tidings_shared::subject::EVENTS_STREAM)
@@ -411,104 +465,5 @@ async fn repair_gap(
             tracing::warn!(%channel, after, before, error = %e, "gap repair failed");
             None
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn link(seq: u64, prev: u64) -> Link {
-        Link { seq, prev }
-    }
-
-    fn opened(stream: Option<u64>, channel_last: u64) -> Chain {
-        Chain::new(Opening { stream, channel_last })
-    }
-
-    #[test]
-    fn in_order_messages_are_delivered_as_they_come() {
-        let mut c = opened(Some(10), 10);
-        assert_eq!(c.accept(link(11, 10)), Step::Deliver(link(11, 10)));
-        c.delivered(11);
-        assert_eq!(c.accept(link(14, 11)), Step::Deliver(link(14, 11)));
-    }
-
-    #[test]
-    fn a_sequence_already_seen_is_a_duplicate() {
-        let mut c = opened(Some(10), 10);
-        assert_eq!(c.accept(link(10, 7)), Step::Duplicate);
-        assert_eq!(c.accept(link(3, 0)), Step::Duplicate);
-        assert_eq!(c.accept(link(11, 10)), Step::Deliver(link(11, 10)));
-        assert_eq!(c.accept(link(11, 10)), Step::Duplicate);
-    }
-
-    #[test]
-    fn a_prev_beyond_the_last_seen_is_a_gap_that_changes_nothing() {
-        let mut c = opened(Some(10), 10);
-        let step = c.accept(link(15, 12));
-        assert_eq!(
-            step,
-            Step::Gap {
-                after: 10,
-                next: link(15, 12)
-            }
-        );
-        assert_eq!(c, opened(Some(10), 10));
-    }
-
-    #[test]
-    fn after_a_repair_prev_names_the_last_repaired() {
-        let mut c = opened(Some(10), 10);
-        assert_eq!(c.resume(link(15, 12), Some(12)), link(15, 12));
-        c.delivered(15);
-        assert_eq!(c.accept(link(16, 15)), Step::Deliver(link(16, 15)));
-    }
-
-    #[test]
-    fn after_a_failed_repair_the_real_prev_shows_the_gap() {
-        let mut c = opened(Some(10), 10);
-        assert_eq!(c.resume(link(15, 12), None), link(15, 12));
-    }
-
-    #[test]
-    fn a_dropped_message_keeps_the_chain_on_the_last_delivered() {
-        let mut c = opened(Some(10), 10);
-        // 11 is seen but could not be encoded: never `delivered`.
-        assert_eq!(c.accept(link(11, 10)), Step::Deliver(link(11, 10)));
-        assert_eq!(c.accept(link(12, 11)), Step::Deliver(link(12, 10)));
-    }
-
-    #[test]
-    fn an_unknown_opening_trusts_the_message_prev() {
-        let mut c = opened(None, 0);
-        assert_eq!(c.accept(link(42, 40)), Step::Deliver(link(42, 40)));
-        c.delivered(42);
-        assert_eq!(c.accept(link(42, 40)), Step::Duplicate);
-        assert_eq!(c.accept(link(43, 42)), Step::Deliver(link(43, 42)));
-    }
-
-    #[test]
-    fn caught_up_moves_both_ends() {
-        let mut c = opened(Some(10), 4);
-        c.caught_up(20, 18);
-        assert_eq!(c.last_delivered(), 18);
-        assert_eq!(c.accept(link(20, 18)), Step::Duplicate);
-        assert_eq!(c.accept(link(21, 20)), Step::Deliver(link(21, 18)));
-    }
-
-    #[test]
-    fn a_restart_begins_again_from_zero() {
-        let mut c = opened(Some(500), 500);
-        c.restart();
-        assert_eq!(c.accept(link(1, 0)), Step::Deliver(link(1, 0)));
-        c.delivered(1);
-        assert_eq!(
-            c.accept(link(3, 2)),
-            Step::Gap {
-                after: 1,
-                next: link(3, 2)
-            }
-        );
     }
 }

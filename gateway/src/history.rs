@@ -50,6 +50,9 @@ pub struct Replay {
     pub complete: bool,
 }
 
+/// How long an epoch read from the stream is trusted for a client that missed nothing.
+const EPOCH_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn events_stream(js: &async_nats::jetstream::Context) -> Result<JsStream> {
     Ok(js.get_stream(EVENTS_STREAM).await.map_err(SharedError::nats)?)
 }
@@ -113,6 +116,18 @@ pub async fn replay(
     cap: usize,
     live_from: Option<u64>,
 ) -> Result<Replay> {
+    // A client exactly at the live position needs only the epoch: one read within
+    // `EPOCH_FRESH` answers every client of a reconnect storm. Only exactly there: a client
+    // past the position holds a sequence this node has not seen on the channel, which a
+    // recreated stream (whose advisory may not have arrived yet) also looks like, so the
+    // stream is read for it as before.
+    if let Some(position) = live_from
+        && since.seq == position
+        && let Some(current) = state.recent_epoch(EPOCH_FRESH)
+        && since.epoch.as_deref().is_none_or(|e| e == current)
+    {
+        return Ok(Replay::up_to_date(current));
+    }
     // `get_stream` has just fetched the stream's info: no second request for it.
     let stream = events_stream(&state.js).await?;
     let info = stream.cached_info().clone();

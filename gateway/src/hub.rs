@@ -13,15 +13,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tidings_shared::Channel;
-use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::AbortHandle;
+use tokio::sync::{Notify, watch};
 use tracing::Instrument as _;
 
-use crate::conn::{CLOSE_DRAINING, CLOSE_SLOW_CONSUMER, ConnHandle, ConnId, Outbound};
-use crate::feed::{self, FeedCtx, Outlet};
+use crate::conn::{CLOSE_DRAINING, CLOSE_SLOW_CONSUMER, ConnHandle, ConnId, Outbound, QueueError};
+use crate::feed::{self, ChannelFeed, FeedCtx, Outlet};
 use crate::message::Encoded;
 use crate::metrics::Metrics;
 use crate::position::Opening;
+use crate::subs::{Subscription, Subscriptions};
 
 /// Channels checking their position at once after a NATS reconnect.
 const POSITION_CHECKS: usize = 32;
@@ -57,14 +57,9 @@ struct ChannelEntry {
     /// Users of local subscribers, with how many of their connections (for presence).
     users: HashMap<Arc<str>, u32>,
     ready: watch::Receiver<bool>,
-    task: AbortHandle,
-}
-
-impl Drop for ChannelEntry {
-    fn drop(&mut self) {
-        // Dropping the task drops its NATS subscribers, which unsubscribes them.
-        self.task.abort();
-    }
+    feed: Arc<ChannelFeed<ChannelOutlet>>,
+    /// The channel's subscription rows: dropping the entry unsubscribes them.
+    _rows: [Subscription; 2],
 }
 
 /// Why a subscription could not be made.
@@ -102,7 +97,7 @@ pub struct Hub {
     connections: Mutex<Connections>,
     next_id: AtomicU64,
     /// What each channel's feed is given.
-    feed: FeedCtx,
+    feed: Arc<FeedCtx>,
     metrics: Metrics,
     /// Live messages held per recovering subscription before it counts as a slow consumer.
     hold_limit: usize,
@@ -113,33 +108,42 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// An empty hub fanning out from `nats`.
-    /// `reconnects` moves after every NATS reconnect: each channel then checks its position.
+    /// An empty hub fanning out from `subs` (reading the stream back on `nats`).
+    /// `reconnects` moves after every NATS reconnect of the main connection (as does
+    /// `subs`'s own): each channel then checks its position.
     pub fn new(
         nats: async_nats::Client,
+        subs: Subscriptions,
         metrics: Metrics,
         limits: crate::message::Limits,
         hold_limit: usize,
         reconnects: watch::Receiver<u64>,
     ) -> Arc<Self> {
-        Arc::new(Hub {
+        let hub = Arc::new(Hub {
             hold_limit,
             channels: Mutex::default(),
             connections: Mutex::default(),
             next_id: AtomicU64::new(1),
-            feed: FeedCtx {
+            feed: Arc::new(FeedCtx {
                 nats,
+                subs: subs.clone(),
                 metrics: metrics.clone(),
                 limits,
                 generation: Arc::default(),
-                reconnects,
-                checks: Arc::new(tokio::sync::Semaphore::new(POSITION_CHECKS)),
-            },
+                stream_seen: AtomicU64::new(0),
+                checks: tokio::sync::Semaphore::new(POSITION_CHECKS),
+            }),
             metrics,
             presence_dirty: Mutex::default(),
             presence_changed: Notify::new(),
             draining: AtomicBool::new(false),
-        })
+        });
+        tokio::spawn(catch_up_after_reconnects(
+            Arc::downgrade(&hub),
+            reconnects,
+            subs.reconnects(),
+        ));
+        hub
     }
 
     /// Registers a connection, unless its user already has `max_per_user` on this node; it
@@ -164,6 +168,7 @@ impl Hub {
     /// Called when `TIDINGS_EVENTS` was (re)created under the running node.
     pub fn stream_recreated(&self) {
         self.feed.generation.fetch_add(1, Ordering::AcqRel);
+        self.feed.stream_seen.store(0, Ordering::Release);
         // Positions in the old stream mean nothing in the new one: until a channel sees a
         // message of the new stream, a subscriber's position is 0 (everything), and no
         // `subscribe` with `since` is answered from the position without reading the stream.
@@ -225,7 +230,7 @@ impl Hub {
         for h in &handles {
             match h.tx.try_send(Outbound::Unsubscribed(Box::new(channel.clone()))) {
                 Ok(()) => told += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(QueueError::Full) => {
                     // A full queue: the connection is a slow consumer anyway.
                     if h.signal.close(CLOSE_SLOW_CONSUMER) {
                         self.metrics.slow_consumer_disconnects.inc();
@@ -233,7 +238,7 @@ impl Hub {
                     told += 1;
                 }
                 // The connection is ending: nothing to tell.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(QueueError::Closed) => {}
             }
         }
         told
@@ -266,12 +271,13 @@ impl Hub {
         hold: bool,
     ) -> Result<u64, SubscribeError> {
         // A channel is opened at a known stream position, found before anyone registers on
-        // it: whatever is stored after it reaches every subscriber (live, or repaired as a
-        // gap), so the position a subscriber is given is never ahead of what it gets.
+        // it: whatever is stored after it reaches every subscriber (live, or read back as
+        // the channel opens), so the position a subscriber is given is never ahead of what
+        // it gets (see `ChannelFeed::open`).
         let opening = if lock(&self.channels).contains_key(channel) {
             None
         } else {
-            Some(feed::opening_position(&async_nats::jetstream::new(self.feed.nats.clone()), channel).await)
+            Some(feed::opening_position(&self.feed, channel).await)
         };
         let position;
         let mut ready = {
@@ -428,8 +434,10 @@ impl Hub {
         }
     }
 
-    /// Opens a channel at `opening` (see [`feed::opening_position`]); `None` (a channel reopened
-    /// while it was being looked up) lets its task find the position itself.
+    /// Opens a channel at `opening` (see [`feed::opening_position`]; `None`: a channel
+    /// reopened while it was being looked up, whose task finds the position itself): its
+    /// feed, its subscription rows, and the task that confirms them (then ends: an open
+    /// channel has no task).
     fn open_channel(&self, channel: &Channel, opening: Option<Opening>) -> ChannelEntry {
         let subscribers: Subscribers = Arc::default();
         let outlet = ChannelOutlet {
@@ -440,17 +448,44 @@ impl Hub {
         if let Some(position) = opening.and_then(|o| o.stream) {
             outlet.opened(position);
         }
+        let feed = ChannelFeed::new(self.feed.clone(), channel.clone(), outlet);
+        let rows = feed.subscribe();
         let (ready_tx, ready) = watch::channel(false);
         let span = tracing::info_span!("channel", %channel);
-        let task = tokio::spawn(
-            feed::channel_task(self.feed.clone(), channel.clone(), outlet, ready_tx, opening).instrument(span),
-        )
-        .abort_handle();
+        tokio::spawn(feed.clone().open(ready_tx, opening).instrument(span));
         ChannelEntry {
             subscribers,
             users: HashMap::new(),
             ready,
-            task,
+            feed,
+            _rows: rows,
+        }
+    }
+}
+
+/// After every reconnect (of the main connection, once the streams are in place again, or
+/// of the subscription connection), each open channel checks whether messages were stored
+/// while this node could not hear them, and reads them back.
+async fn catch_up_after_reconnects(
+    hub: std::sync::Weak<Hub>,
+    mut main: watch::Receiver<u64>,
+    mut subs: watch::Receiver<u64>,
+) {
+    main.borrow_and_update();
+    subs.borrow_and_update();
+    loop {
+        tokio::select! {
+            Ok(()) = main.changed() => {}
+            Ok(()) = subs.changed() => {}
+            else => return,
+        }
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        let feeds: Vec<_> = lock(&hub.channels).values().map(|e| e.feed.clone()).collect();
+        drop(hub);
+        for feed in feeds {
+            tokio::spawn(feed.catch_up());
         }
     }
 }
@@ -484,13 +519,13 @@ impl Outlet for ChannelOutlet {
             }
             match handle.tx.try_send(Outbound::Message(encoded.clone())) {
                 Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(QueueError::Full) => {
                     if handle.signal.close(CLOSE_SLOW_CONSUMER) {
                         self.metrics.slow_consumer_disconnects.inc();
                         tracing::info!(user = %handle.user, "slow consumer: outbound queue full, closing with 4009");
                     }
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(QueueError::Closed) => {}
             }
         }
         if let Some(seq) = encoded.frame.seq {

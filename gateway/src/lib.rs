@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod assets;
+pub mod chain;
 pub mod conn;
 pub mod control;
 pub mod cors;
@@ -26,6 +27,7 @@ pub mod publish;
 pub mod server;
 pub mod session;
 pub mod sse;
+pub mod subs;
 pub mod throttle;
 pub mod ws;
 
@@ -77,8 +79,8 @@ pub struct App {
     pub hub: Arc<hub::Hub>,
     /// Cluster-wide presence.
     pub presence: presence::PresenceBoard,
-    /// The last epoch of `TIDINGS_EVENTS` seen while reading it.
-    epoch: std::sync::RwLock<Option<String>>,
+    /// The last epoch of `TIDINGS_EVENTS` seen while reading it, and when.
+    epoch: std::sync::RwLock<Option<(String, std::time::Instant)>>,
     /// The notification pipeline's state, opened on first use (NATS may be down at start).
     store: tokio::sync::OnceCell<tidings_shared::store::Store>,
     /// The VAPID public key browsers subscribe with, when push is configured.
@@ -95,11 +97,20 @@ impl App {
     /// Records the epoch seen while reading the stream (it changes when the stream is
     /// recreated).
     pub fn remember_epoch(&self, epoch: &str) {
-        if let Ok(mut e) = self.epoch.write()
-            && e.as_deref() != Some(epoch)
-        {
-            *e = Some(epoch.to_owned());
+        if let Ok(mut e) = self.epoch.write() {
+            match &mut *e {
+                Some((known, at)) if known == epoch => *at = std::time::Instant::now(),
+                _ => *e = Some((epoch.to_owned(), std::time::Instant::now())),
+            }
         }
+    }
+
+    /// The epoch of `TIDINGS_EVENTS` if it was read from the stream within `fresh`.
+    pub fn recent_epoch(&self, fresh: Duration) -> Option<String> {
+        let e = self.epoch.read().ok()?;
+        e.as_ref()
+            .filter(|(_, at)| at.elapsed() <= fresh)
+            .map(|(epoch, _)| epoch.clone())
     }
 
     /// The notification store (preferences, templates, inbox, statuses).
@@ -116,7 +127,7 @@ impl App {
         self.epoch
             .read()
             .ok()
-            .and_then(|e| e.clone())
+            .and_then(|e| e.as_ref().map(|(epoch, _)| epoch.clone()))
             .or_else(|| self.health.epoch())
     }
 }
@@ -139,8 +150,9 @@ pub fn streams(config: &GatewayConfig) -> Vec<(async_nats::jetstream::stream::Co
 
 /// Tells the hub when `TIDINGS_EVENTS` is created again under a running node (deleted and
 /// recreated by an operator, or by a provisioner after a NATS store was lost), so channels
-/// restart their sequence bookkeeping instead of dropping the new, lower sequences.
-async fn watch_stream_recreation(client: async_nats::Client, hub: Arc<hub::Hub>) {
+/// restart their sequence bookkeeping instead of dropping the new, lower sequences, and
+/// forgets the epoch last read.
+async fn watch_stream_recreation(client: async_nats::Client, state: AppState) {
     use futures::StreamExt as _;
     let subject = format!(
         "$JS.EVENT.ADVISORY.STREAM.CREATED.{}",
@@ -162,7 +174,10 @@ async fn watch_stream_recreation(client: async_nats::Client, hub: Arc<hub::Hub>)
         let current = epoch_now().await;
         if known.is_some() && current.is_some() && current != known {
             tracing::warn!("TIDINGS_EVENTS was recreated: sequences start again");
-            hub.stream_recreated();
+            state.hub.stream_recreated();
+            if let Ok(mut e) = state.epoch.write() {
+                *e = None;
+            }
         }
         if current.is_some() {
             known = current;
@@ -214,12 +229,16 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
     .await?;
     let provisioner = Provisioner::spawn(client.clone(), on_connect, streams(&config));
     let reconnects = provisioner.rounds();
-    let health = Health::new(client.clone(), provisioner, metrics.registry.clone());
+    // Channel subscriptions ride on a connection of their own (see `subs`).
+    let subs = subs::Subscriptions::start(&config.common.nats_url, &format!("tidings-gateway/{node_id}/subs"))?;
+    let health = Health::new(client.clone(), provisioner, metrics.registry.clone())
+        .require("NATS subscription connection down", subs.connected_flag());
     let js = async_nats::jetstream::new(client.clone());
     // A recovering subscription may hold up to 4 queues' worth of live messages.
     let hold_limit = config.outbound_queue as usize * 4;
     let hub = hub::Hub::new(
         client.clone(),
+        subs,
         metrics.clone(),
         message::Limits::of(&config),
         hold_limit,
@@ -232,7 +251,6 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         usize::from(config.common.stream_replicas),
     );
     tokio::spawn(presence.clone().publish_loop());
-    tokio::spawn(watch_stream_recreation(client.clone(), hub.clone()));
     let http_limits = throttle::HttpLimits::new(&config);
     let state = AppState(Arc::new(App {
         config: Arc::new(config),
@@ -252,6 +270,7 @@ pub async fn run(config: GatewayConfig, shutdown: impl Future<Output = ()> + Sen
         revocations: control::Revocations::default(),
     }));
     tokio::spawn(control::run(state.clone()));
+    tokio::spawn(watch_stream_recreation(client.clone(), state.clone()));
     let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
     tracing::info!(node = %node_id, addr = %listener.local_addr()?, algorithms = ?state.verifier.algorithms(), "gateway listening");
     let drain = Duration::from_millis(state.config.drain_ms);

@@ -58,8 +58,9 @@ const AUTH_REASONS: [AuthReason; 13] = [
     AuthReason::NoKeyConfigured,
 ];
 
-/// Labels of `tidings_gateway_rejected_messages_total{reason}`.
-pub const REJECT_REASONS: [&str; 4] = ["invalid", "too_large", "bad_subject", "frame_too_large"];
+/// Labels of `tidings_gateway_rejected_messages_total{reason}` (`overflow`: held by a channel
+/// that was opening or repairing a gap, past `feed::HELD_MAX`).
+pub const REJECT_REASONS: [&str; 5] = ["invalid", "too_large", "bad_subject", "frame_too_large", "overflow"];
 
 /// Labels of `tidings_gateway_refused_connections_total{reason}`.
 pub const REFUSAL_REASONS: [&str; 4] = ["pending_limit", "connection_limit", "user_limit", "draining"];

@@ -14,10 +14,9 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tidings_shared::auth::Claims;
 use tidings_shared::{Channel, ErrorCode};
-use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::conn::{CLOSE_UNAUTHORIZED, ConnHandle, ConnSignal, Outbound};
+use crate::conn::{CLOSE_UNAUTHORIZED, ConnHandle, ConnSignal, Outbound, Outbox, OutboxReader};
 use crate::error::{Error, Result};
 use crate::extract::bearer_token;
 use crate::history::Reader;
@@ -95,7 +94,8 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, Query(q): Quer
         .await
         .map_err(|r| Error::api(ErrorCode::Unauthorized, format!("unauthorized: {r}")))?;
     let channels = requested_channels(&q.channels, &claims, state.config.max_subscriptions)?;
-    let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
+    let tx = Outbox::new(state.config.outbound_queue as usize);
+    let rx = OutboxReader(tx.clone());
     let signal = Arc::new(ConnSignal::default());
     let handle = ConnHandle {
         tx,
@@ -204,7 +204,7 @@ fn event_for(enc: &crate::message::Encoded, cursor: &mut Cursor) -> Option<Event
 /// One SSE client: its queue, its cursor, and its registration (dropped with the response
 /// body when the client goes away, which unsubscribes it).
 struct SseStream {
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboxReader,
     signal: Arc<ConnSignal>,
     expires: tokio::time::Instant,
     cursor: Cursor,
@@ -247,7 +247,7 @@ impl SseStream {
                 biased;
                 _ = self.signal.closed() => return self.farewell(),
                 () = tokio::time::sleep_until(self.expires) => return None,
-                n = self.rx.recv_many(&mut self.batch, 256) => {
+                n = self.rx.0.recv_many(&mut self.batch, 256) => {
                     if n == 0 {
                         return None;
                     }

@@ -31,9 +31,13 @@ pub struct IdleArgs {
     /// Connections to open.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
-    /// Channels the connections are spread over.
+    /// Shared channels (`project:p<n>`) the connections are spread over (0: none).
     #[arg(long, default_value_t = 100)]
     pub channels: usize,
+    /// Each client is a user of its own and also subscribes to its own `user:<id>` channel,
+    /// the shape of a notification system (with `--channels`: one shared channel each too).
+    #[arg(long)]
+    pub own_channel: bool,
     /// Connections being set up at once.
     #[arg(long, default_value_t = 200)]
     pub concurrency: usize,
@@ -71,6 +75,8 @@ pub struct IdleResult {
     pub scenario: &'static str,
     pub machine: sysinfo::Machine,
     pub channels: usize,
+    /// Whether each client also had a `user:<id>` channel of its own.
+    pub own_channel: bool,
     pub runs: Vec<IdleRun>,
     /// Tidings ÷ baseline RSS per connection (with `--baseline`).
     pub rss_ratio_to_baseline: Option<f64>,
@@ -102,6 +108,7 @@ pub async fn run(args: IdleArgs) -> anyhow::Result<IdleResult> {
         scenario: "idle",
         machine,
         channels: args.channels,
+        own_channel: args.own_channel,
         rss_ratio_to_baseline: ratio(|r| r.rss_per_connection_bytes),
         setup_rate_ratio_to_baseline: ratio(|r| r.setup_per_second),
         runs,
@@ -132,7 +139,13 @@ async fn run_system(args: &IdleArgs, system: System) -> anyhow::Result<IdleRun> 
     let rss_before = sysinfo::rss_bytes(pid)?;
     let cpu_before = sysinfo::cpu_time(pid)?;
     let me_before = sysinfo::cpu_time(std::process::id())?;
-    let tokens: Vec<String> = (0..args.connections.min(1000))
+    // One user per client when each has its own channel; else a thousand users shared.
+    let users = if args.own_channel {
+        args.connections
+    } else {
+        args.connections.min(1000)
+    };
+    let tokens: Vec<String> = (0..users)
         .map(|i| crate::mint(&args.target.secret, &format!("u{i}"), &["*"], None))
         .collect::<anyhow::Result<_>>()?;
     let failed = Arc::new(AtomicUsize::new(0));
@@ -214,15 +227,21 @@ impl Opener {
         let mut handles = Vec::with_capacity(args.connections);
         for i in 0..args.connections {
             let permit = gate.clone().acquire_owned().await?;
-            let channel = format!("project:p{}", i % args.channels.max(1));
+            let mut channels = Vec::with_capacity(2);
+            if args.own_channel {
+                channels.push(format!("user:u{i}"));
+            }
+            if args.channels > 0 {
+                channels.push(format!("project:p{}", i % args.channels));
+            }
             let url = format!("ws://{host}/ws?token={}", self.tokens[i % self.tokens.len()]);
             let (failed, up) = (self.failed.clone(), self.up.clone());
             let source = crate::source_for(i + self.offset);
             let (system, addr) = (self.system, self.addr);
             handles.push(tokio::spawn(async move {
                 let opened = match system {
-                    System::Tidings => open_tidings(addr, source, url, &channel).await,
-                    System::NatsWs => open_nats_ws(addr, source, &channel).await,
+                    System::Tidings => open_tidings(addr, source, url, &channels).await,
+                    System::NatsWs => open_nats_ws(addr, source, &channels).await,
                 };
                 drop(permit);
                 match opened {
@@ -253,14 +272,22 @@ async fn open_tidings(
     addr: SocketAddr,
     source: std::net::IpAddr,
     url: String,
-    channel: &str,
+    channels: &[String],
 ) -> anyhow::Result<JoinHandle<()>> {
-    let mut ws = crate::tidings_subscribed(addr, source, url, channel).await?;
+    let mut ws = crate::tidings_subscribed_all(addr, source, url, channels).await?;
     Ok(tokio::spawn(async move { while let Some(Ok(_)) = ws.next().await {} }))
 }
 
-async fn open_nats_ws(addr: SocketAddr, source: std::net::IpAddr, channel: &str) -> anyhow::Result<JoinHandle<()>> {
-    let (ws, parser) = natsws::open_subscribed(addr, source, &natsws::stored_subject(channel)?).await?;
+async fn open_nats_ws(
+    addr: SocketAddr,
+    source: std::net::IpAddr,
+    channels: &[String],
+) -> anyhow::Result<JoinHandle<()>> {
+    let subjects = channels
+        .iter()
+        .map(|c| natsws::stored_subject(c))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (ws, parser) = natsws::open_subscribed_all(addr, source, &subjects).await?;
     Ok(tokio::spawn(natsws::read_loop(ws, parser, |_, _| {})))
 }
 

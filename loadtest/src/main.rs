@@ -188,13 +188,26 @@ pub async fn tidings_subscribed(
     url: String,
     channel: &str,
 ) -> anyhow::Result<TidingsWs> {
+    tidings_subscribed_all(addr, source, url, &[channel.to_owned()]).await
+}
+
+/// [`tidings_subscribed`] to several channels on one connection.
+pub async fn tidings_subscribed_all(
+    addr: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    url: String,
+    channels: &[String],
+) -> anyhow::Result<TidingsWs> {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     let stream = connect_from(source, addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
-    let sub = serde_json::json!({"type":"subscribe","id":1,"channel":channel}).to_string();
-    ws.send(Message::Text(sub.into())).await?;
-    for _ in 0..2 {
+    for (i, channel) in channels.iter().enumerate() {
+        let sub = serde_json::json!({"type":"subscribe","id":i + 1,"channel":channel}).to_string();
+        ws.send(Message::Text(sub.into())).await?;
+    }
+    // The welcome, then one reply per subscription.
+    for _ in 0..=channels.len() {
         match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
             Ok(Some(Ok(Message::Text(t)))) if t.contains("\"ok\":false") => anyhow::bail!("refused: {t}"),
             Ok(Some(Ok(Message::Text(_)))) => {}

@@ -149,11 +149,22 @@ pub fn stored_subject(channel: &str) -> anyhow::Result<String> {
 /// Opens a WebSocket to nats-server from `source`, sends `CONNECT` and `SUB subject`, and
 /// returns once a `PONG` proves the subscription is in place.
 pub async fn open_subscribed(addr: SocketAddr, source: IpAddr, subject: &str) -> anyhow::Result<(Ws, Parser)> {
+    open_subscribed_all(addr, source, &[subject.to_owned()]).await
+}
+
+/// [`open_subscribed`] to several subjects (sids 1, 2, …) on one connection.
+pub async fn open_subscribed_all(
+    addr: SocketAddr,
+    source: IpAddr,
+    subjects: &[String],
+) -> anyhow::Result<(Ws, Parser)> {
     let stream = crate::connect_from(source, addr).await?;
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/"), stream).await?;
-    let hello = format!(
-        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":false,\"protocol\":1,\"lang\":\"tidings-loadtest\",\"version\":\"1\"}}\r\nSUB {subject} 1\r\nPING\r\n"
-    );
+    let mut hello = "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":false,\"protocol\":1,\"lang\":\"tidings-loadtest\",\"version\":\"1\"}\r\n".to_owned();
+    for (i, subject) in subjects.iter().enumerate() {
+        hello.push_str(&format!("SUB {subject} {}\r\n", i + 1));
+    }
+    hello.push_str("PING\r\n");
     ws.send(Message::Binary(hello.into_bytes().into())).await?;
     let mut parser = Parser::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -24,6 +24,9 @@ pub struct Health {
     draining: Arc<AtomicBool>,
     registry: prometheus::Registry,
     gauges: Arc<ScrapeGauges>,
+    /// Further conditions (a connection of the process's own), each with the reason
+    /// `/readyz` gives while it is false.
+    required: Vec<(&'static str, Arc<AtomicBool>)>,
 }
 
 /// Gauges the alerts need that no event updates: set when `/metrics` is scraped.
@@ -90,7 +93,14 @@ impl Health {
             draining: Arc::new(AtomicBool::new(false)),
             registry,
             gauges,
+            required: Vec::new(),
         }
+    }
+
+    /// Also requires `flag` for readiness; `reason` is what `/readyz` says while it is false.
+    pub fn require(mut self, reason: &'static str, flag: Arc<AtomicBool>) -> Self {
+        self.required.push((reason, flag));
+        self
     }
 
     /// Why the process is not ready, or `None` when it is.
@@ -102,7 +112,10 @@ impl Health {
         } else if !self.provisioner.is_ready() {
             Some("JetStream streams not ready")
         } else {
-            None
+            self.required
+                .iter()
+                .find(|(_, flag)| !flag.load(Ordering::Acquire))
+                .map(|(reason, _)| *reason)
         }
     }
 

@@ -21,13 +21,12 @@ use tidings_shared::ErrorCode;
 use tidings_shared::auth::Claims;
 use tidings_shared::codec::WireFormat;
 use tidings_shared::frame::{ClientFrame, ErrorBody, Reply, ServerFrame, Welcome};
-use tokio::sync::mpsc;
 use tracing::Instrument as _;
 
 use crate::AppState;
 use crate::conn::{
     CLOSE_DRAINING, CLOSE_RATE_LIMITED, CLOSE_SLOW_CONSUMER, CLOSE_TOO_LARGE, CLOSE_UNAUTHORIZED, ConnHandle,
-    ConnSignal, Outbound,
+    ConnSignal, Outbound, Outbox, OutboxReader,
 };
 use crate::extract::bearer_token;
 use crate::limit::{RateLimiter, Verdict};
@@ -218,7 +217,8 @@ async fn run(
     };
     // Out of the pool of pending connections for as long as the session lasts.
     let _exchange = pending.as_ref().map(|slot| slot.authenticated());
-    let (tx, rx) = mpsc::channel(state.config.outbound_queue as usize);
+    let tx = Outbox::new(state.config.outbound_queue as usize);
+    let rx = OutboxReader(tx.clone());
     let handle = ConnHandle {
         tx,
         signal: Arc::new(ConnSignal::default()),
@@ -348,7 +348,7 @@ impl Session {
     }
 
     /// The session loop; returns why it ended.
-    async fn serve(&mut self, stream: &mut Stream, mut rx: mpsc::Receiver<Outbound>) -> &'static str {
+    async fn serve(&mut self, stream: &mut Stream, rx: OutboxReader) -> &'static str {
         let heartbeat = Duration::from_millis(self.reg.state.config.heartbeat_ms);
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -364,7 +364,7 @@ impl Session {
                     Box::pin(self.close_for(code)).await;
                     Some("closed by server")
                 }
-                n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                n = rx.0.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
                         return "queue closed";
                     }
