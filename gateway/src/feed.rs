@@ -9,12 +9,12 @@
 //! reconnect) run as short-lived tasks; meanwhile new messages wait in the feed, in order.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tidings_shared::Channel;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::chain::{Chain, Step};
 use crate::message::{self, Encoded};
@@ -101,7 +101,19 @@ pub struct ChannelFeed<O> {
     channel: Channel,
     outlet: O,
     state: Mutex<State>,
+    /// [`OPENING`], [`OPEN`] or [`FAILED`]; subscribers wait for it on `opened` (a `Notify`
+    /// and a byte rather than a `watch` channel, whose eight-fold notifier would cost a
+    /// channel ~350 bytes for as long as it is open).
+    status: AtomicU8,
+    opened: Notify,
 }
+
+/// The feed is confirming its rows and finding its position.
+const OPENING: u8 = 0;
+/// Subscribers can be answered.
+const OPEN: u8 = 1;
+/// NATS did not confirm the rows: subscribers are refused (and leave, closing the channel).
+const FAILED: u8 = 2;
 
 impl<O: Outlet> subs::Receiver for ChannelFeed<O> {
     fn receive(self: Arc<Self>, durable: bool, msg: async_nats::Message) {
@@ -141,7 +153,27 @@ impl<O: Outlet> ChannelFeed<O> {
                 generation,
                 logged: [false; 2],
             }),
+            status: AtomicU8::new(OPENING),
+            opened: Notify::new(),
         })
+    }
+
+    /// Waits until the channel is open: `true`, or `false` if it could not be opened.
+    pub async fn wait_open(&self) -> bool {
+        loop {
+            let notified = self.opened.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.status.load(Ordering::Acquire) {
+                OPENING => notified.await,
+                status => return status == OPEN,
+            }
+        }
+    }
+
+    fn set_status(&self, status: u8) {
+        self.status.store(status, Ordering::Release);
+        self.opened.notify_waiters();
     }
 
     /// The channel's subject rows, subscribed on the node's subscription connection;
@@ -159,11 +191,12 @@ impl<O: Outlet> ChannelFeed<O> {
     /// Once NATS confirms the rows, whatever is stored on the channel reaches them; what was
     /// stored between `opening` and that moment is read back from the stream before anyone
     /// is answered, so a subscriber misses nothing stored after it asked, even on a channel
-    /// that then stays quiet. `ready` is set when subscribers can be answered (dropped unset
-    /// if NATS did not confirm the rows).
-    pub async fn open(self: Arc<Self>, ready: watch::Sender<bool>, opening: Option<Opening>) {
+    /// that then stays quiet. Subscribers waiting in [`ChannelFeed::wait_open`] are answered
+    /// then (refused if NATS did not confirm the rows).
+    pub async fn open(self: Arc<Self>, opening: Option<Opening>) {
         if let Err(e) = self.ctx.subs.confirm(CONFIRM_TIMEOUT).await {
             tracing::warn!(channel = %self.channel, error = %e, "channel not opened");
+            self.set_status(FAILED);
             return;
         }
         let opening = match opening {
@@ -198,7 +231,7 @@ impl<O: Outlet> ChannelFeed<O> {
             };
             self.drain(&mut st, held)
         };
-        let _ = ready.send(true);
+        self.set_status(OPEN);
         if let Some(gap) = gap {
             self.repair(gap).await;
         }

@@ -56,7 +56,6 @@ struct ChannelEntry {
     subscribers: Subscribers,
     /// Users of local subscribers, with how many of their connections (for presence).
     users: HashMap<Arc<str>, u32>,
-    ready: watch::Receiver<bool>,
     feed: Arc<ChannelFeed<ChannelOutlet>>,
     /// The channel's subscription rows: dropping the entry unsubscribes them.
     _rows: [Subscription; 2],
@@ -280,7 +279,7 @@ impl Hub {
             Some(feed::opening_position(&self.feed, channel).await)
         };
         let position;
-        let mut ready = {
+        let feed = {
             let mut channels = lock(&self.channels);
             let entry = channels
                 .entry(channel.clone())
@@ -303,13 +302,13 @@ impl Hub {
                 }
             }
             drop(guard);
-            entry.ready.clone()
+            entry.feed.clone()
         };
         self.mark_presence(channel);
-        let confirmed = tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r)).await;
-        if matches!(confirmed, Ok(Ok(_))) {
+        let confirmed = tokio::time::timeout(Duration::from_secs(5), feed.wait_open()).await;
+        if confirmed == Ok(true) {
             // Joined before the channel task knew where the channel stood: everything fanned
-            // out since it opened reaches this subscriber. The task sets it before `ready`.
+            // out since it opened reaches this subscriber. The task sets it before opening.
             Ok(if position == 0 { self.opening(channel) } else { position })
         } else {
             self.unsubscribe(id, channel);
@@ -450,13 +449,11 @@ impl Hub {
         }
         let feed = ChannelFeed::new(self.feed.clone(), channel.clone(), outlet);
         let rows = feed.subscribe();
-        let (ready_tx, ready) = watch::channel(false);
         let span = tracing::info_span!("channel", %channel);
-        tokio::spawn(feed.clone().open(ready_tx, opening).instrument(span));
+        tokio::spawn(feed.clone().open(opening).instrument(span));
         ChannelEntry {
             subscribers,
             users: HashMap::new(),
-            ready,
             feed,
             _rows: rows,
         }
