@@ -238,7 +238,8 @@ async fn handle(
 }
 
 /// The payload: JSON, or the `payload` field of a form (GitHub's other content type).
-fn parse_payload(content_type: Option<&str>, body: &[u8]) -> Result<Value> {
+/// Public so that the fuzzing entry points (`fuzz-entries`) feed it what the route would.
+pub fn parse_payload(content_type: Option<&str>, body: &[u8]) -> Result<Value> {
     let bad = |e: String| Error::api(ErrorCode::BadRequest, format!("payload: {e}"));
     if content_type.is_some_and(|c| c.starts_with("application/x-www-form-urlencoded")) {
         let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|e| bad(e.to_string()))?;

@@ -158,6 +158,19 @@ mod tests {
     }
 
     #[test]
+    fn floats_reach_subscribers_unchanged() {
+        // serde_json's default float parser is approximate: this used to become 131072.0
+        // (found by the publish_body fuzz target; the workspace enables `float_roundtrip`).
+        for text in ["131071.99999999999", "1.8444764047370954e20", "7.0632744564852045e-304"] {
+            let body = format!(r#"{{"event":"x","data":{text}}}"#);
+            let decoded = PublishBody::decode(body.as_bytes(), None, 1024).unwrap();
+            assert_eq!(decoded.data.as_f64(), Some(text.parse::<f64>().unwrap()), "{text}");
+            let again = PublishBody::decode(&decoded.to_json().unwrap(), None, 1024).unwrap();
+            assert_eq!(again, decoded, "{text}");
+        }
+    }
+
+    #[test]
     fn oversized_bodies_are_too_large() {
         let body = format!(r#"{{"event":"x","data":"{}"}}"#, "a".repeat(2000));
         let err = PublishBody::decode(body.as_bytes(), None, 1024).unwrap_err();

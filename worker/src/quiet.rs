@@ -39,12 +39,15 @@ pub fn until(prefs: &Preferences, now: Timestamp) -> Option<Timestamp> {
         local.date()
     };
     let end_local = end_date.to_datetime(end);
-    // A wall time skipped by a DST change resolves forward, as people expect.
-    time_zone(prefs)
-        .to_ambiguous_zoned(end_local)
-        .compatible()
-        .ok()
-        .map(|z| z.timestamp())
+    // A wall time skipped by a DST change resolves forward, as people expect. A wall time
+    // that happens twice (clocks going back) is its first occurrence, unless `now` is
+    // already past it (in the repeated hour): then the quiet hours end at the second.
+    let ambiguous = time_zone(prefs).to_ambiguous_zoned(end_local);
+    let first = ambiguous.clone().compatible().ok()?.timestamp();
+    if first > now {
+        return Some(first);
+    }
+    ambiguous.later().ok().map(|z| z.timestamp()).filter(|t| *t > now)
 }
 
 #[cfg(test)]
@@ -82,6 +85,24 @@ mod tests {
         assert_eq!(until(&p, ts("2026-07-02T03:00:00Z")), Some(ts("2026-07-02T11:00:00Z")));
         // The night the clocks go forward (Mar 8 2026, 02:00 → 03:00): still 07:00 local.
         assert_eq!(until(&p, ts("2026-03-08T05:00:00Z")), Some(ts("2026-03-08T11:00:00Z")));
+    }
+
+    #[test]
+    fn quiet_hours_ending_in_the_repeated_hour_end_after_now() {
+        // Paris, Oct 25 2026: 03:00 CEST goes back to 02:00 CET, so 02:00 to 03:00 happens
+        // twice. At 02:00 CET (the second time, 01:00 UTC) quiet hours to 02:30 end at 02:30
+        // CET (01:30 UTC), not at the first 02:30 (00:30 UTC), which is already past.
+        // Found by the `preferences` fuzz target (fuzz/regressions/preferences/).
+        let p = prefs("Europe/Paris", "01:00", "02:30");
+        assert_eq!(until(&p, ts("2026-10-25T01:00:00Z")), Some(ts("2026-10-25T01:30:00Z")));
+        // The first time through, the first 02:30.
+        assert_eq!(until(&p, ts("2026-10-25T00:00:00Z")), Some(ts("2026-10-25T00:30:00Z")));
+        // Across midnight, in New York (Nov 1 2026, 02:00 EDT back to 01:00 EST).
+        let night = prefs("America/New_York", "23:00", "01:30");
+        assert_eq!(
+            until(&night, ts("2026-11-01T06:15:00Z")),
+            Some(ts("2026-11-01T06:30:00Z"))
+        );
     }
 
     #[test]
