@@ -246,13 +246,13 @@ impl NatsServer {
             mon = node.monitor_port,
         );
         if let Some(ws) = node.ws_port {
-            conf.push_str(&format!("websocket {{\n  listen: {}:{ws}\n  no_tls: true\n}}\n", node.host.ip));
+            conf.push_str(&format!(
+                "websocket {{\n  listen: {}:{ws}\n  no_tls: true\n}}\n",
+                node.host.ip
+            ));
         }
         if let Some((cport, routes)) = &node.cluster {
-            let routes: Vec<String> = routes
-                .iter()
-                .map(|r| format!("    nats-route://{r}"))
-                .collect();
+            let routes: Vec<String> = routes.iter().map(|r| format!("    nats-route://{r}")).collect();
             conf.push_str(&format!(
                 "cluster {{\n  name: tidings-test\n  listen: {}:{cport}\n  routes: [\n{}\n  ]\n}}\n",
                 node.host.ip,

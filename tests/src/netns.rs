@@ -66,7 +66,10 @@ pub fn preflight() {
     );
     for (tool, package) in [("ip", "iproute2"), ("nft", "nftables")] {
         let found = Command::new(tool).arg("-V").output().is_ok_and(|o| o.status.success());
-        assert!(found, "`{tool}` not found: run scripts/install-tools (installs {package})");
+        assert!(
+            found,
+            "`{tool}` not found: run scripts/install-tools (installs {package})"
+        );
     }
 }
 
@@ -88,7 +91,8 @@ impl Host {
             self.netns.clone(),
             bin.display().to_string(),
         ];
-        Process::spawn_args("ip", &args, env).unwrap_or_else(|e| panic!("spawn {} in {}: {e}", bin.display(), self.netns))
+        Process::spawn_args("ip", &args, env)
+            .unwrap_or_else(|e| panic!("spawn {} in {}: {e}", bin.display(), self.netns))
     }
 
     fn nft(&self, script: &str) {
@@ -127,7 +131,10 @@ impl Host {
 
     /// Packets the loss rules dropped so far (both directions).
     pub fn lost_packets(&self) -> u64 {
-        let listing = run("ip", &["netns", "exec", &self.netns, "nft", "list", "table", "inet", LOSS_TABLE]);
+        let listing = run(
+            "ip",
+            &["netns", "exec", &self.netns, "nft", "list", "table", "inet", LOSS_TABLE],
+        );
         listing
             .split("packets ")
             .skip(1)
@@ -164,9 +171,17 @@ impl Lab {
         lab.in_hub(&["link", "add", "br0", "type", "bridge"]);
         lab.in_hub(&["link", "set", "br0", "up"]);
         let peer = format!("{VETH_PREFIX}{pid}rh");
-        run("ip", &["link", "add", &root_veth, "type", "veth", "peer", "name", &peer, "netns", &lab.hub]);
+        run(
+            "ip",
+            &[
+                "link", "add", &root_veth, "type", "veth", "peer", "name", &peer, "netns", &lab.hub,
+            ],
+        );
         lab.in_hub(&["link", "set", &peer, "master", "br0", "up"]);
-        run("ip", &["addr", "add", &format!("{}/24", lab.root_ip), "dev", &root_veth]);
+        run(
+            "ip",
+            &["addr", "add", &format!("{}/24", lab.root_ip), "dev", &root_veth],
+        );
         run("ip", &["link", "set", &root_veth, "up"]);
         for i in 0..hosts {
             let host = Host {
@@ -190,7 +205,23 @@ impl Lab {
         let inner = format!("{VETH_PREFIX}{pid}h{i}");
         let outer = format!("{VETH_PREFIX}{pid}b{i}");
         run("ip", &["netns", "add", &host.netns]);
-        run("ip", &["link", "add", &inner, "netns", &host.netns, "type", "veth", "peer", "name", &outer, "netns", &self.hub]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &inner,
+                "netns",
+                &host.netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &outer,
+                "netns",
+                &self.hub,
+            ],
+        );
         self.in_hub(&["link", "set", &outer, "master", "br0", "up"]);
         let exec = |args: &[&str]| {
             let mut full = vec!["netns", "exec", &host.netns, "ip"];

@@ -73,6 +73,9 @@ async fn a_gateway_cut_off_from_nats_for_20s_loses_nothing() {
     ];
     figures.extend(verdict.figures());
     report("gateway_partition", &figures);
-    assert!(to_503 <= Duration::from_secs(5), "/readyz 503 after {to_503:?}, want within 5 s");
+    assert!(
+        to_503 <= Duration::from_secs(5),
+        "/readyz 503 after {to_503:?}, want within 5 s"
+    );
     verdict.assert_clean();
 }

@@ -26,7 +26,12 @@ pub fn count(published: &Published) -> usize {
 /// Publishes `rate` messages a second round-robin over `channels` channels for `duration`,
 /// through JetStream at `nats_urls` with a `Nats-Msg-Id` each, retrying each until it is
 /// stored (a retried publish that had been stored is deduplicated, so it counts once).
-pub fn start_publisher(nats_urls: String, channels: usize, rate: u64, duration: Duration) -> (Published, JoinHandle<()>) {
+pub fn start_publisher(
+    nats_urls: String,
+    channels: usize,
+    rate: u64,
+    duration: Duration,
+) -> (Published, JoinHandle<()>) {
     let published: Published = Arc::default();
     let out = published.clone();
     let task = tokio::spawn(async move {

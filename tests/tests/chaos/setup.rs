@@ -25,10 +25,15 @@ pub fn serial() -> MutexGuard<'static, ()> {
 /// A project binary: in `$TIDINGS_BIN_DIR`, else beside this test's directory
 /// (`target/debug/deps/..`), where `cargo build --bins` puts them.
 pub fn bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("TIDINGS_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        let exe = std::env::current_exe().expect("the test's path");
-        exe.parent().and_then(|d| d.parent()).map(PathBuf::from).unwrap_or_default()
-    });
+    let dir = std::env::var_os("TIDINGS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let exe = std::env::current_exe().expect("the test's path");
+            exe.parent()
+                .and_then(|d| d.parent())
+                .map(PathBuf::from)
+                .unwrap_or_default()
+        });
     let path = dir.join(name);
     assert!(
         path.is_file(),

@@ -71,11 +71,17 @@ async fn a_worker_cut_off_mid_delivery_leaves_every_notification_final() {
     let http = reqwest::Client::new();
     let svc = service_token();
     let put = |path: &str, body: Value| {
-        http.put(format!("{}{path}", gw.base)).bearer_auth(&svc).json(&body).send()
+        http.put(format!("{}{path}", gw.base))
+            .bearer_auth(&svc)
+            .json(&body)
+            .send()
     };
     let template = json!({"in_app": {"title": "PR #{{ pr }}", "body": "{{ title }}"},
         "webhook": {"text": "PR {{ pr }}: {{ title }}"}});
-    assert_eq!(put("/api/v1/templates/pr_merged", template).await.unwrap().status(), 200);
+    assert_eq!(
+        put("/api/v1/templates/pr_merged", template).await.unwrap().status(),
+        200
+    );
     let prefs = json!({"webhook_url": format!("{hooks}/slow")});
     let r = put(&format!("/api/v1/users/{USER}/preferences"), prefs).await.unwrap();
     assert!(r.status().is_success(), "{r:?}");
@@ -106,7 +112,12 @@ async fn a_worker_cut_off_mid_delivery_leaves_every_notification_final() {
     let status = |id: String| {
         let (http, svc, base) = (http.clone(), svc.clone(), gw.base.clone());
         async move {
-            let r = http.get(format!("{base}/api/v1/notifications/{id}")).bearer_auth(&svc).send().await.ok()?;
+            let r = http
+                .get(format!("{base}/api/v1/notifications/{id}"))
+                .bearer_auth(&svc)
+                .send()
+                .await
+                .ok()?;
             r.json::<Value>().await.ok()
         }
     };
@@ -144,7 +155,11 @@ async fn a_worker_cut_off_mid_delivery_leaves_every_notification_final() {
         ],
     );
     drop(w1);
-    assert!(not_final.is_empty(), "not final: {:?}", &not_final[..not_final.len().min(5)]);
+    assert!(
+        not_final.is_empty(),
+        "not final: {:?}",
+        &not_final[..not_final.len().min(5)]
+    );
     assert_eq!(in_app, NOTIFICATIONS, "exactly one in-app message per notification");
     assert!(never.is_empty(), "webhooks never delivered: {never:?}");
     assert!(
