@@ -23,6 +23,14 @@ use crate::subject::{EVENTS_PREFIX, EVENTS_STREAM, NOTIFY_STREAM, NOTIFY_SUBJECT
 /// a few seconds of NATS coming back.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// How often the client pings a NATS server that sent nothing. async-nats drops the
+/// connection when a third ping falls due with two unanswered, so a server that went silent
+/// without closing the connection (a network partition: no RST, no FIN) is noticed within
+/// about three intervals and `/readyz` turns 503 within 5 s. With async-nats' default (60 s)
+/// a partitioned process stayed "ready" for up to three minutes. Any message from the server
+/// resets the timer, so a busy connection sends no pings at all.
+pub const PING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Duplicate window of `TIDINGS_EVENTS`: a `Nats-Msg-Id` seen within it is stored once.
 pub const EVENTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
@@ -134,6 +142,7 @@ pub async fn connect(urls: &str, name: &str, on_connect: Arc<Notify>) -> Result<
         .retry_on_initial_connect()
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(3))
+        .ping_interval(PING_INTERVAL)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let on_connect = on_connect.clone();

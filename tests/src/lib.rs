@@ -1,10 +1,13 @@
 //! Test support for Tidings' integration tests: real `nats-server` processes (single node
 //! and three-node cluster), the project's own binaries as child processes, and waiting on
-//! conditions with a deadline instead of fixed sleeps.
+//! conditions with a deadline instead of fixed sleeps; for fault tests, private networks of
+//! namespaces with nftables partitions and loss ([`netns`]) and a latency proxy ([`delay`]).
 
+pub mod delay;
 pub mod fakes;
 pub mod gateway;
 pub mod nats;
+pub mod netns;
 pub mod process;
 pub mod smtp;
 pub mod tokens;

@@ -108,6 +108,10 @@ pub struct NatsServer {
     pub cluster_port: Option<u16>,
     /// WebSocket listener port (plain `ws://`), when started with one.
     pub ws_port: Option<u16>,
+    /// The address it listens on (127.0.0.1, or its namespace's address).
+    pub host: String,
+    /// The network namespace it runs in, if any (restarts run there too).
+    netns: Option<String>,
     name: String,
     config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
@@ -143,6 +147,7 @@ impl NatsServer {
         for _ in 0..3 {
             let node = NodeSpec {
                 name: "n1".into(),
+                host: Host::loopback(),
                 port: free_port(),
                 monitor_port: free_port(),
                 cluster: None,
@@ -156,19 +161,34 @@ impl NatsServer {
         Err(last.unwrap_or(Error::Start("no attempt".into())))
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// Starts a single JetStream-enabled server inside network namespace `netns`, listening
+    /// on `ip` (the namespace's address) at the usual ports 4222 (clients) and 8222
+    /// (monitoring): the namespace is the test's own, so they are free.
+    pub async fn start_in(netns: &str, ip: &str) -> Result<Self, Error> {
+        let node = NodeSpec {
+            name: "n1".into(),
+            host: Host::namespaced(netns, ip),
+            port: 4222,
+            monitor_port: 8222,
+            cluster: None,
+            ws_port: None,
+        };
+        Self::launch(Arc::new(tempfile::tempdir()?), node).await
+    }
+
+    /// `nats://<host>:<port>`.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
-    /// `http://127.0.0.1:<monitor port>`.
+    /// `http://<host>:<monitor port>`.
     pub fn monitor_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.monitor_port)
+        format!("http://{}:{}", self.host, self.monitor_port)
     }
 
-    /// `ws://127.0.0.1:<websocket port>`, when started with a WebSocket listener.
+    /// `ws://<host>:<websocket port>`, when started with a WebSocket listener.
     pub fn ws_url(&self) -> Option<String> {
-        self.ws_port.map(|p| format!("ws://127.0.0.1:{p}"))
+        self.ws_port.map(|p| format!("ws://{}:{p}", self.host))
     }
 
     /// The process id (0 once killed).
@@ -204,7 +224,7 @@ impl NatsServer {
     /// Starts the server again on the same ports with the same store.
     pub async fn restart(&mut self) -> Result<(), Error> {
         self.kill();
-        let (child, log) = spawn_and_wait(&self.config, &self.name).await?;
+        let (child, log) = spawn_and_wait(&self.config, &self.name, self.netns.as_deref()).await?;
         self.child = Some(child);
         self.log = log;
         Ok(())
@@ -218,35 +238,39 @@ impl NatsServer {
         let store = dir.path().join(&node.name);
         std::fs::create_dir_all(&store)?;
         let mut conf = format!(
-            "server_name: {name}\nlisten: 127.0.0.1:{port}\nhttp: 127.0.0.1:{mon}\nmax_payload: 1MB\n\
+            "server_name: {name}\nlisten: {host}:{port}\nhttp: {host}:{mon}\nmax_payload: 1MB\n\
              jetstream {{\n  store_dir: {store:?}\n  max_memory_store: 256MB\n  max_file_store: 2GB\n}}\n",
             name = node.name,
+            host = node.host.ip,
             port = node.port,
             mon = node.monitor_port,
         );
         if let Some(ws) = node.ws_port {
-            conf.push_str(&format!("websocket {{\n  listen: 127.0.0.1:{ws}\n  no_tls: true\n}}\n"));
+            conf.push_str(&format!(
+                "websocket {{\n  listen: {}:{ws}\n  no_tls: true\n}}\n",
+                node.host.ip
+            ));
         }
         if let Some((cport, routes)) = &node.cluster {
-            let routes: Vec<String> = routes
-                .iter()
-                .map(|p| format!("    nats-route://127.0.0.1:{p}"))
-                .collect();
+            let routes: Vec<String> = routes.iter().map(|r| format!("    nats-route://{r}")).collect();
             conf.push_str(&format!(
-                "cluster {{\n  name: tidings-test\n  listen: 127.0.0.1:{cport}\n  routes: [\n{}\n  ]\n}}\n",
+                "cluster {{\n  name: tidings-test\n  listen: {}:{cport}\n  routes: [\n{}\n  ]\n}}\n",
+                node.host.ip,
                 routes.join("\n")
             ));
         }
         conf.push_str(extra);
         let config = dir.path().join(format!("{}.conf", node.name));
         std::fs::write(&config, conf)?;
-        let (child, log) = spawn_and_wait(&config, &node.name).await?;
+        let (child, log) = spawn_and_wait(&config, &node.name, node.host.netns.as_deref()).await?;
         Ok(NatsServer {
             child: Some(child),
             port: node.port,
             monitor_port: node.monitor_port,
             cluster_port: node.cluster.as_ref().map(|(p, _)| *p),
             ws_port: node.ws_port,
+            host: node.host.ip,
+            netns: node.host.netns,
             name: node.name,
             config,
             log,
@@ -261,20 +285,56 @@ impl Drop for NatsServer {
     }
 }
 
+/// Where a node runs: its listening address, and the network namespace, if any.
+struct Host {
+    ip: String,
+    netns: Option<String>,
+}
+
+impl Host {
+    fn loopback() -> Self {
+        Host {
+            ip: "127.0.0.1".into(),
+            netns: None,
+        }
+    }
+
+    fn namespaced(netns: &str, ip: &str) -> Self {
+        Host {
+            ip: ip.into(),
+            netns: Some(netns.into()),
+        }
+    }
+}
+
 struct NodeSpec {
     name: String,
+    host: Host,
     port: u16,
     monitor_port: u16,
-    /// Own route port and every node's route port.
-    cluster: Option<(u16, Vec<u16>)>,
+    /// Own route port and every node's route (`host:port`).
+    cluster: Option<(u16, Vec<String>)>,
     /// WebSocket listener port.
     ws_port: Option<u16>,
 }
 
-/// Spawns the server and waits (off the async runtime) for its "Server is ready" line.
-async fn spawn_and_wait(config: &Path, name: &str) -> Result<(Child, Arc<Mutex<Vec<String>>>), Error> {
+/// Spawns the server (inside `netns` if given: `ip netns exec` execs it, so the pid is the
+/// server's) and waits (off the async runtime) for its "Server is ready" line.
+async fn spawn_and_wait(
+    config: &Path,
+    name: &str,
+    netns: Option<&str>,
+) -> Result<(Child, Arc<Mutex<Vec<String>>>), Error> {
     let bin = nats_server_binary()?;
-    let mut child = Command::new(&bin)
+    let mut command = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(&bin);
+            c
+        }
+        None => Command::new(&bin),
+    };
+    let mut child = command
         .arg("-c")
         .arg(config)
         .stdin(Stdio::null())
@@ -326,15 +386,41 @@ impl NatsCluster {
     pub async fn start(n: usize) -> Result<Self, Error> {
         let dir = Arc::new(tempfile::tempdir()?);
         let route_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes: Vec<String> = route_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let specs: Vec<NodeSpec> = (0..n)
             .map(|i| NodeSpec {
                 name: format!("n{}", i + 1),
+                host: Host::loopback(),
                 port: free_port(),
                 monitor_port: free_port(),
-                cluster: Some((route_ports[i], route_ports.clone())),
+                cluster: Some((route_ports[i], routes.clone())),
                 ws_port: None,
             })
             .collect();
+        Self::launch_all(dir, specs).await
+    }
+
+    /// One node per `(namespace, address)` in `hosts`, each inside its own network namespace
+    /// at the usual ports (4222 clients, 8222 monitoring, 6222 routes), routed together.
+    pub async fn start_in(hosts: &[(String, String)]) -> Result<Self, Error> {
+        let dir = Arc::new(tempfile::tempdir()?);
+        let routes: Vec<String> = hosts.iter().map(|(_, ip)| format!("{ip}:6222")).collect();
+        let specs: Vec<NodeSpec> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (ns, ip))| NodeSpec {
+                name: format!("n{}", i + 1),
+                host: Host::namespaced(ns, ip),
+                port: 4222,
+                monitor_port: 8222,
+                cluster: Some((6222, routes.clone())),
+                ws_port: None,
+            })
+            .collect();
+        Self::launch_all(dir, specs).await
+    }
+
+    async fn launch_all(dir: Arc<tempfile::TempDir>, specs: Vec<NodeSpec>) -> Result<Self, Error> {
         // Start all at once: a clustered JetStream node is only ready with its peers.
         let launches = specs.into_iter().map(|s| NatsServer::launch(dir.clone(), s));
         let nodes = futures_join_all(launches).await?;

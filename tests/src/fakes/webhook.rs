@@ -59,10 +59,20 @@ fn endless(status: StatusCode, prefix: &'static str) -> Response {
     (status, axum::body::Body::from_stream(body)).into_response()
 }
 
-/// A webhook receiver checking signatures made with `secret`: `/ok`, `/flaky` (500, 500, then 200 per id), `/bad` (400), `/down`
+/// How long `/slow` takes to answer 200.
+pub const SLOW: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// A webhook receiver checking signatures made with `secret`: `/ok`, `/slow` (200 after
+/// [`SLOW`], so that deliveries are in flight when a fault strikes), `/flaky` (500, 500, then 200 per id), `/bad` (400), `/down`
 /// (503 always), `/switch` (503 while [`Received::switch_down`] is set, else 200), `/endless` (500 with a body that never ends), `/endless-bad` (400 with a
 /// body that never ends).
 pub async fn start(secret: &str) -> (String, Receiver) {
+    start_at(secret, "127.0.0.1:0").await
+}
+
+/// [`start`], listening on `bind` (an address of a test network, for workers running in a
+/// network namespace).
+pub async fn start_at(secret: &str, bind: &str) -> (String, Receiver) {
     let received: Receiver = Arc::default();
     async fn hook(
         State((r, secret)): State<(Receiver, Arc<str>)>,
@@ -75,6 +85,9 @@ pub async fn start(secret: &str) -> (String, Receiver) {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        if mode == "slow" {
+            tokio::time::sleep(SLOW).await;
+        }
         let mut r = r.lock().unwrap();
         if !verify(&secret, &headers, &body) {
             r.bad_signatures += 1;
@@ -91,7 +104,7 @@ pub async fn start(secret: &str) -> (String, Receiver) {
             _ => {}
         }
         let status = match mode.as_str() {
-            "ok" => StatusCode::OK,
+            "ok" | "slow" => StatusCode::OK,
             "flaky" if n <= 2 => StatusCode::INTERNAL_SERVER_ERROR,
             "flaky" => StatusCode::OK,
             "bad" => StatusCode::BAD_REQUEST,
@@ -108,7 +121,7 @@ pub async fn start(secret: &str) -> (String, Receiver) {
     let app = axum::Router::new()
         .route("/{mode}", axum::routing::post(hook))
         .with_state((received.clone(), Arc::<str>::from(secret)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}"), received)
