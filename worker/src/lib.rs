@@ -12,6 +12,7 @@ pub mod deliver;
 pub mod email;
 pub mod error;
 pub mod inapp;
+pub mod inbox_tally;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
@@ -69,6 +70,8 @@ pub struct Ctx {
     pub store: Store,
     /// Templates, kept in memory through a watch on their bucket.
     pub templates: templates::TemplateCache,
+    /// When to count a user's inbox against `inbox_max_per_user`.
+    pub inbox_tally: Arc<inbox_tally::InboxTally>,
     /// Renders templates off the runtime, within their budget.
     pub renderer: render::Renderer,
     /// Metrics.
@@ -242,6 +245,7 @@ async fn pipeline(
     };
     let ctx = Ctx {
         templates,
+        inbox_tally: Arc::new(inbox_tally::InboxTally::new(config.inbox_max_per_user)),
         renderer: render::Renderer::new(budget, RENDER_CONCURRENCY),
         nats: client,
         js: js.clone(),
