@@ -96,6 +96,11 @@ impl Store {
         &self.templates
     }
 
+    /// The preferences bucket (the worker keeps it in memory through a watch).
+    pub fn preferences_bucket(&self) -> &kv::Store {
+        &self.prefs
+    }
+
     /// The JetStream context.
     pub fn js(&self) -> &jetstream::Context {
         &self.js

@@ -64,7 +64,7 @@ fn count_probes(ctx: &Ctx, channel: DeliveryChannel, admitted: &[Admitted]) {
 /// One attempt of `job`: to the user's current address, through the breakers.
 pub async fn send(ctx: &Ctx, job: &DeliveryJob) -> Result<Attempt> {
     let started = Instant::now();
-    let prefs = ctx.store.preferences(&job.user).await?;
+    let prefs = ctx.prefs.get(&job.user).await?;
     if let Some(lack) = missing(&prefs, job.channel) {
         return Ok(Attempt::Tried(Outcome::Fail(lack.to_owned()), None));
     }

@@ -37,7 +37,7 @@ pub async fn deliver(
         created_at: created_at.to_owned(),
         read: false,
     };
-    if ctx.store.create_inbox(&req.user, &item).await? {
+    if ctx.store.create_inbox(&req.user, &item).await? && ctx.inbox_tally.added(&req.user) {
         trim(ctx, &req.user).await;
     }
     let body = PublishBody {
@@ -71,15 +71,14 @@ fn inapp_msg_id(channel: &Channel, id: &str) -> String {
     stored_msg_id("inapp", channel, id)
 }
 
-/// Keeps `user`'s inbox within `TIDINGS_INBOX_MAX_PER_USER`: counted (cheaply) after each
-/// new entry, and trimmed to the bound, oldest first, once it is a tenth over (so a busy
-/// user's inbox is read whole once every many notifications, not each time). A failure
-/// only delays the trim to the next entry.
+/// Keeps `user`'s inbox within `TIDINGS_INBOX_MAX_PER_USER`: counted every few new entries
+/// (see [`crate::inbox_tally`]), and trimmed to the bound, oldest first, once it is about a
+/// tenth over (so a busy user's inbox is read whole once every many notifications, not
+/// each time). A failure only delays the trim to the next count.
 async fn trim(ctx: &Ctx, user: &str) {
     let max = ctx.inbox_max_per_user;
-    let slack = (max / 10) as u64;
     let result = async {
-        if ctx.store.inbox_len(user).await? <= max as u64 + slack {
+        if ctx.store.inbox_len(user).await? <= ctx.inbox_tally.threshold() {
             return Ok(0);
         }
         ctx.store.trim_inbox(user, max).await

@@ -325,7 +325,7 @@ async fn rerender(
 /// out again (its worker died before acking, or took longer than the ack wait) carries out
 /// the recorded plan again, while a new request reusing the id is not planned twice.
 async fn plan(ctx: &Ctx, req: &NotificationRequest, id: &str, seq: Option<u64>) -> Result<()> {
-    let (template, prefs) = tokio::try_join!(ctx.templates.get(&req.template), ctx.store.preferences(&req.user))?;
+    let (template, prefs) = tokio::try_join!(ctx.templates.get(&req.template), ctx.prefs.get(&req.user))?;
     let mut doc = NotificationStatus {
         id: id.to_owned(),
         user: req.user.clone(),

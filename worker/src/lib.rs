@@ -12,10 +12,12 @@ pub mod deliver;
 pub mod email;
 pub mod error;
 pub mod inapp;
+pub mod inbox_tally;
 pub mod intake;
 pub mod jobs;
 pub mod metrics;
 pub mod poison;
+pub mod prefs;
 pub mod progress;
 pub mod provider;
 pub mod push;
@@ -69,6 +71,10 @@ pub struct Ctx {
     pub store: Store,
     /// Templates, kept in memory through a watch on their bucket.
     pub templates: templates::TemplateCache,
+    /// Preferences, kept in memory through a watch on their bucket (behind a read barrier).
+    pub prefs: prefs::PrefsCache,
+    /// When to count a user's inbox against `inbox_max_per_user`.
+    pub inbox_tally: Arc<inbox_tally::InboxTally>,
     /// Renders templates off the runtime, within their budget.
     pub renderer: render::Renderer,
     /// Metrics.
@@ -240,8 +246,12 @@ async fn pipeline(
         fuel: config.template_fuel,
         max_bytes: config.template_max_bytes,
     };
+    // And preferences, read per notification by planning and by each delivery attempt.
+    let prefs = prefs::PrefsCache::spawn(store.clone(), store.preferences_bucket().clone());
     let ctx = Ctx {
         templates,
+        prefs,
+        inbox_tally: Arc::new(inbox_tally::InboxTally::new(config.inbox_max_per_user)),
         renderer: render::Renderer::new(budget, RENDER_CONCURRENCY),
         nats: client,
         js: js.clone(),

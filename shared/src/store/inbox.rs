@@ -165,6 +165,12 @@ impl Store {
 
     /// Every entry of `user`'s inbox, in the order they were last written.
     async fn inbox_entries(&self, user: &str) -> Result<Vec<InboxItem>> {
+        Ok(self.inbox_entries_at(user).await?.into_iter().map(|(i, _)| i).collect())
+    }
+
+    /// Every entry of `user`'s inbox with its stream sequence, in the order they were last
+    /// written.
+    async fn inbox_entries_at(&self, user: &str) -> Result<Vec<(InboxItem, u64)>> {
         let (stream, mut consumer, mut pending) = self.inbox_consumer(user).await?;
         let name = consumer.info().await.map_err(Error::nats)?.name.clone();
         let mut items = Vec::new();
@@ -174,7 +180,8 @@ impl Store {
                 let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await else {
                     break;
                 };
-                pending = msg.info().map(|i| i.pending).unwrap_or(0);
+                let info = msg.info().map(|i| (i.pending, i.stream_sequence)).ok();
+                pending = info.map_or(0, |(p, _)| p);
                 let op = msg
                     .headers
                     .as_ref()
@@ -183,8 +190,8 @@ impl Store {
                 if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
                     continue;
                 }
-                if let Ok(item) = serde_json::from_slice::<InboxItem>(&msg.payload) {
-                    items.push(item);
+                if let (Ok(item), Some((_, seq))) = (serde_json::from_slice::<InboxItem>(&msg.payload), info) {
+                    items.push((item, seq));
                 }
             }
         }
@@ -196,25 +203,39 @@ impl Store {
 
     /// Drops the oldest entries of `user`'s inbox past `max`, leaving no marker (the entries'
     /// messages are purged from the bucket's stream); returns how many were dropped.
+    ///
+    /// Usually one purge: every message of the user's older than the oldest entry kept is
+    /// one to drop (or a deletion marker), so they go in one request by sequence; only
+    /// entries to drop that were written again since (marked read) go one by one.
     pub async fn trim_inbox(&self, user: &str, max: usize) -> Result<usize> {
-        let mut items = self.inbox_entries(user).await?;
+        let mut items = self.inbox_entries_at(user).await?;
         if items.len() <= max {
             return Ok(0);
         }
-        items.sort_by(newest_first);
+        items.sort_by(|(a, _), (b, _)| newest_first(a, b));
         let stream = self
             .js
             .get_stream_no_info(format!("KV_{INBOX_BUCKET}"))
             .await
             .map_err(Error::nats)?;
-        for old in &items[max..] {
+        let (kept, old) = items.split_at(max);
+        let first_kept = kept.iter().map(|(_, seq)| *seq).min().unwrap_or(u64::MAX);
+        if old.iter().any(|(_, seq)| *seq < first_kept) {
+            stream
+                .purge()
+                .filter(format!("$KV.{INBOX_BUCKET}.{user}.*"))
+                .sequence(first_kept)
+                .await
+                .map_err(Error::nats)?;
+        }
+        for (old, _) in old.iter().filter(|(_, seq)| *seq > first_kept) {
             stream
                 .purge()
                 .filter(format!("$KV.{INBOX_BUCKET}.{}", Self::inbox_key(user, &old.id)))
                 .await
                 .map_err(Error::nats)?;
         }
-        Ok(items.len() - max)
+        Ok(old.len())
     }
 }
 
