@@ -116,6 +116,13 @@ async fn metrics_stats_and_clean_sigterm() {
     ] {
         assert!(metrics.contains(name), "missing {name} in\n{metrics}");
     }
+    // An addition to the contract's list: the runtime's alive tasks, never zero in a
+    // running gateway (its listener, NATS subscriptions and timers are tasks).
+    let tasks = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidings_gateway_tasks "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(tasks.is_some_and(|n| n > 0.0), "tidings_gateway_tasks in\n{metrics}");
 
     let stats = format!("{}/api/v1/stats", gw.base);
     assert_eq!(http_get(&stats, None).await.unwrap().0, 401);

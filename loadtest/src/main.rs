@@ -11,6 +11,7 @@ mod idle;
 mod natsws;
 mod notify;
 mod recovery;
+mod soak;
 mod storm;
 mod sysinfo;
 
@@ -47,6 +48,9 @@ enum Command {
     ReconnectStorm(storm::StormArgs),
     /// Notifications per second through the worker to in-app and a local webhook.
     Notify(notify::NotifyArgs),
+    /// N churning clients at a steady delivery rate for a long time: loss, duplicates and the
+    /// slopes of the gateway's RSS, fds and tasks (flat: no leak).
+    Soak(soak::SoakArgs),
     /// Live demo traffic for the dashboard: agent runs, a PR through the GitHub route, checks,
     /// inbox notifications (not a load scenario).
     Demo(demo::DemoArgs),
@@ -344,6 +348,11 @@ async fn main() -> anyhow::Result<()> {
             report(&result, out.as_deref())?;
         }
         Command::Demo(a) => demo::run(a).await?,
+        Command::Soak(a) => {
+            let out = a.output.out.clone();
+            let result = soak::run(a).await?;
+            report(&result, out.as_deref())?;
+        }
         Command::Recovery(a) => {
             let out = a.output.out.clone();
             let result = recovery::run(a).await?;

@@ -106,3 +106,18 @@ pub fn machine() -> Machine {
         open_file_limit: rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(s, _)| s).unwrap_or(0),
     }
 }
+
+/// Open file descriptors of `pid` (entries of `/proc/<pid>/fd`).
+pub fn open_fds(pid: u32) -> anyhow::Result<u64> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count() as u64)
+}
+
+/// Threads of `pid` (`Threads` of `/proc/<pid>/status`).
+pub fn threads(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Threads for pid {pid}"))
+}
