@@ -8,9 +8,16 @@
 //! it asks for the next: memory per replay is a few budgets (the chunk, its encodings, what
 //! the NATS client pulled ahead), not a function of how many
 //! messages were missed or how large they are.
+//!
+//! A read waits for its next message as long as it makes progress, and no longer than
+//! [`STALL_LIMIT`] without any. The NATS client's pull pipeline behind an ordered consumer can
+//! wedge (measured on a loaded machine: the server had delivered every message pulled and had
+//! no pull request waiting, while the client waited for more and pulled nothing): a read that
+//! hears nothing for [`PROBE_AFTER`] while the server holds no pull request of it reopens its
+//! consumer where it stopped, which pulls afresh.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::consumer::pull::Ordered;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
@@ -26,8 +33,11 @@ use crate::message::{Encoded, Limits, encode_stored};
 use crate::metrics::Metrics;
 use crate::position::{Link, StreamPosition};
 
-/// How long one stored message may take to arrive while replaying.
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits for its next message before it asks the server whether a pull
+/// request of it is still being served (if none is, the read reopens its consumer).
+const PROBE_AFTER: Duration = Duration::from_secs(2);
+/// How long a read may go without receiving any message before it is abandoned.
+const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// Most messages one pull of a history read asks for.
 const MAX_PULL: usize = 500;
 
@@ -214,6 +224,8 @@ pub struct Reader {
     left: usize,
     until: Option<u64>,
     prev: u64,
+    /// The stream sequence after the last message read: where a reopened consumer starts.
+    next_seq: u64,
     /// How many messages of the channel the stream held from the start sequence on.
     pub held: u64,
     /// Whether more were held than the cap lets out.
@@ -231,27 +243,10 @@ impl Reader {
         cap: usize,
         budget: ReadBudget,
     ) -> Result<Reader> {
-        let consumer = stream
-            .create_consumer(pull::OrderedConfig {
-                filter_subject: channel.durable_subject(),
-                deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: from.seq.max(1),
-                },
-                max_batch: i64::try_from(budget.pull()).unwrap_or(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(SharedError::nats)?;
-        let held = consumer.cached_info().num_pending;
-        let name = consumer.cached_info().name.clone();
-        let messages = if held > 0 {
-            Some(consumer.messages().await.map_err(SharedError::nats)?)
-        } else {
-            None
-        };
+        let (consumer, messages, held) = open_consumer(stream, channel, from.seq.max(1), budget).await?;
         Ok(Reader {
             stream: stream.clone(),
-            consumer: name,
+            consumer,
             messages,
             channel: channel.clone(),
             budget,
@@ -259,6 +254,7 @@ impl Reader {
             left: cap,
             until,
             prev: from.prev,
+            next_seq: from.seq.max(1),
             held,
             truncated: until.is_none() && held > cap as u64,
         })
@@ -305,21 +301,17 @@ impl Reader {
         if self.pending == 0 {
             return Ok(None);
         }
-        let Some(messages) = self.messages.as_mut() else {
-            return Ok(None);
-        };
         let capped = self.left == 0;
         if capped && self.until.is_none() {
             return Ok(None);
         }
-        let msg = match tokio::time::timeout(READ_TIMEOUT, messages.next()).await {
-            Ok(Some(Ok(m))) => m,
-            Ok(Some(Err(e))) => return Err(SharedError::nats(e).into()),
-            Ok(None) | Err(_) => return Err(SharedError::Timeout("a history read").into()),
+        let Some(msg) = self.next_message().await? else {
+            return Ok(None);
         };
         let info = msg.info().map_err(SharedError::nats)?;
         let (seq, published) = (info.stream_sequence, info.published);
         self.pending = info.pending;
+        self.next_seq = seq.saturating_add(1);
         if self.until.is_some_and(|u| seq >= u) {
             self.pending = 0;
             return Ok(None);
@@ -335,16 +327,59 @@ impl Reader {
         Ok(Some((msg.payload, msg.headers, link, SystemTime::from(published))))
     }
 
-    /// Deletes the consumer (it would expire by itself, later).
-    async fn finish(&mut self) {
-        self.pending = 0;
+    /// The next message the consumer delivers; `None` if a reopened consumer finds nothing
+    /// left. Waits while the read makes progress (a message, or the server still serving a
+    /// pull request of it), reopening the consumer where it stopped when it does not, and
+    /// gives up after [`STALL_LIMIT`] without a message.
+    async fn next_message(&mut self) -> Result<Option<async_nats::jetstream::Message>> {
+        let quiet_since = Instant::now();
+        loop {
+            let Some(messages) = self.messages.as_mut() else {
+                return Ok(None);
+            };
+            let ended = match tokio::time::timeout(PROBE_AFTER, messages.next()).await {
+                Ok(Some(Ok(m))) => return Ok(Some(m)),
+                Ok(Some(Err(e))) => return Err(SharedError::nats(e).into()),
+                // The client ended the consumer's stream (it should not): read on afresh.
+                Ok(None) => true,
+                Err(_) => false,
+            };
+            if quiet_since.elapsed() >= STALL_LIMIT {
+                return Err(SharedError::Timeout("a history read").into());
+            }
+            if ended || !pull_waiting(&self.stream, &self.consumer).await {
+                tracing::info!(channel = %self.channel, from = self.next_seq, "history read stalled; reopening its consumer");
+                self.reopen().await?;
+            }
+        }
+    }
+
+    /// Replaces the consumer with a new one starting after the last message read.
+    async fn reopen(&mut self) -> Result<()> {
         self.messages = None;
+        self.delete_consumer().await;
+        let (consumer, messages, pending) =
+            open_consumer(&self.stream, &self.channel, self.next_seq, self.budget).await?;
+        self.consumer = consumer;
+        self.messages = messages;
+        self.pending = pending;
+        Ok(())
+    }
+
+    async fn delete_consumer(&mut self) {
         if !self.consumer.is_empty() {
             let name = std::mem::take(&mut self.consumer);
             if let Err(e) = self.stream.delete_consumer(&name).await {
                 tracing::debug!(error = %e, "deleting a history consumer failed (it expires by itself)");
             }
         }
+    }
+
+    /// Deletes the consumer (it would expire by itself, later).
+    async fn finish(&mut self) {
+        self.pending = 0;
+        self.messages = None;
+        self.delete_consumer().await;
     }
 
     /// Reads everything left into memory, stopping past `max_bytes` of stored messages (then
@@ -375,6 +410,43 @@ impl Drop for Reader {
             });
         }
     }
+}
+
+/// Whether the server holds a pull request of `consumer` (then it is serving the read,
+/// however slowly). False if the consumer is gone or cannot be asked. (A free function: a
+/// `&Reader` held across an await would make the replay's future not `Send`.)
+async fn pull_waiting(stream: &JsStream, consumer: &str) -> bool {
+    match stream.consumer_info(consumer).await {
+        Ok(info) => info.num_waiting > 0,
+        Err(_) => false,
+    }
+}
+
+/// Creates an ordered consumer of `channel` from `start` on: its name, its messages (none if
+/// it holds nothing) and how many it holds.
+async fn open_consumer(
+    stream: &JsStream,
+    channel: &Channel,
+    start: u64,
+    budget: ReadBudget,
+) -> Result<(String, Option<Ordered>, u64)> {
+    let consumer = stream
+        .create_consumer(pull::OrderedConfig {
+            filter_subject: channel.durable_subject(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+            max_batch: i64::try_from(budget.pull()).unwrap_or(1),
+            ..Default::default()
+        })
+        .await
+        .map_err(SharedError::nats)?;
+    let held = consumer.cached_info().num_pending;
+    let name = consumer.cached_info().name.clone();
+    let messages = if held > 0 {
+        Some(consumer.messages().await.map_err(SharedError::nats)?)
+    } else {
+        None
+    };
+    Ok((name, messages, held))
 }
 
 /// The stream handle, for callers that read several ranges.
