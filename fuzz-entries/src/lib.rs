@@ -17,9 +17,12 @@ pub mod jwt;
 pub mod prefs;
 pub mod template;
 
+/// An entry point: takes the fuzzer's bytes, panics when an invariant fails.
+pub type Entry = fn(&[u8]);
+
 /// Every target: its name (the `fuzz/fuzz_targets/<name>.rs` file and the
 /// `fuzz/corpus/<name>/` directory) and its entry point.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Entry)] = &[
     ("client_frame_json", frame::client_frame_json),
     ("client_frame_msgpack", frame::client_frame_msgpack),
     ("publish_body", body::publish_body),
