@@ -61,7 +61,7 @@ async fn in_app_messages(nats: &NatsServer) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_mid_delivery_leaves_every_notification_final() {
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     // Hosts: 0 NATS, 1 gateway (the API), 2 worker W1 (cut off), 3 worker W2.
     let lab = Lab::new("wkp", 4);
