@@ -13,6 +13,7 @@ COPY gateway gateway
 COPY worker worker
 COPY loadtest loadtest
 COPY tests tests
+COPY fuzz-entries fuzz-entries
 COPY deploy/probe deploy/probe
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
