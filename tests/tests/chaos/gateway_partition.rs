@@ -15,7 +15,7 @@ const PARTITION: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_cut_off_from_nats_for_20s_loses_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     // Hosts: 0 NATS, 1 gateway A (the one cut off), 2 gateway B.
     let lab = Lab::new("gwp", 3);

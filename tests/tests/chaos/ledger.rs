@@ -196,10 +196,8 @@ async fn session(url: &str, token: &str, channel: &str, track: &Mutex<Track>) ->
                 }
                 t.subscribed = true;
             }
-            Some("message") if frame["channel"] == channel => {
-                if record(&frame, &mut track.lock().unwrap()) {
-                    return End::Gap;
-                }
+            Some("message") if frame["channel"] == channel && record(&frame, &mut track.lock().unwrap()) => {
+                return End::Gap;
             }
             Some("reconnect") => return End::Failed("asked to reconnect".into()),
             _ => {}

@@ -19,7 +19,7 @@ const FAULT: Duration = Duration::from_secs(60);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_minute_of_loss_and_latency_on_client_links_keeps_clients_consistent() {
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     // Hosts: 0 NATS, 1 and 2 gateways; clients reach them through delay proxies.
     let lab = Lab::new("lsy", 3);

@@ -27,7 +27,7 @@ async fn leader(url: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_leader_cut_off_from_its_peers_loses_nothing() {
-    let _serial = serial();
+    let _serial = serial().await;
     let started = Instant::now();
     // Hosts: 0-2 NATS nodes n1-n3, 3 and 4 gateways.
     let lab = Lab::new("ncp", 5);

@@ -2,7 +2,6 @@
 //! lock that runs the scenarios one at a time.
 
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tidings_tests::Process;
@@ -15,11 +14,11 @@ pub const WEBHOOK_SECRET: &str = "chaos-webhook-secret";
 /// The port services listen on inside their namespace (each has its own).
 pub const PORT: u16 = 8080;
 
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Held for a whole scenario: one at a time (a failed one does not block the others).
-pub fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Held for a whole scenario: one at a time (an async lock, not poisoned by a failed one).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().await
 }
 
 /// A project binary: in `$TIDINGS_BIN_DIR`, else beside this test's directory
