@@ -14,11 +14,9 @@ pub const WEBHOOK_SECRET: &str = "chaos-webhook-secret";
 /// The port services listen on inside their namespace (each has its own).
 pub const PORT: u16 = 8080;
 
-/// An async lock: each scenario runs on its own runtime and holds it across awaits.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Held for a whole scenario: one at a time (a failed one does not block the others: the
-/// lock does not poison).
+/// Held for a whole scenario: one at a time (an async lock, not poisoned by a failed one).
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
     SERIAL.lock().await
 }

@@ -59,6 +59,39 @@ async fn in_app_messages(nats: &NatsServer) -> usize {
     subjects.get(&subject).copied().unwrap_or(0)
 }
 
+/// The status of notification `id`, through the gateway's API.
+async fn status(http: &reqwest::Client, base: &str, svc: &str, id: &str) -> Option<Value> {
+    let r = http
+        .get(format!("{base}/api/v1/notifications/{id}"))
+        .bearer_auth(svc)
+        .send()
+        .await
+        .ok()?;
+    r.json::<Value>().await.ok()
+}
+
+/// The notifications among `ids` whose in-app and webhook channels are not both `sent` by
+/// the end of `timeout`, with their statuses.
+async fn not_final(http: &reqwest::Client, base: &str, svc: &str, ids: &[String], timeout: Duration) -> Vec<String> {
+    let mut left_over = Vec::new();
+    let deadline = Instant::now() + timeout;
+    for id in ids {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let done = wait_for(left, || async {
+            let s = status(http, base, svc, id).await?;
+            (s["channels"]["webhook"]["status"] == "sent" && s["channels"]["in_app"]["status"] == "sent").then_some(())
+        })
+        .await;
+        if done.is_none() {
+            left_over.push(format!(
+                "{id}: {}",
+                status(http, base, svc, id).await.unwrap_or_default()
+            ));
+        }
+    }
+    left_over
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_mid_delivery_leaves_every_notification_final() {
     let _serial = serial().await;
@@ -109,32 +142,8 @@ async fn a_worker_cut_off_mid_delivery_leaves_every_notification_final() {
     requests.await.unwrap();
 
     // Every notification reaches its final status (W1's held jobs come back after the ack wait).
-    let status = |id: String| {
-        let (http, svc, base) = (http.clone(), svc.clone(), gw.base.clone());
-        async move {
-            let r = http
-                .get(format!("{base}/api/v1/notifications/{id}"))
-                .bearer_auth(&svc)
-                .send()
-                .await
-                .ok()?;
-            r.json::<Value>().await.ok()
-        }
-    };
     let ids: Vec<String> = (0..NOTIFICATIONS).map(|i| format!("n{i}")).collect();
-    let mut not_final = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for id in &ids {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let done = wait_for(left, || async {
-            let s = status(id.clone()).await?;
-            (s["channels"]["webhook"]["status"] == "sent" && s["channels"]["in_app"]["status"] == "sent").then_some(())
-        })
-        .await;
-        if done.is_none() {
-            not_final.push(format!("{id}: {}", status(id.clone()).await.unwrap_or_default()));
-        }
-    }
+    let not_final = not_final(&http, &gw.base, &svc, &ids, Duration::from_secs(120)).await;
     let in_app = in_app_messages(&nats).await;
     let accepted = received.lock().unwrap().accepted.clone();
     let never: Vec<&String> = ids.iter().filter(|id| !accepted.contains_key(*id)).collect();
