@@ -230,25 +230,37 @@ impl Connector {
         loop {
             let addr = self.addrs[attempt % self.addrs.len()].clone();
             match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&addr)).await {
-                Ok(Ok((io, buf))) => {
-                    attempt = 0;
-                    connections += 1;
-                    let mut session = match timed_write(self.resubscribe(io)).await {
-                        Ok(io) => Session::new(io, buf),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "NATS subscription connection: subscribing failed");
-                            continue;
-                        }
-                    };
-                    self.inner.connected.store(true, Ordering::Release);
-                    tracing::info!(server = %host(&addr), "NATS subscription connection up");
-                    if connections > 1 {
-                        self.inner.reconnects.send_modify(|n| *n += 1);
+                Ok(Ok((io, buf))) => match timed_write(self.resubscribe(io)).await {
+                    Ok(io) => {
+                        attempt = 0;
+                        connections += 1;
+                        let mut session = Session::new(io, buf);
+                        // Up (and, after a reconnect, channels told to catch up) only once the
+                        // server has taken every row again: a read-back asked earlier could
+                        // miss what is stored before the rows are active.
+                        let (confirmed, taken) = oneshot::channel();
+                        session.out.extend_from_slice(b"PING\r\n");
+                        session.pongs.push_back(Some(confirmed));
+                        let inner = self.inner.clone();
+                        let reconnected = connections > 1;
+                        let server = host(&addr);
+                        let announce = tokio::spawn(async move {
+                            if taken.await.is_ok() {
+                                inner.connected.store(true, Ordering::Release);
+                                tracing::info!(%server, "NATS subscription connection up");
+                                if reconnected {
+                                    inner.reconnects.send_modify(|n| *n += 1);
+                                }
+                            }
+                        });
+                        let e = session.serve(&self.inner, &mut self.commands).await;
+                        announce.abort();
+                        self.inner.connected.store(false, Ordering::Release);
+                        tracing::warn!(error = %e, "NATS subscription connection lost; reconnecting");
                     }
-                    let e = session.serve(&self.inner, &mut self.commands).await;
-                    self.inner.connected.store(false, Ordering::Release);
-                    tracing::warn!(error = %e, "NATS subscription connection lost; reconnecting");
-                }
+                    // Tried again after the usual backoff, on the next server.
+                    Err(e) => tracing::warn!(error = %e, "NATS subscription connection: subscribing failed"),
+                },
                 Ok(Err(e)) => tracing::warn!(server = %host(&addr), error = %e, "NATS subscription connection failed"),
                 Err(_) => {
                     tracing::warn!(server = %host(&addr), error = %ConnError::Timeout, "NATS subscription connection failed")
