@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use tidings_tests::netns::Lab;
 use tidings_tests::{NatsServer, eventually};
 
-use crate::ledger::{Tracker, channel, count, settle, start_publisher, wait_subscribed};
+use crate::ledger::{Tracker, count, settle, start_publisher};
 use crate::setup::{report, serial, start_gateway, user_token};
 
 const CLIENTS: usize = 40;
@@ -24,17 +24,7 @@ async fn a_gateway_cut_off_from_nats_for_20s_loses_nothing() {
     let a = start_gateway(a_host, &nats.url(), &[]).await;
     let b = start_gateway(lab.host(2), &nats.url(), &[]).await;
     let token = user_token("u1");
-    let trackers: Vec<Tracker> = (0..CLIENTS)
-        .map(|i| {
-            let urls = if i % 2 == 0 {
-                vec![a.base.clone(), b.base.clone()]
-            } else {
-                vec![b.base.clone(), a.base.clone()]
-            };
-            Tracker::start(urls, token.clone(), channel(i % CHANNELS))
-        })
-        .collect();
-    wait_subscribed(&trackers, Duration::from_secs(30)).await;
+    let trackers = Tracker::spread(CLIENTS, CHANNELS, [&a.base, &b.base], &token).await;
 
     let (published, publisher) = start_publisher(nats.url(), CHANNELS, 200, Duration::from_secs(32));
     eventually(Duration::from_secs(10), "publishing under way", || async {

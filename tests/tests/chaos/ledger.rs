@@ -117,6 +117,23 @@ impl Drop for Tracker {
 const SILENCE: Duration = Duration::from_secs(30);
 
 impl Tracker {
+    /// `clients` trackers over `channels` channels, half preferring gateway `a` and half `b`
+    /// (each falls back to the other), once every one is subscribed.
+    pub async fn spread(clients: usize, channels: usize, [a, b]: [&String; 2], token: &str) -> Vec<Tracker> {
+        let trackers: Vec<Tracker> = (0..clients)
+            .map(|i| {
+                let urls = if i % 2 == 0 {
+                    vec![a.clone(), b.clone()]
+                } else {
+                    vec![b.clone(), a.clone()]
+                };
+                Tracker::start(urls, token.to_owned(), channel(i % channels))
+            })
+            .collect();
+        wait_subscribed(&trackers, Duration::from_secs(30)).await;
+        trackers
+    }
+
     /// Follows `channel` through the gateways at `urls` (the first preferred; after a failed
     /// connection, the next).
     pub fn start(urls: Vec<String>, token: String, channel: String) -> Tracker {

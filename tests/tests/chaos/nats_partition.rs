@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tidings_tests::netns::Lab;
 use tidings_tests::{NatsCluster, eventually};
 
-use crate::ledger::{Tracker, channel, count, settle, start_publisher, wait_subscribed};
+use crate::ledger::{Tracker, count, settle, start_publisher};
 use crate::setup::{report, serial, start_gateway, user_token};
 
 const CLIENTS: usize = 40;
@@ -49,17 +49,7 @@ async fn the_stream_leader_cut_off_from_its_peers_loses_nothing() {
         .join(",");
 
     let token = user_token("u1");
-    let trackers: Vec<Tracker> = (0..CLIENTS)
-        .map(|i| {
-            let urls = if i % 2 == 0 {
-                vec![a.base.clone(), b.base.clone()]
-            } else {
-                vec![b.base.clone(), a.base.clone()]
-            };
-            Tracker::start(urls, token.clone(), channel(i % CHANNELS))
-        })
-        .collect();
-    wait_subscribed(&trackers, Duration::from_secs(30)).await;
+    let trackers = Tracker::spread(CLIENTS, CHANNELS, [&a.base, &b.base], &token).await;
 
     // The publisher is a service of the majority's side (one on the cut-off node could not
     // store anything until the link heals).
