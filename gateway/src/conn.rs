@@ -132,7 +132,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::hub::lock(&self.state)
     }
 
     /// Queues `frame` unless the queue is full or its writer gone; never waits.

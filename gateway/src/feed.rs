@@ -17,6 +17,7 @@ use tidings_shared::Channel;
 use tokio::sync::Notify;
 
 use crate::chain::{Chain, Step};
+use crate::hub::lock;
 use crate::message::{self, Encoded};
 use crate::metrics::Metrics;
 use crate::position::{Link, Opening};
@@ -384,10 +385,6 @@ impl<O: Outlet> ChannelFeed<O> {
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Where `channel` stands now (see [`Opening`]); `stream: None` and `channel_last: 0` if

@@ -27,6 +27,8 @@ use tidings_shared::nats::{Credentials, credentials, reconnect_delay, server_add
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::hub::{read, write};
+
 /// How often the connection pings the server.
 pub const PING_INTERVAL: Duration = Duration::from_secs(1);
 /// Unanswered pings after which the connection is taken for dead.
@@ -603,14 +605,6 @@ fn truncate(s: &str) -> &str {
 
 fn host(addr: &ServerAddr) -> String {
     format!("{}:{}", addr.host(), addr.port())
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
