@@ -470,6 +470,7 @@ async fn repair_gap(
         let budget = crate::history::ReadBudget {
             bytes: REPAIR_BYTES,
             limits: ctx.limits,
+            largest: crate::history::largest_message(&ctx.nats),
         };
         let reader = crate::history::Reader::open(&stream, channel, from, Some(before), REPAIR_MAX, budget).await?;
         reader.collect(&ctx.metrics, REPAIR_BYTES).await
