@@ -28,10 +28,13 @@ pub const REPAIR_MAX: usize = 10_000;
 /// Most bytes of messages one gap repair holds (a larger gap is left to the clients, who
 /// recover it with `since`, through the per-connection replay budget).
 pub const REPAIR_BYTES: usize = 8 << 20;
-/// Most messages a feed holds while it opens or repairs a gap. Past it, durable messages
-/// are dropped and show up as the next gap (repaired in turn, or recovered by clients);
-/// ephemeral ones are lost, as they would be to a slow consumer.
+/// Most messages a feed holds while it opens or repairs a gap. Past it (or past
+/// [`HELD_BYTES`]), durable messages are dropped and show up as the next gap (repaired in
+/// turn, or recovered by clients); ephemeral ones are lost, as they would be to a slow
+/// consumer.
 pub const HELD_MAX: usize = 10_000;
+/// Most bytes (headers and payloads) a feed holds while it opens or repairs a gap.
+pub const HELD_BYTES: usize = 8 << 20;
 /// How long opening a channel waits for NATS to confirm its subscriptions.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,14 +73,51 @@ pub trait Outlet: Send + Sync + 'static {
 /// A message waiting in a feed that is opening or repairing: (durable, message).
 type Held = (bool, async_nats::Message);
 
+/// Messages waiting in a feed, in order, bounded in number and bytes.
+#[derive(Default)]
+struct Holding {
+    queue: VecDeque<Held>,
+    bytes: usize,
+}
+
+impl Holding {
+    /// Holds one more message; false if it was dropped (over a bound).
+    fn push(&mut self, durable: bool, mut msg: async_nats::Message, metrics: &Metrics) -> bool {
+        let size = held_size(&msg);
+        if self.queue.len() >= HELD_MAX || self.bytes.saturating_add(size) > HELD_BYTES {
+            metrics.rejected_messages.with_label_values(&["overflow"]).inc();
+            return false;
+        }
+        // A received payload is a slice of the subscription connection's read buffer (64 KiB
+        // chunks): held as is, every small message would keep a whole chunk alive.
+        msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
+        self.bytes += size;
+        self.queue.push_back((durable, msg));
+        true
+    }
+
+    /// The oldest message held.
+    fn pop(&mut self) -> Option<Held> {
+        let held = self.queue.pop_front()?;
+        self.bytes = self.bytes.saturating_sub(held_size(&held.1));
+        Some(held)
+    }
+}
+
+/// What a held message counts against [`HELD_BYTES`]: headers and payload (a publisher's
+/// headers travel with the re-published message and can be as large as its payload).
+fn held_size(msg: &async_nats::Message) -> usize {
+    msg.length.max(msg.payload.len())
+}
+
 /// What a feed is doing with arriving messages.
 enum Mode {
     /// Subscribed, position not known yet: hold them.
-    Opening(VecDeque<Held>),
+    Opening(Holding),
     /// Deliver them as they come.
     Live,
     /// Reading missed messages back: hold them until the repair is delivered.
-    Repairing(VecDeque<Held>),
+    Repairing(Holding),
 }
 
 /// Missed messages to read back: those after `after` and before `before`, then `next` (the
@@ -92,6 +132,10 @@ struct State {
     mode: Mode,
     chain: Chain,
     generation: u64,
+    /// A catch-up is due once the feed is live: a NATS reconnect asked for one while the
+    /// feed was opening or repairing (what was stored while NATS was away may lie beyond
+    /// what the opening or the repair reads), or a durable message overflowed the holding.
+    catch_up_pending: bool,
     /// Whether a bad publisher was logged, per subject (live, durable): once, not per message.
     logged: [bool; 2],
 }
@@ -120,22 +164,18 @@ impl<O: Outlet> subs::Receiver for ChannelFeed<O> {
     fn receive(self: Arc<Self>, durable: bool, msg: async_nats::Message) {
         let mut st = lock(&self.state);
         if let Mode::Opening(held) | Mode::Repairing(held) = &mut st.mode {
-            hold(held, (durable, msg), &self.ctx.metrics);
+            if !held.push(durable, msg, &self.ctx.metrics) && durable {
+                // Read back once live, even if the channel then stays quiet (no next
+                // message would reveal the gap).
+                st.catch_up_pending = true;
+            }
             return;
         }
         if let Some(gap) = self.process(&mut st, durable, msg) {
-            st.mode = Mode::Repairing(VecDeque::new());
+            st.mode = Mode::Repairing(Holding::default());
             drop(st);
             tokio::spawn(self.repair(gap));
         }
-    }
-}
-
-fn hold(held: &mut VecDeque<Held>, message: Held, metrics: &Metrics) {
-    if held.len() < HELD_MAX {
-        held.push_back(message);
-    } else {
-        metrics.rejected_messages.with_label_values(&["overflow"]).inc();
     }
 }
 
@@ -149,9 +189,10 @@ impl<O: Outlet> ChannelFeed<O> {
             channel,
             outlet,
             state: Mutex::new(State {
-                mode: Mode::Opening(VecDeque::new()),
+                mode: Mode::Opening(Holding::default()),
                 chain: Chain::new(Opening::default()),
                 generation,
+                catch_up_pending: false,
                 logged: [false; 2],
             }),
             status: AtomicU8::new(OPENING),
@@ -223,25 +264,29 @@ impl<O: Outlet> ChannelFeed<O> {
         {
             chain.caught_up(now, last);
         }
-        let gap = {
+        let (gap, catch_up) = {
             let mut st = lock(&self.state);
             st.chain = chain;
             let held = match &mut st.mode {
                 Mode::Opening(held) => std::mem::take(held),
-                _ => VecDeque::new(),
+                _ => Holding::default(),
             };
-            self.drain(&mut st, held)
+            let gap = self.drain(&mut st, held);
+            let catch_up = gap.is_none() && std::mem::take(&mut st.catch_up_pending);
+            (gap, catch_up)
         };
         self.set_status(OPEN);
         if let Some(gap) = gap {
             self.repair(gap).await;
+        } else if catch_up {
+            self.catch_up().await;
         }
     }
 
     /// Delivers held messages in order until one reveals a gap: then the rest stay held
     /// (the feed is `Repairing`) and the gap is returned.
-    fn drain(&self, st: &mut State, mut held: VecDeque<Held>) -> Option<Gap> {
-        while let Some((durable, msg)) = held.pop_front() {
+    fn drain(&self, st: &mut State, mut held: Holding) -> Option<Gap> {
+        while let Some((durable, msg)) = held.pop() {
             if let Some(gap) = self.process(st, durable, msg) {
                 st.mode = Mode::Repairing(held);
                 return Some(gap);
@@ -252,39 +297,48 @@ impl<O: Outlet> ChannelFeed<O> {
     }
 
     /// After a NATS reconnect: reads back what was stored on the channel beyond what this
-    /// node saw (a quiet channel would otherwise show it only with its next message).
+    /// node saw (a quiet channel would otherwise show it only with its next message). A
+    /// feed still opening or repairing catches up once it is live.
     pub async fn catch_up(self: Arc<Self>) {
+        if let Some(gap) = self.catch_up_gap().await {
+            self.repair(gap).await;
+        }
+    }
+
+    /// What a catch-up must read back (the feed is then `Repairing`); `None` if nothing, or
+    /// if the feed is not live (then it catches up once it is).
+    async fn catch_up_gap(&self) -> Option<Gap> {
         let seen = {
             let mut st = lock(&self.state);
             self.check_generation(&mut st);
             match (&st.mode, st.chain.seen()) {
                 (Mode::Live, Some(seen)) => seen,
-                _ => return,
+                (Mode::Live, None) => return None,
+                _ => {
+                    st.catch_up_pending = true;
+                    return None;
+                }
             }
         };
         let now = {
-            let Ok(_permit) = self.ctx.checks.acquire().await else {
-                return;
-            };
+            let _permit = self.ctx.checks.acquire().await.ok()?;
             last_stored(&self.ctx, &self.channel).await
         };
-        let Some(now) = now.filter(|n| *n > seen) else {
-            return;
-        };
-        let gap = {
-            let mut st = lock(&self.state);
-            let Some(after) = st.chain.seen().filter(|s| matches!(st.mode, Mode::Live) && *s < now) else {
-                return;
-            };
-            st.mode = Mode::Repairing(VecDeque::new());
-            Gap {
-                after,
-                before: now + 1,
-                next: None,
-            }
-        };
-        tracing::info!(channel = %self.channel, seen, now, "messages stored while NATS was away: reading them back");
-        self.repair(gap).await;
+        let now = now.filter(|n| *n > seen)?;
+        let mut st = lock(&self.state);
+        if !matches!(st.mode, Mode::Live) {
+            // A gap found meanwhile is being repaired: catch up after it.
+            st.catch_up_pending = true;
+            return None;
+        }
+        let after = st.chain.seen().filter(|s| *s < now)?;
+        st.mode = Mode::Repairing(Holding::default());
+        tracing::info!(channel = %self.channel, seen, now, "stored messages this node did not receive (NATS was away, or they overflowed while the channel opened or repaired): reading them back");
+        Some(Gap {
+            after,
+            before: now + 1,
+            next: None,
+        })
     }
 
     /// Reads missed messages back and delivers them, then what was held meanwhile; again
@@ -293,26 +347,39 @@ impl<O: Outlet> ChannelFeed<O> {
         loop {
             let last = lock(&self.state).chain.last_delivered();
             let repaired = repair_gap(&self.ctx, &self.channel, &self.outlet, gap.after, gap.before, last).await;
-            let mut st = lock(&self.state);
-            match gap.next {
-                Some((next, msg)) => {
-                    let link = st.chain.resume(next, repaired);
-                    self.emit(&mut st, true, &msg, Some(link));
-                }
-                None => {
-                    if let Some(last) = repaired {
+            let found = {
+                let mut st = lock(&self.state);
+                match gap.next {
+                    Some((next, msg)) => {
+                        let link = st.chain.resume(next, repaired);
+                        self.emit(&mut st, true, &msg, Some(link));
+                    }
+                    None => {
+                        // Failed (too large to repair here): the next message then names the
+                        // channel's real last sequence as its `prev`, so clients see the gap
+                        // and recover with `since`, and this node does not read it again.
+                        let last = repaired.unwrap_or(gap.before - 1);
                         st.chain.caught_up(gap.before - 1, last);
                     }
                 }
-            }
-            let held = match &mut st.mode {
-                Mode::Repairing(held) => std::mem::take(held),
-                _ => VecDeque::new(),
+                let held = match &mut st.mode {
+                    Mode::Repairing(held) => std::mem::take(held),
+                    _ => Holding::default(),
+                };
+                let found = self.drain(&mut st, held);
+                if found.is_none() && !std::mem::take(&mut st.catch_up_pending) {
+                    return;
+                }
+                found
             };
-            match self.drain(&mut st, held) {
-                Some(next) => gap = next,
-                None => return,
-            }
+            gap = match found {
+                Some(next) => next,
+                // Live again, with a catch-up due.
+                None => match self.catch_up_gap().await {
+                    Some(next) => next,
+                    None => return,
+                },
+            };
         }
     }
 
@@ -339,6 +406,9 @@ impl<O: Outlet> ChannelFeed<O> {
                 Step::Duplicate => return None,
                 Step::Deliver(link) => Some(link),
                 Step::Gap { after, next } => {
+                    // Waits for the repair (maybe behind other channels'): not in a read chunk.
+                    let mut msg = msg;
+                    msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
                     return Some(Gap {
                         after,
                         before: next.seq,
@@ -496,5 +566,55 @@ async fn repair_gap(
             tracing::warn!(%channel, after, before, error = %e, "gap repair failed");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(payload: bytes::Bytes) -> async_nats::Message {
+        async_nats::Message {
+            subject: async_nats::Subject::from_static("tidings.live.project.p1"),
+            reply: None,
+            length: payload.len(),
+            payload,
+            headers: None,
+            status: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn held_messages_are_bounded_in_bytes_and_keep_no_read_buffer_alive() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new()?;
+        // One read chunk of the subscription connection, each message a slice of it.
+        let chunk = bytes::Bytes::from(vec![7u8; 64 << 10]);
+        let mut held = Holding::default();
+        assert!(held.push(true, message(chunk.slice(0..100)), &metrics));
+        assert_eq!(held.queue[0].1.payload.len(), 100);
+        assert!(chunk.is_unique(), "a held payload still points into the read chunk");
+
+        let big = bytes::Bytes::from(vec![1u8; HELD_BYTES / 2]);
+        assert!(held.push(true, message(big.clone()), &metrics));
+        assert!(!held.push(true, message(big), &metrics));
+        assert_eq!(held.queue.len(), 2, "the third message is past the byte bound");
+        let overflow = metrics.rejected_messages.with_label_values(&["overflow"]).get();
+        assert_eq!(overflow, 1);
+        assert!(held.pop().is_some());
+        assert_eq!(held.bytes, HELD_BYTES / 2);
+        Ok(())
+    }
+
+    #[test]
+    fn held_messages_are_bounded_in_number() -> Result<(), Box<dyn std::error::Error>> {
+        let metrics = Metrics::new()?;
+        let mut held = Holding::default();
+        for _ in 0..HELD_MAX {
+            assert!(held.push(false, message(bytes::Bytes::from_static(b"{}")), &metrics));
+        }
+        assert!(!held.push(false, message(bytes::Bytes::from_static(b"{}")), &metrics));
+        assert_eq!(held.queue.len(), HELD_MAX);
+        Ok(())
     }
 }

@@ -1,26 +1,27 @@
 //! Reading a channel's stored messages back from `TIDINGS_EVENTS`: recovery on `subscribe`
 //! with `since`, the history route, SSE resume and gap repair all come through here.
 //!
-//! Messages are read with one ordered consumer filtered on the channel's subject, starting
-//! at a sequence (the fastest way measured on this machine: ~3 ms for 1,000 messages, ~25 ms
-//! for 10,000), and the consumer is deleted afterwards rather than left to expire. A read is
+//! Messages are read with one ephemeral pull consumer (no acks, in memory) filtered on the
+//! channel's subject, starting at a sequence, pulled in requests bounded in bytes by the
+//! budget (async-nats' ordered consumer cannot bound its pulls in bytes, so a count small
+//! enough for the largest messages made 10,000 small ones 625 round trips); the consumer is
+//! deleted afterwards rather than left to expire. A read is
 //! a [`Reader`] handing out chunks of at most a byte budget, which the caller writes before
 //! it asks for the next: memory per replay is a few budgets (the chunk, its encodings, what
 //! the NATS client pulled ahead), not a function of how many
 //! messages were missed or how large they are.
 //!
 //! A read waits for its next message as long as it makes progress, and no longer than
-//! [`STALL_LIMIT`] without any. The NATS client's pull pipeline behind an ordered consumer can
-//! wedge (measured on a loaded machine: the server had delivered every message pulled and had
-//! no pull request waiting, while the client waited for more and pulled nothing): a read that
-//! hears nothing for [`PROBE_AFTER`] while the server holds no pull request of it reopens its
-//! consumer where it stopped, which pulls afresh.
+//! [`STALL_LIMIT`] without any. The NATS client's pull pipeline behind a consumer's message
+//! stream can wedge (measured on a loaded machine: the server had delivered every message
+//! pulled and had no pull request waiting, while the client waited for more and pulled
+//! nothing): a read that hears nothing for [`PROBE_AFTER`] while the server holds no pull
+//! request of it reopens its consumer where it stopped, which pulls afresh.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_nats::jetstream::consumer::pull::Ordered;
-use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use async_nats::jetstream::stream::Stream as JsStream;
 use futures::StreamExt as _;
 use tidings_shared::nats::epoch_of;
@@ -38,8 +39,11 @@ use crate::position::{Link, StreamPosition};
 const PROBE_AFTER: Duration = Duration::from_secs(2);
 /// How long a read may go without receiving any message before it is abandoned.
 const STALL_LIMIT: Duration = Duration::from_secs(30);
-/// Most messages one pull of a history read asks for.
-const MAX_PULL: i64 = 500;
+/// Most messages one pull of a history read asks for (its bytes are bounded by the budget).
+const MAX_PULL: usize = 500;
+/// How long the server keeps a history read's consumer once nobody reads it (a reader that
+/// vanished without deleting it).
+const CONSUMER_IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// Bytes of the first chunk a read hands out; each next one is twice as large, up to the
 /// budget. The first messages reach the client while the rest is still being pulled
 /// (with whole-budget chunks, a recovery of 10,000 small messages wrote nothing for its
@@ -217,10 +221,11 @@ impl ReadBudget {
     /// a few budgets. Pulls are bounded by bytes, not by a message count derived from the
     /// largest payload allowed: that count (16 at 64 KiB payloads and a 1 MiB budget) made a
     /// recovery of 10,000 small messages 625 round trips instead of 20.
-    fn pull_bytes(&self) -> i64 {
-        // Room for the subject and the protocol line around the largest message.
-        let floor = self.largest.saturating_add(4096);
-        i64::try_from(self.bytes.max(floor)).unwrap_or(i64::MAX)
+    fn pull_bytes(&self) -> usize {
+        // Room for the subject and the protocol line around the largest message (at least
+        // NATS's default limit: `largest` can be lower than what another server of the
+        // cluster, or this one before its limit was lowered, stored).
+        self.bytes.max(self.largest.max(1 << 20).saturating_add(4096))
     }
 }
 
@@ -234,7 +239,7 @@ pub fn largest_message(nats: &async_nats::Client) -> usize {
 pub struct Reader {
     stream: JsStream,
     consumer: String,
-    messages: Option<Ordered>,
+    messages: Option<pull::Stream>,
     channel: Channel,
     budget: ReadBudget,
     /// Messages left to read from the stream (as the consumer counts them).
@@ -247,6 +252,8 @@ pub struct Reader {
     next_seq: u64,
     /// Bytes of stored messages the next chunk holds at most.
     chunk_bytes: usize,
+    /// The consumer sequence of the last message received from the current consumer.
+    consumer_seq: u64,
     /// How many messages of the channel the stream held from the start sequence on.
     pub held: u64,
     /// Whether more were held than the cap lets out.
@@ -277,6 +284,7 @@ impl Reader {
             prev: from.prev,
             next_seq: from.seq.max(1),
             chunk_bytes: FIRST_CHUNK.min(budget.bytes),
+            consumer_seq: 0,
             held,
             truncated: until.is_none() && held > cap as u64,
         })
@@ -290,7 +298,9 @@ impl Reader {
         let mut bytes = 0usize;
         let limit = self.chunk_bytes;
         self.chunk_bytes = limit.saturating_mul(2).min(self.budget.bytes);
-        while bytes < limit {
+        // Rejected messages are not handed out: a chunk that has only met those reads on (an
+        // empty chunk means the end of the read).
+        while bytes < limit || chunk.is_empty() {
             let Some(next) = self.next_stored().await? else {
                 break;
             };
@@ -356,24 +366,43 @@ impl Reader {
     /// left. Waits while the read makes progress (a message, or the server still serving a
     /// pull request of it), reopening the consumer where it stopped when it does not, and
     /// gives up after [`STALL_LIMIT`] without a message.
+    ///
+    /// The consumer acknowledges nothing, so the server counts a message delivered once it
+    /// sent it: a pull lost on the way (a NATS reconnect) shows as a jump in the consumer's
+    /// sequence, and the read reopens where it stopped rather than skip what was lost. An
+    /// error from the consumer (deleted for idleness while the caller did not ask for more,
+    /// lost with its server) is answered the same way, once; a second in a row fails the read.
     async fn next_message(&mut self) -> Result<Option<async_nats::jetstream::Message>> {
         let quiet_since = Instant::now();
+        let mut failed = false;
         loop {
-            let Some(messages) = self.messages.as_mut() else {
-                return Ok(None);
-            };
-            let ended = match tokio::time::timeout(PROBE_AFTER, messages.next()).await {
-                Ok(Some(Ok(m))) => return Ok(Some(m)),
-                Ok(Some(Err(e))) => return Err(SharedError::nats(e).into()),
-                // The client ended the consumer's stream (it should not): read on afresh.
-                Ok(None) => true,
-                Err(_) => false,
-            };
             if quiet_since.elapsed() >= STALL_LIMIT {
                 return Err(SharedError::Timeout("a history read").into());
             }
-            if ended || !pull_waiting(&self.stream, &self.consumer).await {
-                tracing::info!(channel = %self.channel, from = self.next_seq, "history read stalled; reopening its consumer");
+            let Some(messages) = self.messages.as_mut() else {
+                return Ok(None);
+            };
+            let reopen = match tokio::time::timeout(PROBE_AFTER, messages.next()).await {
+                Ok(Some(Ok(m))) => {
+                    let delivered = m.info().map_err(SharedError::nats)?.consumer_sequence;
+                    if delivered == self.consumer_seq + 1 {
+                        self.consumer_seq = delivered;
+                        return Ok(Some(m));
+                    }
+                    tracing::info!(channel = %self.channel, from = self.next_seq, "history read lost messages in transit; reopening its consumer");
+                    true
+                }
+                Ok(Some(Err(e))) if !failed => {
+                    tracing::info!(channel = %self.channel, from = self.next_seq, error = %e, "history read failed; reopening its consumer");
+                    failed = true;
+                    true
+                }
+                Ok(Some(Err(e))) => return Err(SharedError::nats(e).into()),
+                // The client ended the consumer's stream (it should not): read on afresh.
+                Ok(None) => true,
+                Err(_) => !pull_waiting(&self.stream, &self.consumer).await,
+            };
+            if reopen {
                 self.reopen().await?;
             }
         }
@@ -388,6 +417,7 @@ impl Reader {
         self.consumer = consumer;
         self.messages = messages;
         self.pending = pending;
+        self.consumer_seq = 0;
         Ok(())
     }
 
@@ -447,20 +477,23 @@ async fn pull_waiting(stream: &JsStream, consumer: &str) -> bool {
     }
 }
 
-/// Creates an ordered consumer of `channel` from `start` on: its name, its messages (none if
-/// it holds nothing) and how many it holds.
+/// Creates a consumer of `channel` from `start` on: its name, its messages (none if it holds
+/// nothing) and how many it holds. Like an ordered consumer (no acks, one replica, in
+/// memory, gone soon after its reader), but its pulls are bounded by the budget's bytes.
 async fn open_consumer(
     stream: &JsStream,
     channel: &Channel,
     start: u64,
     budget: ReadBudget,
-) -> Result<(String, Option<Ordered>, u64)> {
+) -> Result<(String, Option<pull::Stream>, u64)> {
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
+        .create_consumer(pull::Config {
             filter_subject: channel.durable_subject(),
             deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
-            max_batch: MAX_PULL,
-            max_bytes: budget.pull_bytes(),
+            ack_policy: AckPolicy::None,
+            inactive_threshold: CONSUMER_IDLE_LIMIT,
+            num_replicas: 1,
+            memory_storage: true,
             ..Default::default()
         })
         .await
@@ -468,7 +501,11 @@ async fn open_consumer(
     let held = consumer.cached_info().num_pending;
     let name = consumer.cached_info().name.clone();
     let messages = if held > 0 {
-        Some(consumer.messages().await.map_err(SharedError::nats)?)
+        let pulls = consumer
+            .stream()
+            .max_messages_per_batch(MAX_PULL)
+            .max_bytes_per_batch(budget.pull_bytes());
+        Some(pulls.messages().await.map_err(SharedError::nats)?)
     } else {
         None
     };

@@ -43,6 +43,9 @@ pub struct StormArgs {
     /// Publishing time before the kill (at least until every client has a message).
     #[arg(long, default_value = "2s", value_parser = tidings_shared::config::parse_duration)]
     pub before: Duration,
+    /// nats-server's pid, to report its CPU time during the storm too.
+    #[arg(long)]
+    pub nats_pid: Option<u32>,
     /// Give up waiting for the clients after this long.
     #[arg(long, default_value = "60s", value_parser = tidings_shared::config::parse_duration)]
     pub timeout: Duration,
@@ -78,10 +81,58 @@ pub struct StormResult {
     /// Resubscriptions answered `recovered:false` (must be 0).
     pub resets: u64,
     pub gateway_b_cpu_seconds: f64,
+    /// CPU time, kill → every client caught up, of the three processes sharing the machine:
+    /// the storm is bounded by their sum over the cores, not by gateway B alone.
+    pub storm_cpu: StormCpu,
     /// Nothing lost or duplicated, every client resumed.
     pub clean: bool,
     /// (ms since the kill, clients resumed) for the chart.
     pub resume_curve: Vec<(f64, usize)>,
+}
+
+/// CPU seconds (user + system) spent from the kill until every client caught up.
+#[derive(Debug, Default, Serialize)]
+pub struct StormCpu {
+    pub gateway_b_s: f64,
+    /// This generator (10,000 WebSocket clients reconnecting, and the publisher).
+    pub generator_s: f64,
+    /// nats-server, when `--nats-pid` was given.
+    pub nats_s: Option<f64>,
+    /// Their sum over the wall time: how many cores the storm kept busy.
+    pub cores_busy: f64,
+}
+
+/// CPU times of the storm's processes at one instant.
+struct CpuMark {
+    b: Duration,
+    generator: Duration,
+    nats: Option<Duration>,
+    at: Instant,
+}
+
+impl CpuMark {
+    fn now(b_pid: u32, nats_pid: Option<u32>) -> anyhow::Result<CpuMark> {
+        Ok(CpuMark {
+            b: sysinfo::cpu_time(b_pid)?,
+            generator: sysinfo::cpu_time(std::process::id())?,
+            nats: nats_pid.map(sysinfo::cpu_time).transpose()?,
+            at: Instant::now(),
+        })
+    }
+
+    fn since(&self, start: &CpuMark) -> StormCpu {
+        let secs = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
+        let nats_s = self.nats.zip(start.nats).map(|(a, b)| secs(a, b));
+        let gateway_b_s = secs(self.b, start.b);
+        let generator_s = secs(self.generator, start.generator);
+        let wall = self.at.duration_since(start.at).as_secs_f64().max(1e-9);
+        StormCpu {
+            gateway_b_s,
+            generator_s,
+            nats_s,
+            cores_busy: (gateway_b_s + generator_s + nats_s.unwrap_or(0.0)) / wall,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -142,16 +193,18 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
     wait_until_warm(&trackers, Instant::now() + args.before, deadline, &publisher).await?;
     let kill_us = now_us();
     killed_at.store(kill_us, Ordering::Relaxed);
+    let at_kill = CpuMark::now(b.pid, args.nats_pid)?;
     kill(a.pid)?;
     eprintln!("reconnect-storm: killed gateway A (pid {}) under {on_a} clients", a.pid);
     wait_for_recovery(&trackers, deadline).await;
+    let storm_cpu = CpuMark::now(b.pid, args.nats_pid)?.since(&at_kill);
     stop.store(true, Ordering::Relaxed);
     publisher.await??;
     settle(&trackers, &published).await;
 
     let tally = Tally::of(&trackers, &published, kill_us);
     let b_cpu = sysinfo::cpu_time(b.pid)?.saturating_sub(b_cpu0).as_secs_f64();
-    let result = tally.into_result(&args, machine, k, on_a, b_cpu);
+    let result = tally.into_result(&args, machine, k, on_a, b_cpu, storm_cpu);
     eprintln!(
         "reconnect-storm: all {} resumed in {:.0} ms, caught up in {:.0} ms, recovered {}, lost {}, duplicates {}",
         result.resumed,
@@ -371,6 +424,7 @@ impl Tally {
         channels: usize,
         on_a: usize,
         gateway_b_cpu_seconds: f64,
+        storm_cpu: StormCpu,
     ) -> StormResult {
         let resume = self.resume;
         let curve = resume
@@ -404,6 +458,7 @@ impl Tally {
             duplicates: self.duplicates,
             resets: self.resets,
             gateway_b_cpu_seconds,
+            storm_cpu,
             clean: self.lost == 0 && self.duplicates == 0 && self.resets == 0 && all_resumed,
             resume_curve: curve,
         }
