@@ -5,11 +5,10 @@
 //! channel's subject, starting at a sequence, pulled in requests bounded in bytes by the
 //! budget (async-nats' ordered consumer cannot bound its pulls in bytes, so a count small
 //! enough for the largest messages made 10,000 small ones 625 round trips); the consumer is
-//! deleted afterwards rather than left to expire. A read is
-//! a [`Reader`] handing out chunks of at most a byte budget, which the caller writes before
-//! it asks for the next: memory per replay is a few budgets (the chunk, its encodings, what
-//! the NATS client pulled ahead), not a function of how many
-//! messages were missed or how large they are.
+//! deleted afterwards rather than left to expire. A read is a [`Reader`] handing out chunks
+//! of at most a byte budget, which the caller writes before it asks for the next: memory per
+//! replay is a few budgets (the chunk, its encodings, what the NATS client pulled ahead), not
+//! a function of how many messages were missed or how large they are.
 //!
 //! A read waits for its next message as long as it makes progress, and no longer than
 //! [`STALL_LIMIT`] without any. The NATS client's pull pipeline behind a consumer's message
