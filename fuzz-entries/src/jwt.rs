@@ -106,8 +106,10 @@ fn signed(s: &str) {
     let Ok(verified) = verified else {
         return;
     };
-    let header: Value = serde_json::from_str(header).expect("a verified token's header is JSON");
-    assert_eq!(header["alg"], "HS256");
+    // (A header field the verifier does not read may hold a number `Value` refuses, as below.)
+    if let Ok(header) = serde_json::from_str::<Value>(header) {
+        assert_eq!(header["alg"], "HS256");
+    }
     check_claims(&verified, Some(&URL_SAFE_NO_PAD.encode(&claims)));
 }
 
@@ -131,7 +133,12 @@ fn check_claims(c: &Claims, payload_b64: Option<&str>) {
     let raw = URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .expect("a verified payload is base64url");
-    let json: Value = serde_json::from_slice(&raw).expect("a verified payload is JSON");
+    // A claim the gateway does not read may hold a number beyond f64's range: serde skips
+    // unknown fields without converting them (the token is valid, its signature checked),
+    // while `Value` refuses the whole payload. Then only the claims above can be checked.
+    let Ok(json) = serde_json::from_slice::<Value>(&raw) else {
+        return;
+    };
     assert_eq!(json["sub"], c.sub.as_str());
     assert_eq!(json["exp"].as_u64(), Some(c.exp));
     assert_eq!(json.get("iat").and_then(Value::as_u64), c.iat);
