@@ -88,9 +88,7 @@ impl Holding {
             metrics.rejected_messages.with_label_values(&["overflow"]).inc();
             return false;
         }
-        // A received payload is a slice of the subscription connection's read buffer (64 KiB
-        // chunks): held as is, every small message would keep a whole chunk alive.
-        msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
+        detach(&mut msg);
         self.bytes += size;
         self.queue.push_back((durable, msg));
         true
@@ -102,6 +100,13 @@ impl Holding {
         self.bytes = self.bytes.saturating_sub(held_size(&held.1));
         Some(held)
     }
+}
+
+/// Gives a message that will wait its own payload. A received payload is a slice of the
+/// subscription connection's read buffer (64 KiB chunks): kept as is, every small message
+/// waiting would keep a whole chunk alive.
+fn detach(msg: &mut async_nats::Message) {
+    msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
 }
 
 /// What a held message counts against [`HELD_BYTES`]: headers and payload (a publisher's
@@ -406,9 +411,9 @@ impl<O: Outlet> ChannelFeed<O> {
                 Step::Duplicate => return None,
                 Step::Deliver(link) => Some(link),
                 Step::Gap { after, next } => {
-                    // Waits for the repair (maybe behind other channels'): not in a read chunk.
+                    // Waits for the repair, maybe behind other channels'.
                     let mut msg = msg;
-                    msg.payload = bytes::Bytes::copy_from_slice(&msg.payload);
+                    detach(&mut msg);
                     return Some(Gap {
                         after,
                         before: next.seq,

@@ -233,6 +233,16 @@ pub fn largest_message(nats: &async_nats::Client) -> usize {
     nats.server_info().max_payload
 }
 
+/// A message a read received, with what its delivery info says (parsed once).
+struct Received {
+    msg: async_nats::Message,
+    /// Its stream sequence.
+    seq: u64,
+    /// Messages the consumer still holds after it.
+    pending: u64,
+    published: SystemTime,
+}
+
 /// A history read in progress: one channel's stored messages from a sequence on, handed out
 /// in chunks of at most the budget's bytes, `prev` chained.
 pub struct Reader {
@@ -339,12 +349,16 @@ impl Reader {
         if capped && self.until.is_none() {
             return Ok(None);
         }
-        let Some(msg) = self.next_message().await? else {
+        let Some(Received {
+            msg,
+            seq,
+            pending,
+            published,
+        }) = self.next_message().await?
+        else {
             return Ok(None);
         };
-        let info = msg.info().map_err(SharedError::nats)?;
-        let (seq, published) = (info.stream_sequence, info.published);
-        self.pending = info.pending;
+        self.pending = pending;
         self.next_seq = seq.saturating_add(1);
         if self.until.is_some_and(|u| seq >= u) {
             self.pending = 0;
@@ -357,8 +371,7 @@ impl Reader {
             return Ok(None);
         }
         let link = Link { seq, prev: self.prev };
-        let msg = msg.split().0;
-        Ok(Some((msg.payload, msg.headers, link, SystemTime::from(published))))
+        Ok(Some((msg.payload, msg.headers, link, published)))
     }
 
     /// The next message the consumer delivers; `None` if a reopened consumer finds nothing
@@ -371,7 +384,7 @@ impl Reader {
     /// sequence, and the read reopens where it stopped rather than skip what was lost. An
     /// error from the consumer (deleted for idleness while the caller did not ask for more,
     /// lost with its server) is answered the same way, once; a second in a row fails the read.
-    async fn next_message(&mut self) -> Result<Option<async_nats::jetstream::Message>> {
+    async fn next_message(&mut self) -> Result<Option<Received>> {
         let quiet_since = Instant::now();
         let mut failed = false;
         loop {
@@ -383,10 +396,18 @@ impl Reader {
             };
             let reopen = match tokio::time::timeout(PROBE_AFTER, messages.next()).await {
                 Ok(Some(Ok(m))) => {
-                    let delivered = m.info().map_err(SharedError::nats)?.consumer_sequence;
-                    if delivered == self.consumer_seq + 1 {
-                        self.consumer_seq = delivered;
-                        return Ok(Some(m));
+                    let info = m.info().map_err(SharedError::nats)?;
+                    if info.consumer_sequence == self.consumer_seq + 1 {
+                        self.consumer_seq = info.consumer_sequence;
+                        let (seq, pending) = (info.stream_sequence, info.pending);
+                        let published = SystemTime::from(info.published);
+                        let msg = m.split().0;
+                        return Ok(Some(Received {
+                            msg,
+                            seq,
+                            pending,
+                            published,
+                        }));
                     }
                     tracing::info!(channel = %self.channel, from = self.next_seq, "history read lost messages in transit; reopening its consumer");
                     true

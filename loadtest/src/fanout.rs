@@ -513,7 +513,7 @@ async fn run_step(
     rate: u64,
 ) -> anyhow::Result<Step> {
     fleet.start_step(i);
-    let cpu0 = Cpu::sample(server_pid, args.baseline.nats_pid)?;
+    let cpu0 = sysinfo::Cpu::sample(server_pid, args.baseline.nats_pid)?;
     let total = (rate as f64 * args.step.as_secs_f64()) as u64;
     let start = Instant::now();
     let per_channel = load.publish(i, rate, total, start).await?;
@@ -528,7 +528,7 @@ async fn run_step(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = Cpu::sample(server_pid, args.baseline.nats_pid)?.since(&cpu0);
+    let cpu = sysinfo::Cpu::sample(server_pid, args.baseline.nats_pid)?.since(&cpu0);
     let received = fleet.step_sum(|s| &s.received, i);
     let duplicates = fleet.step_sum(|s| &s.duplicates, i);
     let merged = fleet.latencies()?;
@@ -555,37 +555,6 @@ async fn run_step(
         nats_cpu_seconds: cpu.nats,
         generator_cpu_seconds: cpu.generator,
     })
-}
-
-/// CPU seconds of the server, NATS and this generator.
-struct Cpu {
-    server: Option<f64>,
-    server_user: Option<f64>,
-    nats: Option<f64>,
-    generator: f64,
-}
-
-impl Cpu {
-    fn sample(server: Option<u32>, nats: Option<u32>) -> anyhow::Result<Cpu> {
-        let secs = |pid: u32| sysinfo::cpu_time(pid).map(|d| d.as_secs_f64());
-        let user = |pid: u32| sysinfo::cpu_times(pid).map(|(u, _)| u.as_secs_f64());
-        Ok(Cpu {
-            server: server.map(secs).transpose()?,
-            server_user: server.map(user).transpose()?,
-            nats: nats.map(secs).transpose()?,
-            generator: secs(std::process::id())?,
-        })
-    }
-
-    fn since(&self, before: &Cpu) -> Cpu {
-        let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b).max(0.0));
-        Cpu {
-            server: diff(self.server, before.server),
-            server_user: diff(self.server_user, before.server_user),
-            nats: diff(self.nats, before.nats),
-            generator: (self.generator - before.generator).max(0.0),
-        }
-    }
 }
 
 /// Latency, throughput and cost against offered deliveries/s, every system on one chart.

@@ -102,35 +102,17 @@ pub struct StormCpu {
     pub cores_busy: f64,
 }
 
-/// CPU times of the storm's processes at one instant.
-struct CpuMark {
-    b: Duration,
-    generator: Duration,
-    nats: Option<Duration>,
-    at: Instant,
-}
-
-impl CpuMark {
-    fn now(b_pid: u32, nats_pid: Option<u32>) -> anyhow::Result<CpuMark> {
-        Ok(CpuMark {
-            b: sysinfo::cpu_time(b_pid)?,
-            generator: sysinfo::cpu_time(std::process::id())?,
-            nats: nats_pid.map(sysinfo::cpu_time).transpose()?,
-            at: Instant::now(),
-        })
-    }
-
-    fn since(&self, start: &CpuMark) -> StormCpu {
-        let secs = |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64();
-        let nats_s = self.nats.zip(start.nats).map(|(a, b)| secs(a, b));
-        let gateway_b_s = secs(self.b, start.b);
-        let generator_s = secs(self.generator, start.generator);
-        let wall = self.at.duration_since(start.at).as_secs_f64().max(1e-9);
+impl StormCpu {
+    /// From CPU samples of gateway B (as the server), nats-server and this generator taken
+    /// `wall` apart.
+    fn of(spent: &sysinfo::Cpu, wall: Duration) -> StormCpu {
+        let gateway_b_s = spent.server.unwrap_or(0.0);
+        let busy = gateway_b_s + spent.generator + spent.nats.unwrap_or(0.0);
         StormCpu {
             gateway_b_s,
-            generator_s,
-            nats_s,
-            cores_busy: (gateway_b_s + generator_s + nats_s.unwrap_or(0.0)) / wall,
+            generator_s: spent.generator,
+            nats_s: spent.nats,
+            cores_busy: busy / wall.as_secs_f64().max(1e-9),
         }
     }
 }
@@ -193,11 +175,12 @@ pub async fn run(args: StormArgs) -> anyhow::Result<StormResult> {
     wait_until_warm(&trackers, Instant::now() + args.before, deadline, &publisher).await?;
     let kill_us = now_us();
     killed_at.store(kill_us, Ordering::Relaxed);
-    let at_kill = CpuMark::now(b.pid, args.nats_pid)?;
+    let at_kill = (sysinfo::Cpu::sample(Some(b.pid), args.nats_pid)?, Instant::now());
     kill(a.pid)?;
     eprintln!("reconnect-storm: killed gateway A (pid {}) under {on_a} clients", a.pid);
     wait_for_recovery(&trackers, deadline).await;
-    let storm_cpu = CpuMark::now(b.pid, args.nats_pid)?.since(&at_kill);
+    let spent = sysinfo::Cpu::sample(Some(b.pid), args.nats_pid)?.since(&at_kill.0);
+    let storm_cpu = StormCpu::of(&spent, at_kill.1.elapsed());
     stop.store(true, Ordering::Relaxed);
     publisher.await??;
     settle(&trackers, &published).await;

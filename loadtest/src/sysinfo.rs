@@ -121,3 +121,39 @@ pub fn threads(pid: u32) -> anyhow::Result<u64> {
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no Threads for pid {pid}"))
 }
+
+/// CPU seconds (user + system) of the server under test, of nats-server and of this
+/// generator at one instant; [`Cpu::since`] turns two into what a step cost each of them.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    pub server: Option<f64>,
+    /// The server's user-space part.
+    pub server_user: Option<f64>,
+    pub nats: Option<f64>,
+    pub generator: f64,
+}
+
+impl Cpu {
+    /// Now, for the given processes (`None`: not measured).
+    pub fn sample(server: Option<u32>, nats: Option<u32>) -> anyhow::Result<Cpu> {
+        let secs = |pid: u32| cpu_time(pid).map(|d| d.as_secs_f64());
+        let user = |pid: u32| cpu_times(pid).map(|(u, _)| u.as_secs_f64());
+        Ok(Cpu {
+            server: server.map(secs).transpose()?,
+            server_user: server.map(user).transpose()?,
+            nats: nats.map(secs).transpose()?,
+            generator: secs(std::process::id())?,
+        })
+    }
+
+    /// What was spent from `before` to this sample.
+    pub fn since(&self, before: &Cpu) -> Cpu {
+        let diff = |a: Option<f64>, b: Option<f64>| a.zip(b).map(|(a, b)| (a - b).max(0.0));
+        Cpu {
+            server: diff(self.server, before.server),
+            server_user: diff(self.server_user, before.server_user),
+            nats: diff(self.nats, before.nats),
+            generator: (self.generator - before.generator).max(0.0),
+        }
+    }
+}

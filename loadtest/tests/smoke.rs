@@ -4,27 +4,16 @@
 //! load: nothing lost, nothing duplicated, every client connected; figures are not
 //! asserted (performance is measured in benchmarks, not tests).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 use tidings_tests::gateway::{Gateway, Launcher};
 use tidings_tests::{NatsServer, Process, eventually, free_port, http_get};
 
-const LOADTEST: &str = env!("CARGO_BIN_EXE_tidings-loadtest");
-const SECRET: &str = "smoke-secret-of-at-least-thirty-two-bytes";
+mod common;
+use common::binary;
 
-/// A sibling binary of the workspace (built by `cargo test --workspace`, which builds every
-/// package's binaries for their own integration tests).
-fn binary(name: &str) -> PathBuf {
-    let path = Path::new(LOADTEST).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} not built: run the workspace's tests (scripts/test) or `cargo build --bins`",
-        path.display()
-    );
-    path
-}
+const SECRET: &str = "smoke-secret-of-at-least-thirty-two-bytes";
 
 struct Stack {
     nats: NatsServer,
@@ -104,29 +93,9 @@ impl Stack {
     }
 }
 
-/// Runs `tidings-loadtest <args>`, checks it succeeded and wrote its chart, and returns its
-/// JSON result.
+/// Runs `tidings-loadtest <args>` (2 minutes at most): its JSON result.
 async fn loadtest(args: &[String]) -> Value {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let chart = dir.path().join("chart.svg");
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(LOADTEST)
-            .args(args)
-            .arg("--chart")
-            .arg(&chart)
-            .env_remove("TIDINGS_JWT_SECRET")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("scenario finished in time")
-    .expect("run tidings-loadtest");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{args:?} failed: {stderr}");
-    let svg = std::fs::read_to_string(&chart).expect("chart written");
-    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "chart: {svg}");
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON result: {e}; stderr: {stderr}"))
+    common::loadtest(args, Duration::from_secs(120)).await
 }
 
 fn strings(a: &[&str]) -> Vec<String> {

@@ -6,14 +6,13 @@
 //! the bound after the warm-up (docs/TESTING.md: what that bound catches). The 30-minute
 //! run with 10,000 clients is `scripts/bench soak`.
 
-use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
 use tidings_tests::NatsServer;
 use tidings_tests::gateway::Launcher;
 
-const LOADTEST: &str = env!("CARGO_BIN_EXE_tidings-loadtest");
+mod common;
+
 const SECRET: &str = "soak-secret-of-at-least-thirty-two-bytes";
 
 /// Connections held throughout (the generator and the gateway each hold one fd per
@@ -25,12 +24,7 @@ const MAX_RSS_SLOPE: &str = "4194304";
 
 #[tokio::test]
 async fn soak_two_minutes_no_loss_no_leak() {
-    let gateway_bin = Path::new(LOADTEST).with_file_name("tidings-gateway");
-    assert!(
-        gateway_bin.is_file(),
-        "{} not built: run the workspace's tests (scripts/test) or `cargo build --bins`",
-        gateway_bin.display()
-    );
+    let gateway_bin = common::binary("tidings-gateway");
     let nats = NatsServer::start().await.expect("nats-server");
     let launcher = Launcher {
         bin: gateway_bin,
@@ -39,8 +33,6 @@ async fn soak_two_minutes_no_loss_no_leak() {
     let gw = launcher
         .start(&nats.url(), &[("TIDINGS_NODE_ID", "soak-gw".to_owned())])
         .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let chart = dir.path().join("soak.svg");
     let connections = CONNECTIONS.to_string();
     let pid = gw.process.pid().to_string();
     let args = [
@@ -70,22 +62,7 @@ async fn soak_two_minutes_no_loss_no_leak() {
         "--max-rss-slope",
         MAX_RSS_SLOPE,
     ];
-    let out = tokio::time::timeout(
-        Duration::from_secs(300),
-        tokio::process::Command::new(LOADTEST)
-            .args(args)
-            .arg("--chart")
-            .arg(&chart)
-            .env_remove("TIDINGS_JWT_SECRET")
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("soak finished in time")
-    .expect("run tidings-loadtest");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "soak failed: {stderr}");
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("JSON result: {e}; stderr: {stderr}"));
+    let r = common::loadtest(&args, Duration::from_secs(300)).await;
     let brief = serde_json::json!({
         "checks": r["checks"], "slopes": r["slopes"], "before": r["before"], "after": r["after"],
         "owed": r["owed"], "deliveries": r["deliveries"], "churned": r["clients_churned"],
@@ -112,6 +89,4 @@ async fn soak_two_minutes_no_loss_no_leak() {
             .all(|s| s["connections"].as_u64() >= Some(CONNECTIONS * 95 / 100)),
         "{brief:#}"
     );
-    let svg = std::fs::read_to_string(&chart).expect("chart written");
-    assert!(svg.starts_with("<svg") && svg.contains("<polyline"), "chart: {svg}");
 }
