@@ -15,6 +15,7 @@ pub mod inapp;
 pub mod inbox_tally;
 pub mod intake;
 pub mod jobs;
+pub mod kv_mirror;
 pub mod metrics;
 pub mod poison;
 pub mod prefs;

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt as _;
 use tokio::sync::watch;
 
 use tidings_shared::error::{Error, Result};
@@ -96,7 +95,12 @@ impl PrefsCache {
             rounds: Mutex::default(),
             answered: watch::Sender::new((0, None)),
         });
-        tokio::spawn(watch_loop(inner.clone(), dropped));
+        tokio::spawn(crate::kv_mirror::follow(
+            inner.kv.clone(),
+            Follower(inner.clone()),
+            "preferences",
+            dropped,
+        ));
         PrefsCache {
             inner,
             _alive: Arc::new(alive),
@@ -175,35 +179,21 @@ async fn ask(inner: Arc<Inner>, mut round: u64) {
     }
 }
 
-/// Applies every value and change of the bucket while a watch is live; starts a new one
-/// (with an empty mirror) when it fails; returns once every cache handle is gone.
-async fn watch_loop(inner: Arc<Inner>, mut dropped: watch::Receiver<()>) {
-    loop {
-        match inner.kv.watch_with_history(">").await {
-            Ok(mut changes) => {
-                inner.applied.send_replace(Applied { live: true, seq: 0 });
-                loop {
-                    tokio::select! {
-                        change = changes.next() => match change {
-                            Some(Ok(change)) => apply(&inner, &change),
-                            Some(Err(e)) => {
-                                tracing::debug!(error = %e, "preferences watch failed; reading preferences from JetStream until it is back");
-                                break;
-                            }
-                            None => break,
-                        },
-                        _ = dropped.changed() => return,
-                    }
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "preferences watch could not start; retrying"),
-        }
-        inner.applied.send_replace(Applied { live: false, seq: 0 });
-        lock(&inner.mirror).clear();
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = dropped.changed() => return,
-        }
+/// The mirror follows the bucket; readers wait on `applied` (see [`PrefsCache`]).
+struct Follower(Arc<Inner>);
+
+impl crate::kv_mirror::Mirror for Follower {
+    fn live(&self) {
+        self.0.applied.send_replace(Applied { live: true, seq: 0 });
+    }
+
+    fn apply(&self, entry: &kv::Entry) {
+        apply(&self.0, entry);
+    }
+
+    fn reset(&self) {
+        self.0.applied.send_replace(Applied { live: false, seq: 0 });
+        lock(&self.0.mirror).clear();
     }
 }
 

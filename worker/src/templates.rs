@@ -12,10 +12,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
-use futures::StreamExt as _;
 use tokio::sync::watch;
 
 use tidings_shared::error::{Error, Result};
@@ -74,7 +72,12 @@ impl TemplateCache {
     pub fn spawn(kv: kv::Store) -> Self {
         let (alive, dropped) = watch::channel(());
         let entries = Entries::default();
-        tokio::spawn(watch_loop(kv.clone(), entries.clone(), dropped));
+        tokio::spawn(crate::kv_mirror::follow(
+            kv.clone(),
+            Follower(entries.clone()),
+            "template",
+            dropped,
+        ));
         TemplateCache {
             kv,
             entries,
@@ -94,32 +97,15 @@ impl TemplateCache {
     }
 }
 
-/// Applies every value and change of the bucket while a watch is live; starts a new one
-/// (with an empty cache) when it fails; returns once every cache handle is gone.
-async fn watch_loop(kv: kv::Store, entries: Entries, mut dropped: watch::Receiver<()>) {
-    loop {
-        match kv.watch_with_history(">").await {
-            Ok(mut changes) => loop {
-                tokio::select! {
-                    change = changes.next() => match change {
-                        Some(Ok(change)) => {
-                            lock(&entries).insert(change.key.clone(), Value::of(&change));
-                        }
-                        Some(Err(e)) => {
-                            tracing::debug!(error = %e, "template watch failed; reading templates from JetStream until it is back");
-                            break;
-                        }
-                        None => break,
-                    },
-                    _ = dropped.changed() => return,
-                }
-            },
-            Err(e) => tracing::debug!(error = %e, "template watch could not start; retrying"),
-        }
-        lock(&entries).clear();
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = dropped.changed() => return,
-        }
+/// The cache follows the bucket: each entry as it is.
+struct Follower(Entries);
+
+impl crate::kv_mirror::Mirror for Follower {
+    fn apply(&self, entry: &kv::Entry) {
+        lock(&self.0).insert(entry.key.clone(), Value::of(entry));
+    }
+
+    fn reset(&self) {
+        lock(&self.0).clear();
     }
 }
