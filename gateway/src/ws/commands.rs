@@ -36,11 +36,7 @@ const REPLAYED_PER_TOKEN: u64 = 100;
 
 impl Session {
     /// Handles one decoded (or undecodable) client frame.
-    pub(super) async fn command(
-        &mut self,
-        decoded: Result<ClientFrame, SharedError>,
-        expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    ) -> Next {
+    pub(super) async fn command(&mut self, decoded: Result<ClientFrame, SharedError>) -> Next {
         let cost = decoded.as_ref().map_or(1, command_cost);
         match self.limiter.check(Instant::now(), cost) {
             Verdict::Allow => {}
@@ -91,7 +87,7 @@ impl Session {
                 msg_id,
             } => self.publish(id, &channel, event, data, durable, msg_id).await,
             ClientFrame::Ack { id, channel, seq } => self.ack(id, &channel, seq).await,
-            ClientFrame::Auth { id, token } => self.refresh(id, &token, expiry).await,
+            ClientFrame::Auth { id, token } => self.refresh(id, &token).await,
             ClientFrame::Presence { id, channel } => self.presence(id, &channel).await,
         }
         Next::Continue
@@ -241,10 +237,10 @@ impl Session {
             if !self.admit(&m) {
                 continue;
             }
-            self.sink.feed(m.ws_message(self.format)).await?;
+            self.socket.feed(m.ws_message(self.format)).await?;
             written += 1;
         }
-        self.sink.flush().await?;
+        self.socket.flush().await?;
         self.reg.state.metrics.messages_delivered.inc_by(written);
         Ok(())
     }
@@ -321,7 +317,7 @@ impl Session {
         }
     }
 
-    async fn refresh(&mut self, id: Option<u64>, token: &str, expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>) {
+    async fn refresh(&mut self, id: Option<u64>, token: &str) {
         let claims = match self.reg.state.authenticate(Some(token)).await {
             Ok(c) => c,
             Err(reason) => {
@@ -345,9 +341,8 @@ impl Session {
         for c in lost {
             self.reg.unsubscribe(&c);
         }
-        expiry
-            .as_mut()
-            .reset(token_deadline(claims.exp, self.reg.state.verifier.leeway()));
+        self.clock
+            .expire_at(token_deadline(claims.exp, self.reg.state.verifier.leeway()));
         let exp = claims.exp;
         self.reg.handle.signal.set_issued_at(claims.iat);
         self.claims = claims;

@@ -7,6 +7,7 @@
 //! (slow consumer, drain) are branches of the same `select!`, so an idle connection costs
 //! one task, one queue and the socket's buffers.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt as _, StreamExt as _};
+use futures::future::OptionFuture;
+use futures::{FutureExt as _, SinkExt as _, StreamExt as _};
 use tidings_shared::ErrorCode;
 use tidings_shared::auth::Claims;
 use tidings_shared::codec::WireFormat;
@@ -30,18 +31,22 @@ use crate::conn::{
 };
 use crate::extract::bearer_token;
 use crate::limit::{RateLimiter, Verdict};
-use crate::server::PendingSlot;
+use crate::server::{Authenticated, PendingSlot};
 use crate::session::{self, Registration, token_deadline};
 
 /// How many queued frames one write batch takes at most.
 const WRITE_BATCH: usize = 256;
+/// Capacity of the batch buffer a session keeps between writes (a burst's larger one is
+/// freed after it).
+const WRITE_BATCH_KEEP: usize = 16;
 /// How long a close frame may take to leave before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Read buffer per connection, allocated up front by tungstenite: small, because most
-/// connections are idle and client commands are small; a larger frame still works (the
-/// buffer grows to the frame's length, up to the frame limit). 1 KiB instead of the 128 KiB
-/// default is most of what makes an idle connection cheap.
-const READ_BUFFER: usize = 1024;
+/// Read buffer per connection, allocated up front by tungstenite and kept: small, because
+/// most connections are idle and client commands are small (a subscribe is ~100 bytes); a
+/// larger frame still works (the buffer grows to the frame's length, up to the frame limit).
+/// 256 bytes instead of the 128 KiB default is most of what makes an idle connection cheap
+/// (1 KiB measured ~0.75 KB more per connection than this).
+const READ_BUFFER: usize = 256;
 /// Bytes buffered before a write goes to the socket; batches are flushed explicitly anyway.
 const WRITE_BUFFER: usize = 16 * 1024;
 
@@ -78,16 +83,8 @@ pub async fn handler(State(state): State<AppState>, parts: Parts, ws: WebSocketU
         Some(f) => ws.protocols([f.subprotocol()]),
         None => ws,
     };
-    // Split before the session future is built, so that the future holds two small halves
-    // rather than the whole WebSocket for its lifetime.
-    ws.on_upgrade(move |socket| {
-        let (sink, stream) = socket.split();
-        run(state, sink, stream, format.unwrap_or_default(), token, pending)
-    })
+    ws.on_upgrade(move |socket| session_task(state, socket, format.unwrap_or_default(), token, pending))
 }
-
-type Sink = SplitSink<WebSocket, Message>;
-type Stream = SplitStream<WebSocket>;
 
 fn encode(format: WireFormat, frame: &ServerFrame) -> Option<Message> {
     match format.encode(frame) {
@@ -100,14 +97,14 @@ fn encode(format: WireFormat, frame: &ServerFrame) -> Option<Message> {
     }
 }
 
-async fn close(sink: &mut Sink, code: u16, reason: &str) {
+async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
     let frame = Message::Close(Some(CloseFrame {
         code,
         reason: Utf8Bytes::from(reason.to_owned()),
     }));
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        sink.send(frame).await?;
-        sink.close().await
+        socket.send(frame).await?;
+        socket.close().await
     })
     .await;
 }
@@ -123,9 +120,9 @@ const LINGER: Duration = Duration::from_secs(1);
 /// sends until its Close or the end of the stream, for at most [`LINGER`]. A socket closed
 /// with unread data makes Linux send RST instead of FIN, and an RST can destroy the Close
 /// frame still on its way to the peer, which then sees no close code (not 4008, 4009, …).
-async fn linger(stream: &mut Stream) {
+async fn linger(mut socket: WebSocket) {
     let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(m)) = stream.next().await {
+        while let Some(Ok(m)) = socket.next().await {
             if matches!(m, Message::Close(_)) {
                 break;
             }
@@ -138,8 +135,7 @@ async fn linger(stream: &mut Stream) {
 /// deadline (`TIDINGS_AUTH_DEADLINE_MS`).
 async fn authenticate(
     state: &AppState,
-    stream: &mut Stream,
-    sink: &mut Sink,
+    socket: &mut WebSocket,
     format: WireFormat,
     token: Option<String>,
 ) -> Result<(Claims, Option<u64>), String> {
@@ -151,7 +147,7 @@ async fn authenticate(
             .map_err(|r| r.as_str().to_owned());
     }
     let deadline = Duration::from_millis(state.config.auth_deadline_ms);
-    let first = tokio::time::timeout(deadline, stream.next()).await;
+    let first = tokio::time::timeout(deadline, socket.next()).await;
     let frame = match first {
         Err(_) => {
             state.metrics.auth_failures.with_label_values(&["missing"]).inc();
@@ -169,7 +165,7 @@ async fn authenticate(
             .map_err(|r| r.as_str().to_owned()),
         _ => {
             let _ = send(
-                sink,
+                socket,
                 format,
                 &ServerFrame::Error {
                     error: ErrorBody::new(ErrorCode::Unauthorized, "the first frame must be auth"),
@@ -182,41 +178,63 @@ async fn authenticate(
     }
 }
 
-async fn send(sink: &mut Sink, format: WireFormat, frame: &ServerFrame) -> Result<(), axum::Error> {
+async fn send(socket: &mut WebSocket, format: WireFormat, frame: &ServerFrame) -> Result<(), axum::Error> {
     match encode(format, frame) {
-        Some(m) => sink.send(m).await,
+        Some(m) => socket.send(m).await,
         None => Ok(()),
     }
 }
 
-async fn run(
+/// The connection's task, in three stages chained without an enclosing `async fn`, so that
+/// an idle connection's task holds only the serving loop: [`open`] (authentication,
+/// registration, welcome) runs boxed and is freed when done; [`Session::serve`] holds the
+/// session by value; [`linger`] ends the closing handshake once the registration is gone.
+/// (An `async fn` keeping them in one body would keep room for its arguments, each stage's
+/// locals and copies of what moved between them, ~2.5 KB per connection, for the whole
+/// session.)
+fn session_task(
     state: AppState,
-    mut sink: Sink,
-    mut stream: Stream,
+    socket: WebSocket,
     format: WireFormat,
     token: Option<String>,
     pending: Option<Arc<PendingSlot>>,
-) {
-    let authenticated = async {
-        match &pending {
-            // Closed to make room for newer connections while it had not authenticated.
-            Some(slot) => tokio::select! {
-                r = authenticate(&state, &mut stream, &mut sink, format, token) => r,
-                () = slot.evicted() => Err("too many connections waiting to authenticate".to_owned()),
-            },
-            None => authenticate(&state, &mut stream, &mut sink, format, token).await,
-        }
+) -> impl Future<Output = ()> + Send {
+    Box::pin(open(state, socket, format, token, pending))
+        .then(|opened| OptionFuture::from(opened.map(|(session, span)| session.serve().instrument(span))))
+        .then(|closing| {
+            // The connection stays out of the pool of pending ones while it lingers.
+            OptionFuture::from(closing.map(|(socket, exchange)| linger(socket).map(move |()| drop(exchange))))
+        })
+        .map(drop)
+}
+
+/// Authenticates and registers the connection and welcomes it: the session and its span,
+/// or `None` once the connection was refused (and closed).
+async fn open(
+    state: AppState,
+    mut socket: WebSocket,
+    format: WireFormat,
+    token: Option<String>,
+    pending: Option<Arc<PendingSlot>>,
+) -> Option<(Session, tracing::Span)> {
+    let authenticated = match &pending {
+        // Closed to make room for newer connections while it had not authenticated.
+        Some(slot) => tokio::select! {
+            r = authenticate(&state, &mut socket, format, token) => r,
+            () = slot.evicted() => Err("too many connections waiting to authenticate".to_owned()),
+        },
+        None => authenticate(&state, &mut socket, format, token).await,
     };
-    let (claims, auth_id) = match Box::pin(authenticated).await {
+    let (claims, auth_id) = match authenticated {
         Ok(c) => c,
         Err(reason) => {
             tracing::debug!(%reason, "WebSocket refused");
-            Box::pin(close(&mut sink, CLOSE_UNAUTHORIZED, &format!("unauthorized: {reason}"))).await;
-            return;
+            close(&mut socket, CLOSE_UNAUTHORIZED, &format!("unauthorized: {reason}")).await;
+            return None;
         }
     };
     // Out of the pool of pending connections for as long as the session lasts.
-    let _exchange = pending.as_ref().map(|slot| slot.authenticated());
+    let exchange = pending.as_ref().map(|slot| slot.authenticated());
     let tx = Outbox::new(state.config.outbound_queue as usize);
     let rx = OutboxReader(tx.clone());
     let handle = ConnHandle {
@@ -225,6 +243,8 @@ async fn run(
         user: claims.sub.as_str().into(),
     };
     let limiter = RateLimiter::new(state.config.command_rate, state.config.command_burst);
+    let heartbeat = Duration::from_millis(state.config.heartbeat_ms);
+    let expires = token_deadline(claims.exp, state.verifier.leeway());
     let reg = match Registration::new(state, handle, &claims) {
         Ok(reg) => reg,
         Err(e) => {
@@ -232,9 +252,9 @@ async fn run(
                 ErrorCode::Unauthorized => (CLOSE_UNAUTHORIZED, REVOKED.to_owned()),
                 _ => (CLOSE_RATE_LIMITED, e.to_string()),
             };
-            Box::pin(close(&mut sink, code, &reason)).await;
-            linger(&mut stream).await;
-            return;
+            close(&mut socket, code, &reason).await;
+            linger(socket).await;
+            return None;
         }
     };
     let session_id = format!("{}-{}", reg.state.node_id, reg.id);
@@ -243,13 +263,15 @@ async fn run(
         reg,
         format,
         claims,
-        sink,
+        socket,
+        rx,
+        batch: Vec::new(),
+        clock: Clock::new(heartbeat, expires),
         limiter,
         broken: false,
+        _exchange: exchange,
     };
-    // The session is boxed apart from its rarely used parts (commands, closing), which are
-    // boxed again where they run: an idle connection's task then holds only the loop's state.
-    async move {
+    async {
         if let Some(id) = auth_id {
             let reply = Reply {
                 exp: Some(session.claims.exp),
@@ -263,17 +285,11 @@ async fn run(
             user: session.claims.sub.clone(),
             heartbeat_ms: session.reg.state.config.heartbeat_ms,
         });
-        Box::pin(session.send(&welcome)).await;
-        let mut stream = stream;
-        let reason = session.serve(&mut stream, rx).await;
-        tracing::debug!(reason, "WebSocket closed");
-        // Dropping the session unregisters it, with every subscription it still has: the
-        // connection no longer counts while it lingers.
-        drop(session);
-        linger(&mut stream).await;
+        session.send(&welcome).await;
     }
-    .instrument(span)
+    .instrument(span.clone())
     .await;
+    Some((session, span))
 }
 
 struct Session {
@@ -281,14 +297,27 @@ struct Session {
     reg: Registration,
     format: WireFormat,
     claims: Claims,
-    sink: Sink,
+    /// The WebSocket, whole: the loop reads it while waiting and writes it in a branch
+    /// (`select!` drops its waiting futures first), so it needs no split halves, which would
+    /// move it into a shared lock of its own (~0.45 KB on the heap).
+    socket: WebSocket,
+    /// The connection's outbound queue, filled by the fan-out.
+    rx: OutboxReader,
+    /// Frames taken from the queue for one write (kept for its capacity).
+    batch: Vec<Outbound>,
+    clock: Clock,
     limiter: RateLimiter,
     /// A write failed (the peer is gone or read nothing within the write deadline): the
     /// session ends after the command that found it.
     broken: bool,
+    /// Out of the pool of connections waiting to authenticate, while the session lasts.
+    _exchange: Option<Authenticated>,
 }
 
+mod clock;
 mod commands;
+
+use clock::{Clock, Due};
 
 /// What [`Session::command`] tells the loop.
 enum Next {
@@ -299,7 +328,7 @@ enum Next {
 impl Session {
     async fn send(&mut self, frame: &ServerFrame) {
         let deadline = self.write_deadline();
-        let written = tokio::time::timeout(deadline, send(&mut self.sink, self.format, frame)).await;
+        let written = tokio::time::timeout(deadline, send(&mut self.socket, self.format, frame)).await;
         self.settle_write(written);
     }
 
@@ -347,16 +376,22 @@ impl Session {
         self.send(&frame).await;
     }
 
-    /// The session loop; returns why it ended.
-    async fn serve(&mut self, stream: &mut Stream, rx: OutboxReader) -> &'static str {
-        let heartbeat = Duration::from_millis(self.reg.state.config.heartbeat_ms);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let expiry = tokio::time::sleep_until(token_deadline(self.claims.exp, self.reg.state.verifier.leeway()));
-        tokio::pin!(expiry);
+    /// The session loop, until the connection ends: what it still needs to close, the
+    /// registration (with every subscription) being gone by then. Written as a block that
+    /// captures the session rather than an `async fn` taking it, which would hold it twice.
+    fn serve(self) -> impl Future<Output = (WebSocket, Option<Authenticated>)> + Send {
+        let mut session = self;
+        async move {
+            let reason = session.serve_loop().await;
+            tracing::debug!(reason, "WebSocket closed");
+            let Session { socket, _exchange, .. } = session;
+            (socket, _exchange)
+        }
+    }
+
+    /// Runs until the session ends; returns why.
+    async fn serve_loop(&mut self) -> &'static str {
         let signal = self.reg.handle.signal.clone();
-        let mut last_seen = Instant::now();
-        let mut batch: Vec<Outbound> = Vec::new();
         loop {
             let ended = tokio::select! {
                 biased;
@@ -364,27 +399,30 @@ impl Session {
                     Box::pin(self.close_for(code)).await;
                     Some("closed by server")
                 }
-                n = rx.0.recv_many(&mut batch, WRITE_BATCH) => {
+                n = self.rx.0.recv_many(&mut self.batch, WRITE_BATCH) => {
                     if n == 0 {
                         return "queue closed";
                     }
-                    self.write_queued(&mut batch, &signal).await
+                    // Boxed: the write's state is the largest of the loop's, and an idle
+                    // connection would otherwise hold room for it.
+                    Box::pin(self.write_queued(&signal)).await
                 }
-                incoming = stream.next() => {
-                    last_seen = Instant::now();
-                    Box::pin(self.incoming(incoming, &mut expiry)).await
+                incoming = self.socket.next() => {
+                    self.clock.seen();
+                    Box::pin(self.incoming(incoming)).await
                 }
-                _ = ticker.tick() => {
-                    if last_seen.elapsed() > heartbeat * 2 {
-                        Box::pin(close(&mut self.sink, 1001, "heartbeat timeout")).await;
+                () = self.clock.timer.as_mut() => match self.clock.due() {
+                    Due::Nothing => None,
+                    Due::Ping => self.ping().await,
+                    Due::Silent => {
+                        Box::pin(close(&mut self.socket, 1001, "heartbeat timeout")).await;
                         return "heartbeat timeout";
                     }
-                    self.ping().await
-                }
-                () = &mut expiry => {
-                    Box::pin(close(&mut self.sink, CLOSE_UNAUTHORIZED, "token expired")).await;
-                    Some("token expired")
-                }
+                    Due::Expired => {
+                        Box::pin(close(&mut self.socket, CLOSE_UNAUTHORIZED, "token expired")).await;
+                        Some("token expired")
+                    }
+                },
             };
             if let Some(reason) = ended {
                 return reason;
@@ -394,38 +432,39 @@ impl Session {
 
     /// Writes what the queue held, within the write deadline, unless the session is told to
     /// close meanwhile. `Some(reason)` when the session ends.
-    async fn write_queued(&mut self, batch: &mut Vec<Outbound>, signal: &ConnSignal) -> Option<&'static str> {
+    async fn write_queued(&mut self, signal: &ConnSignal) -> Option<&'static str> {
         let deadline = self.write_deadline();
+        let mut batch = std::mem::take(&mut self.batch);
         let written = tokio::select! {
-            r = tokio::time::timeout(deadline, self.write_batch(batch)) => r,
+            r = tokio::time::timeout(deadline, self.write_batch(&mut batch)) => r,
             code = signal.closed() => {
                 Box::pin(self.close_for(code)).await;
                 return Some("closed by server during write");
             }
         };
+        batch.clear();
+        if batch.capacity() <= WRITE_BATCH_KEEP {
+            self.batch = batch;
+        }
         self.settle_write(written)
     }
 
     /// A WebSocket ping, within the write deadline.
     async fn ping(&mut self) -> Option<&'static str> {
         let deadline = self.write_deadline();
-        let ping = self.sink.send(Message::Ping(bytes::Bytes::new()));
+        let ping = self.socket.send(Message::Ping(bytes::Bytes::new()));
         let written = tokio::time::timeout(deadline, ping).await;
         self.settle_write(written)
     }
 
     /// Handles what the peer sent. `Some(reason)` when the session ends.
-    async fn incoming(
-        &mut self,
-        incoming: Option<Result<Message, axum::Error>>,
-        expiry: &mut std::pin::Pin<&mut tokio::time::Sleep>,
-    ) -> Option<&'static str> {
+    async fn incoming(&mut self, incoming: Option<Result<Message, axum::Error>>) -> Option<&'static str> {
         let max = self.reg.state.config.max_frame_bytes;
         let decoded = match incoming {
             None => return Some("peer went away"),
             Some(Err(e)) => {
                 if is_capacity_error(&e) {
-                    Box::pin(close(&mut self.sink, CLOSE_TOO_LARGE, "frame too large")).await;
+                    Box::pin(close(&mut self.socket, CLOSE_TOO_LARGE, "frame too large")).await;
                     return Some("frame too large");
                 }
                 return Some("read error");
@@ -435,7 +474,7 @@ impl Session {
                 // Control frames cost a token too: tungstenite answers every ping, so a ping
                 // flood would otherwise be free.
                 if self.limiter.check(Instant::now(), 1) == Verdict::Abuse {
-                    Box::pin(close(&mut self.sink, CLOSE_RATE_LIMITED, "rate limit abused")).await;
+                    Box::pin(close(&mut self.socket, CLOSE_RATE_LIMITED, "rate limit abused")).await;
                     return Some("rate limit abused");
                 }
                 return None;
@@ -443,8 +482,8 @@ impl Session {
             Some(Ok(Message::Text(t))) => WireFormat::Json.decode_client(t.as_bytes(), max),
             Some(Ok(Message::Binary(b))) => WireFormat::Msgpack.decode_client(&b, max),
         };
-        if let Next::Close(code, reason) = Box::pin(self.command(decoded, expiry)).await {
-            Box::pin(close(&mut self.sink, code, reason)).await;
+        if let Next::Close(code, reason) = Box::pin(self.command(decoded)).await {
+            Box::pin(close(&mut self.socket, code, reason)).await;
             return Some(reason);
         }
         self.broken.then_some("write failed")
@@ -478,15 +517,15 @@ impl Session {
                 }
             };
             match trace {
-                None => self.sink.feed(msg).await?,
+                None => self.socket.feed(msg).await?,
                 Some(parent) => {
                     let span = tracing::info_span!("frame write");
                     parent.adopt(&span);
-                    tracing::Instrument::instrument(self.sink.feed(msg), span).await?
+                    tracing::Instrument::instrument(self.socket.feed(msg), span).await?
                 }
             }
         }
-        self.sink.flush().await?;
+        self.socket.flush().await?;
         self.reg.state.metrics.messages_delivered.inc_by(delivered);
         Ok(())
     }
@@ -515,13 +554,13 @@ impl Session {
                     retry_ms: fastrand::u64(0..=1000),
                 };
                 self.send(&frame).await;
-                close(&mut self.sink, code, "node draining").await;
+                close(&mut self.socket, code, "node draining").await;
             }
-            CLOSE_SLOW_CONSUMER => close(&mut self.sink, code, "slow consumer: outbound queue full").await,
+            CLOSE_SLOW_CONSUMER => close(&mut self.socket, code, "slow consumer: outbound queue full").await,
             // Only an operator's disconnect or revoke asks this (an expired token closes in the
             // session loop): the client must get a new token, not reconnect with this one.
-            CLOSE_UNAUTHORIZED => close(&mut self.sink, code, REVOKED).await,
-            _ => close(&mut self.sink, code, "closed by server").await,
+            CLOSE_UNAUTHORIZED => close(&mut self.socket, code, REVOKED).await,
+            _ => close(&mut self.socket, code, "closed by server").await,
         }
     }
 }
