@@ -2,14 +2,14 @@
 //! be told to go with, what its writer sends, and the handle the fan-out holds on it.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Poll, Waker};
 
 use axum::extract::ws::Message;
+use futures::task::AtomicWaker;
 use tidings_shared::Channel;
-use tokio::sync::Notify;
 
 use crate::message::Encoded;
 
@@ -43,7 +43,10 @@ pub enum Outbound {
 /// State a connection shares with the fan-out: how to tell it to go away.
 #[derive(Default)]
 pub struct ConnSignal {
-    notify: Notify,
+    /// The connection's own task, while it waits for a close request (only that task
+    /// waits: one waker, and the waiting future is a pointer, not a `Notified`'s 64 bytes
+    /// in every idle session's state).
+    waker: AtomicWaker,
     code: AtomicU16,
     /// `iat` of the connection's current token (0: none), for revocations.
     issued_at: AtomicU64,
@@ -58,7 +61,7 @@ impl ConnSignal {
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if first {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         first
     }
@@ -78,15 +81,18 @@ impl ConnSignal {
         self.code.load(Ordering::Acquire)
     }
 
-    /// Resolves once a close was requested.
-    pub async fn closed(&self) -> u16 {
-        loop {
-            let code = self.code();
-            if code != 0 {
-                return code;
+    /// Resolves once a close was requested. Awaited by the connection's own task only.
+    pub fn closed(&self) -> impl Future<Output = u16> + '_ {
+        poll_fn(|cx| {
+            if self.code() == 0 {
+                self.waker.register(cx.waker());
             }
-            self.notify.notified().await;
-        }
+            // Read again after registering: a close between the two is not missed.
+            match self.code() {
+                0 => Poll::Pending,
+                code => Poll::Ready(code),
+            }
+        })
     }
 }
 
@@ -201,4 +207,26 @@ pub struct ConnHandle {
     pub signal: Arc<ConnSignal>,
     /// The connection's user (for presence).
     pub user: Arc<str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_close_wakes_the_waiting_task_once_with_the_first_code() {
+        let signal = Arc::new(ConnSignal::default());
+        let waiting = tokio::spawn({
+            let signal = signal.clone();
+            async move { signal.closed().await }
+        });
+        // The waiter registers before the close or sees its code: either way it wakes.
+        tokio::task::yield_now().await;
+        assert!(signal.close(CLOSE_SLOW_CONSUMER));
+        assert!(!signal.close(CLOSE_DRAINING), "only the first request counts");
+        let woken = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert_eq!(woken.ok().and_then(Result::ok), Some(CLOSE_SLOW_CONSUMER), "not woken");
+        // A close asked before anyone waits is seen at once.
+        assert_eq!(signal.closed().await, CLOSE_SLOW_CONSUMER);
+    }
 }

@@ -413,7 +413,8 @@ impl Session {
                 }
                 () = self.clock.timer.as_mut() => match self.clock.due() {
                     Due::Nothing => None,
-                    Due::Ping => self.ping().await,
+                    // Boxed, as the write: an idle session would otherwise hold room for it.
+                    Due::Ping => Box::pin(self.ping()).await,
                     Due::Silent => {
                         Box::pin(close(&mut self.socket, 1001, "heartbeat timeout")).await;
                         return "heartbeat timeout";
