@@ -81,7 +81,9 @@ impl ConnSignal {
         self.code.load(Ordering::Acquire)
     }
 
-    /// Resolves once a close was requested. Awaited by the connection's own task only.
+    /// Resolves once a close was requested. Awaited by the connection's own task only: the
+    /// signal keeps one waker, so a second task waiting at the same time would take the
+    /// wake-up from the first.
     pub fn closed(&self) -> impl Future<Output = u16> + '_ {
         poll_fn(|cx| {
             if self.code() == 0 {

@@ -57,25 +57,35 @@ impl Clock {
         self.arm();
     }
 
+    /// Starts the heartbeats over from now (the session loop begins).
+    pub(super) fn restart(&mut self) {
+        let now = Instant::now();
+        self.last_seen = now;
+        self.next_ping = now + self.heartbeat;
+        self.arm();
+    }
+
     /// What is due now that the timer fired; the timer is armed again for what comes next
-    /// (unless the token expired: the session ends).
+    /// (unless the token expired: the session ends). A heartbeat due at the same time as the
+    /// expiry comes first, as it did when they were two timers: a silent peer is closed as
+    /// gone (1001), a live one is pinged and the expiry fires right after.
     pub(super) fn due(&mut self) -> Due {
         let now = Instant::now();
+        if now >= self.next_ping {
+            // As a missed tick of an interval that delays: the next one a whole period on.
+            self.next_ping = now + self.heartbeat;
+            self.arm();
+            return if now.duration_since(self.last_seen) > self.heartbeat * 2 {
+                Due::Silent
+            } else {
+                Due::Ping
+            };
+        }
         if now >= self.expires {
             return Due::Expired;
         }
-        if now < self.next_ping {
-            self.arm();
-            return Due::Nothing;
-        }
-        // As a missed tick of an interval that delays: the next one a whole period on.
-        self.next_ping = now + self.heartbeat;
         self.arm();
-        if now.duration_since(self.last_seen) > self.heartbeat * 2 {
-            Due::Silent
-        } else {
-            Due::Ping
-        }
+        Due::Nothing
     }
 
     fn arm(&mut self) {
@@ -128,6 +138,41 @@ mod tests {
         assert!(matches!(clock.due(), Due::Ping));
         clock.timer.as_mut().await;
         assert_eq!(Instant::now(), start + Duration::from_secs(40));
+        assert!(matches!(clock.due(), Due::Expired));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_heartbeat_due_with_the_expiry_comes_first() {
+        let start = Instant::now();
+        let mut clock = Clock::new(BEAT, start + BEAT * 3);
+        clock.timer.as_mut().await;
+        assert!(matches!(clock.due(), Due::Ping));
+        clock.timer.as_mut().await;
+        assert!(matches!(clock.due(), Due::Ping));
+        clock.timer.as_mut().await;
+        assert_eq!(Instant::now(), start + BEAT * 3);
+        assert!(
+            matches!(clock.due(), Due::Silent),
+            "silent for three heartbeats: gone, not expired"
+        );
+        let mut live = Clock::new(BEAT, Instant::now() + BEAT);
+        live.timer.as_mut().await;
+        live.seen();
+        assert!(matches!(live.due(), Due::Ping));
+        live.timer.as_mut().await;
+        assert!(
+            matches!(live.due(), Due::Expired),
+            "the expiry fires right after the ping"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_may_bring_the_expiry_closer() {
+        let start = Instant::now();
+        let mut clock = Clock::new(BEAT, start + Duration::from_secs(3600));
+        clock.expire_at(start + Duration::from_secs(5));
+        clock.timer.as_mut().await;
+        assert_eq!(Instant::now(), start + Duration::from_secs(5));
         assert!(matches!(clock.due(), Due::Expired));
     }
 }
