@@ -35,15 +35,15 @@ impl Clock {
     /// A clock whose first heartbeat is one `heartbeat` from now and which expires at
     /// `expires`.
     pub(super) fn new(heartbeat: Duration, expires: Instant) -> Self {
-        let now = Instant::now();
-        let next_ping = now + heartbeat;
-        Clock {
-            timer: Box::pin(tokio::time::sleep_until(next_ping.min(expires))),
+        let mut clock = Clock {
+            timer: Box::pin(tokio::time::sleep_until(expires)),
             heartbeat,
-            next_ping,
+            next_ping: expires,
             expires,
-            last_seen: now,
-        }
+            last_seen: Instant::now(),
+        };
+        clock.restart();
+        clock
     }
 
     /// The peer sent something.

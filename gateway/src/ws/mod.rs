@@ -384,12 +384,12 @@ impl Session {
     /// The session loop, until the connection ends: what it still needs to close, the
     /// registration (with every subscription) being gone by then. Written as a block that
     /// captures the session rather than an `async fn` taking it, which would hold it twice.
-    fn serve(self) -> impl Future<Output = (WebSocket, Option<Authenticated>, tracing::Span)> + Send {
-        let mut session = self;
+    #[expect(clippy::manual_async_fn, reason = "an async fn would hold the session twice (above)")]
+    fn serve(mut self) -> impl Future<Output = (WebSocket, Option<Authenticated>, tracing::Span)> + Send {
         async move {
-            let reason = session.serve_loop().await;
+            let reason = self.serve_loop().await;
             tracing::debug!(reason, "WebSocket closed");
-            let Session { socket, _exchange, .. } = session;
+            let Session { socket, _exchange, .. } = self;
             // Lingering stays in the session's span (taken here rather than carried along,
             // so that the idle state does not hold a second copy of it).
             (socket, _exchange, tracing::Span::current())
